@@ -1,0 +1,215 @@
+/* cli.c - see cli.h. */
+#include "cli.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <math.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+const char *d2v_prog = "d2v";
+static d2v_out *active_out; /* removed on a fatal error */
+
+void
+d2v_cli_init(const char *prog, int binary_output)
+{
+	d2v_prog = prog;
+	if (binary_output)
+		signal(SIGPIPE, SIG_IGN);
+}
+
+static void
+vwarn(const char *fmt, va_list ap)
+{
+	fflush(stdout);
+	fprintf(stderr, "%s: ", d2v_prog);
+	vfprintf(stderr, fmt, ap);
+	fputc('\n', stderr);
+}
+
+void
+d2v_warn(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vwarn(fmt, ap);
+	va_end(ap);
+}
+
+void
+d2v_fatal(int status, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vwarn(fmt, ap);
+	va_end(ap);
+	if (active_out != NULL)
+		d2v_out_abort(active_out);
+	exit(status);
+}
+
+void
+d2v_usage(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vwarn(fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "Try '%s --help' for more information.\n", d2v_prog);
+	exit(2);
+}
+
+void
+d2v_version(void)
+{
+	printf("%s (d2v) %s\n", d2v_prog, D2V_VERSION);
+	if (fflush(stdout) != 0 || ferror(stdout))
+		exit(1);
+	exit(0);
+}
+
+int
+d2v_open_in(const char *path)
+{
+	int fd;
+
+	if (path == NULL || strcmp(path, "-") == 0)
+		return 0;
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		d2v_fatal(1, "open %s: %s", path, strerror(errno));
+	return fd;
+}
+
+int
+d2v_progress_enabled(int flag)
+{
+	return flag >= 0 ? flag : isatty(2);
+}
+
+long
+d2v_parse_long(const char *opt, const char *s, long lo, long hi)
+{
+	char *end;
+	long v;
+
+	errno = 0;
+	v = strtol(s, &end, 10);
+	if (errno != 0 || end == s || *end != '\0' || v < lo || v > hi)
+		d2v_usage("%s: '%s' is not an integer in [%ld, %ld]", opt, s,
+		    lo, hi);
+	return v;
+}
+
+double
+d2v_parse_double(const char *opt, const char *s, double lo, double hi)
+{
+	char *end;
+	double v;
+
+	errno = 0;
+	v = strtod(s, &end);
+	if (errno != 0 || end == s || *end != '\0' || !isfinite(v) || v < lo ||
+	    v > hi)
+		d2v_usage("%s: '%s' is not a number in [%g, %g]", opt, s, lo, hi);
+	return v;
+}
+
+void
+d2v_out_open(d2v_out *o, const char *path, int binary)
+{
+	memset(o, 0, sizeof *o);
+	if (path == NULL || strcmp(path, "-") == 0) {
+		o->fd = 1;
+		o->name = "stdout";
+		if (binary && isatty(1))
+			d2v_usage("refusing to write a binary stream to a "
+			    "terminal; redirect it (> file.d2v) or pipe it "
+			    "(| d2v-show)");
+		return;
+	}
+	o->path = strdup(path);
+	if (o->path == NULL || asprintf(&o->tmp, "%s.tmp.%ld", path,
+	    (long)getpid()) < 0)
+		d2v_fatal(1, "out of memory");
+	o->name = o->path;
+	o->fd = open(o->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+	if (o->fd < 0) {
+		int e = errno;
+
+		free(o->tmp);
+		o->tmp = NULL;
+		d2v_fatal(1, "open %s: %s", path, strerror(e));
+	}
+	active_out = o;
+}
+
+FILE *
+d2v_out_file(d2v_out *o)
+{
+	if (o->fp == NULL) {
+		if (o->fd == 1)
+			o->fp = stdout;
+		else if ((o->fp = fdopen(o->fd, "w")) == NULL)
+			d2v_fatal(1, "%s: %s", o->name, strerror(errno));
+	}
+	return o->fp;
+}
+
+void
+d2v_out_commit(d2v_out *o)
+{
+	int bad = 0, e = 0;
+
+	if (o->fp != NULL && (fflush(o->fp) != 0 || ferror(o->fp))) {
+		bad = 1;
+		e = errno;
+	}
+	if (!bad && o->tmp != NULL && fsync(o->fd) != 0 && errno != EINVAL) {
+		bad = 1;
+		e = errno;
+	}
+	if (o->fp != NULL && o->fp != stdout) {
+		if (fclose(o->fp) != 0 && !bad) {
+			bad = 1;
+			e = errno;
+		}
+	} else if (close(o->fd) != 0 && !bad && errno != EBADF) {
+		bad = 1;
+		e = errno;
+	}
+	o->fp = NULL;
+	if (bad)
+		d2v_fatal(1, "%s: write error: %s", o->name,
+		    e ? strerror(e) : "unknown error");
+	if (o->tmp != NULL) {
+		if (rename(o->tmp, o->path) != 0)
+			d2v_fatal(1, "rename %s to %s: %s", o->tmp, o->path,
+			    strerror(errno));
+		free(o->tmp);
+		o->tmp = NULL;
+	}
+	if (active_out == o)
+		active_out = NULL;
+	free(o->path);
+	o->path = NULL;
+}
+
+void
+d2v_out_abort(d2v_out *o)
+{
+	if (o->tmp != NULL) {
+		unlink(o->tmp);
+		free(o->tmp);
+		o->tmp = NULL;
+	}
+	if (active_out == o)
+		active_out = NULL;
+}

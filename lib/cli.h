@@ -1,0 +1,66 @@
+/*
+ * cli.h - what every d2v command shares (libd2vcli, linked by cmd/ only).
+ *
+ * Unlike libd2v, this part prints and exits: it is the commands' side of the
+ * error idiom.  Diagnostics look like "d2v-show: in.d2v: record 3, byte 96:
+ * truncated: ...".  Exit status: 0 ok, 1 data or runtime error, 2 usage.
+ *
+ *     d2v_cli_init("d2v-mask", 1);        // binary output: SIGPIPE -> EPIPE
+ *     d2v_out out;
+ *     d2v_out_open(&out, opt_o, 1);       // "-" or NULL: stdout; refuses a tty
+ *     ... write to out.fd ...
+ *     d2v_out_commit(&out);               // file: fsync + rename; stdout: checked close
+ *
+ * An output file is written under a temporary name beside it and renamed only
+ * on success; d2v_fatal() removes it, so no half-written file is left behind.
+ */
+#ifndef D2V_CLI_H
+#define D2V_CLI_H
+
+#include <stdio.h>
+
+#define D2V_VERSION "0.1.0"
+
+extern const char *d2v_prog;
+
+/* Sets the program name; with binary output, ignores SIGPIPE so that a
+ * closed pipe becomes a reported write error. */
+void d2v_cli_init(const char *prog, int binary_output);
+void d2v_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+__attribute__((noreturn, format(printf, 2, 3)))
+void d2v_fatal(int status, const char *fmt, ...);
+/* A usage error: the message, a hint to --help, exit 2. */
+__attribute__((noreturn, format(printf, 1, 2)))
+void d2v_usage(const char *fmt, ...);
+/* Prints "prog (d2v) VERSION" and exits 0. */
+__attribute__((noreturn)) void d2v_version(void);
+
+/* Opens path for reading ("-" or NULL: stdin); exits 1 on failure. */
+int d2v_open_in(const char *path);
+/* Whether to draw a progress line: flag 1/0 forces, -1 means stderr is a tty. */
+int d2v_progress_enabled(int flag);
+
+/* Parsers for option values; a bad value is a usage error naming opt. */
+long d2v_parse_long(const char *opt, const char *s, long lo, long hi);
+double d2v_parse_double(const char *opt, const char *s, double lo, double hi);
+
+typedef struct d2v_out {
+	int fd;          /* where to write */
+	FILE *fp;        /* stdio on fd, opened on demand by d2v_out_file() */
+	char *path;      /* final path, NULL for stdout */
+	char *tmp;       /* temporary path while writing, NULL for stdout */
+	const char *name;/* for messages: the path or "stdout" */
+} d2v_out;
+
+/* Opens the output: path NULL or "-" is stdout.  With binary set, refuses a
+ * terminal on stdout (exit 2 with a hint to redirect). */
+void d2v_out_open(d2v_out *o, const char *path, int binary);
+/* A stdio stream on the output (for text). */
+FILE *d2v_out_file(d2v_out *o);
+/* Finishes the output: flush, fsync and rename a file; a checked close of
+ * stdout that reports EPIPE and ENOSPC.  Exits 1 on failure. */
+void d2v_out_commit(d2v_out *o);
+/* Removes a temporary output file (called by d2v_fatal). */
+void d2v_out_abort(d2v_out *o);
+
+#endif
