@@ -57,6 +57,8 @@ CMD_SRC := $(wildcard cmd/*.c)
 CMDS := $(CMD_SRC:cmd/%.c=$(BUILD)/bin/%)
 UNIT_SRC := $(wildcard tests/unit/*.c)
 UNITS := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+TOOL_SRC := $(wildcard tests/tools/*.c)
+TOOLS := $(TOOL_SRC:tests/tools/%.c=$(BUILD)/tests/tools/%)
 SH_TESTS := $(wildcard tests/*.sh)
 HEADERS := $(wildcard lib/*.h lib/*/*.h)
 MAN := $(wildcard man/man1/*.1 man/man5/*.5)
@@ -92,8 +94,16 @@ $(BUILD)/tests/%: tests/unit/%.c tests/unit/t.h $(BUILD)/libd2v.a $(HEADERS)
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -Itests/unit $< -o $@ $(ALL_LDFLAGS) $(BUILD)/libd2v.a $(LIBS)
 
-check: $(CMDS) $(UNITS)
-	@D2V_BIN=$(CURDIR)/$(BUILD)/bin D2V_ROOT=$(CURDIR) sh tests/run $(UNITS) $(SH_TESTS)
+$(BUILD)/tests/tools/%: tests/tools/%.c $(BUILD)/libd2v.a $(HEADERS)
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) $< -o $@ $(ALL_LDFLAGS) $(BUILD)/libd2v.a $(LIBS)
+
+# Environment of the tests: D2V_BIN (the commands), D2V_TOOLS (test tools),
+# D2V_ROOT (the source tree).
+TEST_ENV := D2V_BIN=$(CURDIR)/$(BUILD)/bin D2V_TOOLS=$(CURDIR)/$(BUILD)/tests/tools D2V_ROOT=$(CURDIR)
+
+check: $(CMDS) $(UNITS) $(TOOLS)
+	@$(TEST_ENV) sh tests/run $(UNITS) $(SH_TESTS)
 
 # Regenerates the PyTorch reference fixtures (needs python3-torch).
 check-ref: $(CMDS)

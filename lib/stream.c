@@ -441,12 +441,12 @@ struct d2v_reader {
 };
 
 static int
-reader_new(d2v_reader **rp, const char *name, d2v_err *err)
+reader_new(d2v_reader **rp, const char *name, size_t initial, d2v_err *err)
 {
 	d2v_reader *r = calloc(1, sizeof *r);
 
 	*rp = NULL;
-	if (r == NULL || !msgpack_unpacker_init(&r->u, READ_CHUNK)) {
+	if (r == NULL || !msgpack_unpacker_init(&r->u, initial)) {
 		free(r);
 		return d2v_err_set(err, D2V_ENOMEM, "%s: out of memory", name);
 	}
@@ -461,7 +461,7 @@ reader_new(d2v_reader **rp, const char *name, d2v_err *err)
 int
 d2v_reader_open_fd(d2v_reader **rp, int fd, const char *name, d2v_err *err)
 {
-	int rc = reader_new(rp, name, err);
+	int rc = reader_new(rp, name, READ_CHUNK, err);
 
 	if (rc == 0)
 		(*rp)->fd = fd;
@@ -472,7 +472,8 @@ int
 d2v_reader_open_mem(d2v_reader **rp, const void *buf, size_t len,
     const char *name, d2v_err *err)
 {
-	int rc = reader_new(rp, name, err);
+	int rc = reader_new(rp, name, len < READ_CHUNK ? len + 64 : READ_CHUNK,
+	    err);
 
 	if (rc == 0) {
 		(*rp)->mem = buf;
@@ -522,14 +523,18 @@ rerr(d2v_reader *r, int code, const char *fmt, ...)
 static int
 reader_fill(d2v_reader *r)
 {
+	size_t want = READ_CHUNK;
 	ssize_t n;
 
-	if (!msgpack_unpacker_reserve_buffer(&r->u, READ_CHUNK))
+	if (r->fd < 0 && r->memlen - r->mempos < want)
+		want = r->memlen - r->mempos + 1;
+	if (!msgpack_unpacker_reserve_buffer(&r->u, want))
 		return rerr(r, D2V_ENOMEM, "out of memory reading input");
 	if (r->fd < 0) {
 		size_t left = r->memlen - r->mempos;
+		size_t cap = msgpack_unpacker_buffer_capacity(&r->u);
 
-		n = (ssize_t)(left < READ_CHUNK ? left : READ_CHUNK);
+		n = (ssize_t)(left < cap ? left : cap);
 		if (n > 0)
 			memcpy(msgpack_unpacker_buffer(&r->u), r->mem + r->mempos,
 			    (size_t)n);
@@ -549,31 +554,140 @@ reader_fill(d2v_reader *r)
 	return 0;
 }
 
+/*
+ * Finds the end of the msgpack object at p[0..n).  Returns 1 with *len when
+ * it is whole, 0 with *need (a lower bound on the bytes it takes) when more
+ * input is needed, or -1 with *why for bytes that cannot be msgpack or a bin,
+ * str or ext above limit.  msgpack-c allocates arrays and maps by their
+ * claimed counts as soon as it sees them, so the reader hands it an object
+ * only once every byte of it is here: then a claimed count is bounded by the
+ * bytes that back it.
+ */
+static int
+mp_scan(const unsigned char *p, size_t n, size_t limit, size_t *len,
+    size_t *need, const char **why)
+{
+	uint64_t left = 1; /* objects still to read */
+	size_t pos = 0;
+
+	while (left > 0) {
+		uint64_t count = 0, skip = 0;
+		unsigned hdr, c;
+
+		if (pos >= n) {
+			*need = pos + (left > SIZE_MAX / 2 ? SIZE_MAX / 2 : left);
+			return 0;
+		}
+		c = p[pos];
+		left--;
+		if (c <= 0x7f || c >= 0xe0 || c == 0xc0 || c == 0xc2 || c == 0xc3) {
+			pos++;
+			continue;
+		}
+		if ((c & 0xf0) == 0x80 || (c & 0xf0) == 0x90) { /* fixmap, fixarray */
+			count = (uint64_t)(c & 0x0f) * ((c & 0xf0) == 0x80 ? 2 : 1);
+			left += count;
+			pos++;
+			continue;
+		}
+		if ((c & 0xe0) == 0xa0) { /* fixstr */
+			skip = c & 0x1f;
+			hdr = 1;
+		} else {
+			static const unsigned char lensz[] = {
+				/* c4 bin8 */ 1, 2, 4, /* c7 ext8 */ 1, 2, 4,
+				/* ca float32 */ 4, 8, /* cc uint */ 1, 2, 4, 8,
+				/* d0 int */ 1, 2, 4, 8, /* d4 fixext */ 1, 2, 4, 8, 16,
+				/* d9 str8 */ 1, 2, 4, /* dc array16 */ 2, 4,
+				/* de map16 */ 2, 4,
+			};
+			unsigned k, i;
+			uint64_t v = 0;
+
+			if (c == 0xc1) {
+				*why = "byte 0xc1 is never used in msgpack";
+				return -1;
+			}
+			k = lensz[c - 0xc4];
+			if ((c >= 0xca && c <= 0xd3)) { /* fixed-size numbers */
+				pos += 1 + k;
+				continue;
+			}
+			if (c >= 0xd4 && c <= 0xd8) { /* fixext: type + data */
+				pos += 2 + k;
+				continue;
+			}
+			if (pos + 1 + k > n) {
+				*need = pos + 1 + k + left;
+				return 0;
+			}
+			for (i = 0; i < k; i++)
+				v = v << 8 | p[pos + 1 + i];
+			hdr = 1 + k;
+			if (c == 0xdc || c == 0xdd) {
+				left += v;
+				pos += hdr;
+				continue;
+			}
+			if (c == 0xde || c == 0xdf) {
+				left += 2 * v;
+				pos += hdr;
+				continue;
+			}
+			skip = v;
+			if (c >= 0xc7 && c <= 0xc9)
+				hdr++; /* ext type byte */
+		}
+		if (skip > limit) {
+			*why = "a string or binary value is above the tensor "
+			    "limit (D2V_MAX_TENSOR)";
+			return -1;
+		}
+		pos += hdr + (size_t)skip;
+	}
+	if (pos > n) {
+		*need = pos;
+		return 0;
+	}
+	*len = pos;
+	return 1;
+}
+
 /* Next top-level object into r->res.data: 1, 0 at EOF between objects, <0. */
 static int
 reader_object(d2v_reader *r)
 {
+	size_t need = 1;
+
 	for (;;) {
-		size_t sz = 0;
-		msgpack_unpack_return ret;
+		size_t avail = r->u.used - r->u.off, len, sz = 0;
+		const char *why = NULL;
 		int rc;
 
-		ret = msgpack_unpacker_next_with_size(&r->u, &r->res, &sz);
-		if (ret == MSGPACK_UNPACK_SUCCESS) {
-			return 1;
-		} else if (ret == MSGPACK_UNPACK_PARSE_ERROR) {
-			return rerr(r, D2V_EFORMAT, "not a msgpack object");
-		} else if (ret == MSGPACK_UNPACK_NOMEM_ERROR) {
-			return rerr(r, D2V_ENOMEM,
-			    "out of memory parsing an object (absurd size?)");
-		} else if (ret != MSGPACK_UNPACK_CONTINUE) {
-			return rerr(r, D2V_EFORMAT, "msgpack error %d", (int)ret);
+		if (avail >= need && avail > 0) {
+			rc = mp_scan((const unsigned char *)r->u.buffer + r->u.off,
+			    avail, r->limit + 64, &len, &need, &why);
+			if (rc < 0)
+				return rerr(r, D2V_EFORMAT, "not a valid msgpack "
+				    "object: %s", why);
+			if (rc == 1) {
+				msgpack_unpack_return ret;
+
+				ret = msgpack_unpacker_next_with_size(&r->u,
+				    &r->res, &sz);
+				if (ret == MSGPACK_UNPACK_SUCCESS)
+					return 1;
+				if (ret == MSGPACK_UNPACK_NOMEM_ERROR)
+					return rerr(r, D2V_ENOMEM,
+					    "out of memory parsing an object");
+				return rerr(r, D2V_EFORMAT, "not a msgpack "
+				    "object (or nested too deeply)");
+			}
 		}
 		if (r->eof)
-			return r->fed > r->off ? rerr(r, D2V_ETRUNC,
+			return avail > 0 ? rerr(r, D2V_ETRUNC,
 			    "truncated: input ends inside an object "
-			    "(%llu bytes of it present)",
-			    (unsigned long long)(r->fed - r->off)) : 0;
+			    "(%zu bytes of it present)", avail) : 0;
 		if ((rc = reader_fill(r)) < 0)
 			return rc;
 	}

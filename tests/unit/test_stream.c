@@ -189,6 +189,27 @@ static void pk_limit(msgpack_packer *pk)
 	uint64_t s[1] = {16};
 	pk_tensor_rec(pk, "f32", 1, s, 64);
 }
+static void pk_hugearray(msgpack_packer *pk)
+{
+	static const char claim[] = {(char)0xdd, (char)0xff, (char)0xff,
+	    (char)0xff, (char)0xff, 1, 2, 3};
+
+	msgpack_pack_map(pk, 3);
+	pk_str(pk, "type"); pk_str(pk, "record");
+	pk_str(pk, "id"); pk_str(pk, "huge");
+	pk_str(pk, "a");
+	msgpack_pack_bin_body(pk, claim, sizeof claim); /* raw bytes */
+}
+static void pk_hugebin(msgpack_packer *pk)
+{
+	static const char claim[] = {(char)0xc6, (char)0xf0, 0, 0, 0, 1, 2, 3};
+
+	msgpack_pack_map(pk, 3);
+	pk_str(pk, "type"); pk_str(pk, "record");
+	pk_str(pk, "id"); pk_str(pk, "huge");
+	pk_str(pk, "a");
+	msgpack_pack_bin_body(pk, claim, sizeof claim);
+}
 static void pk_nonmap(msgpack_packer *pk) { msgpack_pack_array(pk, 2); msgpack_pack_int(pk, 1); msgpack_pack_int(pk, 2); }
 static void pk_record_only(msgpack_packer *pk)
 {
@@ -499,6 +520,12 @@ test_bad(void)
 	rc = read_packed(pk_header, pk_notmsgpack, &err, &n);
 	T_OK(rc == D2V_EFORMAT && strstr(err.msg, "msgpack"),
 	    "bytes that are not msgpack: %s", err.msg);
+	rc = read_packed(pk_header, pk_hugearray, &err, &n);
+	T_OK(rc == D2V_ETRUNC, "an array claiming 2^32-1 elements backed by 3 "
+	    "bytes is a truncated stream, not a 100 GB allocation: %s", err.msg);
+	rc = read_packed(pk_header, pk_hugebin, &err, &n);
+	T_OK(rc == D2V_EFORMAT && strstr(err.msg, "limit"),
+	    "a 4 GB bin claim is refused before buffering: %s", err.msg);
 	rc = read_packed(pk_header, pk_mismatch, &err, &n);
 	T_OK(strstr(err.msg, "record 0") && strstr(err.msg, "byte "),
 	    "messages name the record and byte offset: %s", err.msg);
