@@ -112,8 +112,8 @@ check-ref: $(CMDS)
 demo: $(CMDS)
 	@D2V_BIN=$(CURDIR)/$(BUILD)/bin QUICK=$(QUICK) sh scripts/demo
 
-bench: $(CMDS)
-	@D2V_BIN=$(CURDIR)/$(BUILD)/bin sh bench/run
+bench: $(CMDS) $(TOOLS)
+	@$(TEST_ENV) sh bench/run
 
 # libFuzzer on the stream reader; corpus in build/fuzz/corpus.
 FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -Ilib -fsanitize=fuzzer,address,undefined $(PKG_CFLAGS)
