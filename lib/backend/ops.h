@@ -1,0 +1,71 @@
+/*
+ * ops.h - the operation table: what the model code asks a backend to do.
+ *
+ * The model (lib/model/) is written once against this table; each backend
+ * (cpu.c now, cuda.c later) fills it.  Dimension letters: M rows, K inputs,
+ * N outputs, R sequences, T tokens, D width, H heads, C channels.  Every
+ * buffer argument carries its shape.  Backward functions ACCUMULATE (+=)
+ * into gradient buffers, as in llm.c; a NULL gradient pointer is skipped.
+ */
+#ifndef D2V_OPS_H
+#define D2V_OPS_H
+
+#include <stddef.h>
+
+typedef struct d2v_ops {
+	const char *name;
+
+	/* out (M,N) = in (M,K) . w (N,K)^T + b (N) (b may be NULL) */
+	void (*matmul_forward)(float *out, const float *in, const float *w,
+	    const float *b, int M, int K, int N);
+	/* din (M,K) += dout . w; dw (N,K) += dout^T . in; db (N) += sum dout */
+	void (*matmul_backward)(float *din, float *dw, float *db,
+	    const float *dout, const float *in, const float *w, int M, int K,
+	    int N);
+
+	/* LayerNorm over the last dim C of rows (rows,C); w and b NULL for no
+	 * affine; saves mean and rstd (rows) for backward. */
+	void (*layernorm_forward)(float *out, float *mean, float *rstd,
+	    const float *in, const float *w, const float *b, int rows, int C,
+	    float eps);
+	void (*layernorm_backward)(float *din, float *dw, float *db,
+	    const float *dout, const float *in, const float *mean,
+	    const float *rstd, const float *w, int rows, int C);
+
+	/* exact (erf) GELU over n elements */
+	void (*gelu_forward)(float *out, const float *in, size_t n);
+	void (*gelu_backward)(float *din, const float *in, const float *dout,
+	    size_t n);
+
+	/* Multi-head self-attention core: qkv (R,T,3D) laid out as
+	 * (3, H, D/H) per token -> out (R,T,D); probs (R,H,T,T) saved. */
+	void (*attention_forward)(float *out, float *probs, const float *qkv,
+	    int R, int T, int D, int H);
+	void (*attention_backward)(float *dqkv, const float *dout,
+	    const float *qkv, const float *probs, int R, int T, int D, int H);
+
+	/* Grouped 2-D convolution, 'same' padding k/2, stride 1, channels-last:
+	 * in (R, Hh*Ww, Ci), w (Co, Ci/G, k, k), b (Co) -> out (R, Hh*Ww, Co).
+	 * col is scratch of (R*Hh*Ww, (Ci/G)*k*k) floats. */
+	void (*conv2d_forward)(float *out, float *col, const float *in,
+	    const float *w, const float *b, int R, int Hh, int Ww, int Ci,
+	    int Co, int k, int G);
+	/* dcol: scratch of the same size as col. */
+	void (*conv2d_backward)(float *din, float *dw, float *db, float *col,
+	    float *dcol, const float *dout, const float *in, const float *w,
+	    int R, int Hh, int Ww, int Ci, int Co, int k, int G);
+
+	/* a (n) += b (n) */
+	void (*add)(float *a, const float *b, size_t n);
+	/* Instance norm over T per channel for each of R sequences, no affine,
+	 * biased variance: out (R,T,C) from in (R,T,C); out may be in.
+	 * When acc is set, ADDS scale * normalised into out instead. */
+	void (*instancenorm_forward)(float *out, const float *in, int R, int T,
+	    int C, float eps, int acc, float scale);
+} d2v_ops;
+
+/* The CPU backend: OpenBLAS sgemm (outside OpenMP regions) and OpenMP
+ * element-wise loops. */
+const d2v_ops *d2v_backend_cpu(void);
+
+#endif

@@ -1,0 +1,66 @@
+/*
+ * config.h - the whole model and training configuration.
+ *
+ * One struct describes a run: the model sizes, the objective and every
+ * hyperparameter.  It is stored as JSON in every checkpoint
+ * (d2v_config_to_json / d2v_config_from_json), so a checkpoint alone is
+ * enough to resume, run the teacher or evaluate.
+ *
+ * Presets (d2v_config_preset): tiny 192/12/3, small 384/12/6, base 768/12/12,
+ * large 1024/24/16 (dim / blocks / heads); the data2vec 2.0 image base
+ * recipe otherwise (DATA2VEC.md §§2.1, 3, 5, 6, 7.4, 8, 9).
+ */
+#ifndef D2V_CONFIG_H
+#define D2V_CONFIG_H
+
+#include <jansson.h>
+
+#include "err.h"
+
+typedef struct d2v_config {
+	/* model */
+	char modality[16];      /* "image" */
+	char objective[8];      /* "v2" */
+	int image_size;         /* H = W */
+	int patch;              /* P */
+	int channels;           /* C */
+	int dim;                /* D */
+	int heads;              /* H */
+	int mlp_dim;            /* F */
+	int prenet_depth;       /* blocks before the main blocks */
+	int depth;              /* main blocks */
+	int top_k;              /* K: targets from the top K main blocks */
+	double norm_eps;        /* encoder LayerNorms */
+	int decoder_dim;        /* Dd */
+	int decoder_kernel;
+	int decoder_layers;
+	int decoder_groups;
+	int decoder_residual;
+	int clone;              /* M masked copies per sample */
+	double mask_noise_std;
+	double cls_loss;
+	double loss_scale;      /* 0: 1/sqrt(D) */
+	double mean[3], std[3]; /* input normalisation per channel */
+	/* training */
+	double lr, min_lr;
+	long warmup, max_update;
+	double beta1, beta2, eps, weight_decay, clip_norm;
+	double ema_decay, ema_end_decay;
+	long ema_anneal_end_step;
+	double min_target_var, min_pred_var;
+	int batch;              /* B samples per update */
+	unsigned long long seed;
+} d2v_config;
+
+/* Fills cfg with a preset ("tiny", "small", "base", "large"); D2V_EINVAL
+ * for an unknown name. */
+int d2v_config_preset(d2v_config *cfg, const char *name, d2v_err *err);
+/* Checks sizes agree (heads divide dim, patch divides size...). */
+int d2v_config_check(const d2v_config *cfg, d2v_err *err);
+/* Tokens per sample: (image_size / patch)^2. */
+int d2v_config_tokens(const d2v_config *cfg);
+json_t *d2v_config_to_json(const d2v_config *cfg);
+/* Reads every key present in j over the values already in cfg. */
+int d2v_config_from_json(d2v_config *cfg, const json_t *j, d2v_err *err);
+
+#endif

@@ -1,0 +1,68 @@
+/*
+ * params.h - the flat parameter buffer and its table of named views.
+ *
+ * Every parameter of the model lives in one float array, laid out by a
+ * table of (name, shape, offset).  Gradients, Adam moments and the EMA
+ * teacher are arrays of the same size and layout, so the optimiser and the
+ * EMA update are single loops over flat memory (llm.c style).  Names and
+ * shapes are PyTorch's (tests/ref/README.md), so a checkpoint reads as the
+ * state dict of the reference model.
+ */
+#ifndef D2V_PARAMS_H
+#define D2V_PARAMS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "err.h"
+
+#define D2V_PARAM_NAME 64
+
+typedef struct d2v_param {
+	char name[D2V_PARAM_NAME];
+	int rank;
+	int64_t shape[4];
+	size_t offset;       /* in floats */
+	size_t size;         /* in floats */
+	int decay;           /* weight decay applies (not rank 1, not .bias) */
+	int teacher;         /* part of the EMA teacher (not decoder.*) */
+} d2v_param;
+
+/* Offsets (in floats) of one block's tensors. */
+typedef struct d2v_block_off {
+	size_t qkv_w, qkv_b;     /* [3D, D], [3D] */
+	size_t proj_w, proj_b;   /* [D, D], [D] */
+	size_t norm1_w, norm1_b; /* [D] */
+	size_t fc1_w, fc1_b;     /* [F, D], [F] */
+	size_t fc2_w, fc2_b;     /* [D, F], [D] */
+	size_t norm2_w, norm2_b; /* [D] */
+} d2v_block_off;
+
+typedef struct d2v_layout {
+	d2v_param *p;            /* count entries */
+	int count;
+	size_t total;            /* floats */
+	/* named offsets for the model code */
+	size_t patch_w, patch_b; /* [D, C, P, P], [D] */
+	size_t cls;              /* [1, 1, D] */
+	size_t ctx_w, ctx_b;     /* [D] */
+	d2v_block_off *blocks;   /* prenet_depth + depth */
+	size_t *dec_w, *dec_b;   /* decoder_layers: [Dd, Cin/G, k, k], [Dd] */
+	size_t dproj_w, dproj_b; /* [D, Dd], [D] */
+	size_t teacher_end;      /* params [0, teacher_end) are the teacher's */
+} d2v_layout;
+
+int d2v_layout_init(d2v_layout *l, const d2v_config *cfg, d2v_err *err);
+void d2v_layout_free(d2v_layout *l);
+/* The entry named name, or NULL. */
+const d2v_param *d2v_layout_find(const d2v_layout *l, const char *name);
+
+/* Initialises params (total floats) as the reference does: Linear weights
+ * N(0, 0.02) and zero biases (init_bert_params), the patch embedding
+ * xavier-uniform on its (D, C*P*P) view, the CLS token N(0, 1), LayerNorms
+ * 1 and 0, decoder convolutions and projection with PyTorch's defaults. */
+void d2v_params_init(const d2v_layout *l, const d2v_config *cfg,
+    float *params, uint64_t seed);
+
+#endif

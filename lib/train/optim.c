@@ -1,0 +1,90 @@
+/* optim.c - see optim.h. */
+#include "optim.h"
+
+#include <math.h>
+
+double
+d2v_lr(const d2v_config *c, long k)
+{
+	if (k < c->warmup)
+		return c->min_lr + (c->lr - c->min_lr) * (double)k / (double)c->warmup;
+	if (c->max_update <= c->warmup)
+		return c->lr;
+	{
+		double period = (double)(c->max_update - c->warmup);
+		double cur = (double)(k - c->warmup);
+		long i = (long)floor(cur / period);
+		double tcur = cur - period * (double)i;
+		double shrink = pow(0.1, (double)i); /* fairseq lr_shrink */
+
+		return c->min_lr * shrink + 0.5 * (c->lr - c->min_lr) * shrink *
+		    (1 + cos(M_PI * tcur / period));
+	}
+}
+
+double
+d2v_tau(const d2v_config *c, long t)
+{
+	double r;
+
+	if (t >= c->ema_anneal_end_step)
+		return c->ema_end_decay;
+	r = 1.0 - (double)t / (double)c->ema_anneal_end_step;
+	return c->ema_end_decay - (c->ema_end_decay - c->ema_decay) * r;
+}
+
+double
+d2v_clip_grads(float *g, size_t n, double max)
+{
+	double s = 0, norm;
+
+#pragma omp parallel for reduction(+:s) schedule(static)
+	for (size_t i = 0; i < n; i++)
+		s += (double)g[i] * g[i];
+	norm = sqrt(s);
+	if (max > 0 && norm > max) {
+		float coef = (float)(max / (norm + 1e-6));
+
+#pragma omp parallel for schedule(static)
+		for (size_t i = 0; i < n; i++)
+			g[i] *= coef;
+	}
+	return norm;
+}
+
+void
+d2v_adam_step(const d2v_layout *l, const d2v_config *c, float *p,
+    const float *g, float *m, float *v, double lr, long t)
+{
+	double b1 = c->beta1, b2 = c->beta2;
+	double step = lr * sqrt(1 - pow(b2, (double)t)) / (1 - pow(b1, (double)t));
+
+	for (int i = 0; i < l->count; i++) {
+		const d2v_param *e = &l->p[i];
+		float decay = e->decay ? (float)(lr * c->weight_decay) : 0.0f;
+		size_t o = e->offset;
+
+#pragma omp parallel for schedule(static)
+		for (size_t k = o; k < o + e->size; k++) {
+			float mk = (float)(b1 * m[k] + (1 - b1) * g[k]);
+			float vk = (float)(b2 * v[k] + (1 - b2) * (double)g[k] * g[k]);
+
+			m[k] = mk;
+			v[k] = vk;
+			p[k] -= decay * p[k];
+			p[k] -= (float)(step * mk / (sqrt((double)vk) + c->eps));
+		}
+	}
+}
+
+void
+d2v_ema_step(float *teacher, const float *student, size_t n, double tau)
+{
+	float a = (float)tau, b = (float)(1 - tau);
+
+	if (tau >= 1)
+		return;
+#pragma omp parallel for schedule(static)
+	for (size_t i = 0; i < n; i++)
+		teacher[i] = a * teacher[i] + b * student[i];
+}

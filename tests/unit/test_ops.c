@@ -1,0 +1,268 @@
+/* test_ops.c - finite differences on every backward of the CPU backend. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend/ops.h"
+#include "rng.h"
+#include "t.h"
+
+static d2v_rng rng;
+static const d2v_ops *o;
+
+static float *
+rnd(size_t n, double scale)
+{
+	float *p = malloc(n * sizeof *p);
+
+	for (size_t i = 0; i < n; i++)
+		p[i] = (float)(scale * d2v_rng_normal(&rng));
+	return p;
+}
+
+static float *
+zeros(size_t n)
+{
+	return calloc(n, sizeof(float));
+}
+
+/* A scalar loss from an op's output: sum(out * w) with fixed random w.
+ * The check perturbs input i of buffer x by +-h and compares the central
+ * difference with the analytical gradient g[i]. */
+typedef double (*lossfn)(void *ctx);
+
+static double
+dot(const float *a, const float *b, size_t n)
+{
+	double s = 0;
+
+	for (size_t i = 0; i < n; i++)
+		s += (double)a[i] * b[i];
+	return s;
+}
+
+/* Checks up to 40 coordinates of x against g; returns the worst error
+ * relative to max(|numerical|, 1e-2). */
+static double
+fd_check(lossfn f, void *ctx, float *x, const float *g, size_t n, double h)
+{
+	double worst = 0;
+	size_t step = n > 40 ? n / 40 : 1;
+
+	for (size_t i = (size_t)d2v_rng_below(&rng, step); i < n; i += step) {
+		float save = x[i];
+		double lp, lm, num, e;
+
+		x[i] = save + (float)h;
+		lp = f(ctx);
+		x[i] = save - (float)h;
+		lm = f(ctx);
+		x[i] = save;
+		num = (lp - lm) / (2 * h);
+		e = fabs(num - g[i]) / (fabs(num) + fabs(g[i]) + 0.05);
+		if (e > worst)
+			worst = e;
+	}
+	return worst;
+}
+
+/* ---- matmul ---- */
+struct mm { int M, K, N; float *in, *w, *b, *out, *r; };
+static double
+mm_loss(void *c)
+{
+	struct mm *s = c;
+
+	o->matmul_forward(s->out, s->in, s->w, s->b, s->M, s->K, s->N);
+	return dot(s->out, s->r, (size_t)s->M * s->N);
+}
+
+static void
+test_matmul(void)
+{
+	struct mm s = {.M = 7, .K = 5, .N = 6};
+	float *din, *dw, *db;
+
+	s.in = rnd(35, 1); s.w = rnd(30, 1); s.b = rnd(6, 1);
+	s.out = zeros(42); s.r = rnd(42, 1);
+	din = zeros(35); dw = zeros(30); db = zeros(6);
+	o->matmul_backward(din, dw, db, s.r, s.in, s.w, s.M, s.K, s.N);
+	T_OK(fd_check(mm_loss, &s, s.in, din, 35, 1e-2) < 1e-3, "matmul d(in)");
+	T_OK(fd_check(mm_loss, &s, s.w, dw, 30, 1e-2) < 1e-3, "matmul d(w)");
+	T_OK(fd_check(mm_loss, &s, s.b, db, 6, 1e-2) < 1e-3, "matmul d(b)");
+	free(s.in); free(s.w); free(s.b); free(s.out); free(s.r);
+	free(din); free(dw); free(db);
+}
+
+/* ---- layernorm ---- */
+struct ln { int rows, C, affine; float *in, *w, *b, *out, *mean, *rstd, *r; };
+static double
+ln_loss(void *c)
+{
+	struct ln *s = c;
+
+	o->layernorm_forward(s->out, s->mean, s->rstd, s->in,
+	    s->affine ? s->w : NULL, s->affine ? s->b : NULL, s->rows, s->C, 1e-5f);
+	return dot(s->out, s->r, (size_t)s->rows * s->C);
+}
+
+static void
+test_layernorm(void)
+{
+	for (int affine = 0; affine <= 1; affine++) {
+		struct ln s = {.rows = 5, .C = 8, .affine = affine};
+		float *din = zeros(40), *dw = zeros(8), *db = zeros(8);
+
+		s.in = rnd(40, 2); s.w = rnd(8, 1); s.b = rnd(8, 1);
+		s.out = zeros(40); s.mean = zeros(5); s.rstd = zeros(5);
+		s.r = rnd(40, 1);
+		ln_loss(&s);
+		o->layernorm_backward(din, affine ? dw : NULL, affine ? db : NULL,
+		    s.r, s.in, s.mean, s.rstd, affine ? s.w : NULL, 5, 8);
+		T_OK(fd_check(ln_loss, &s, s.in, din, 40, 1e-2) < 2e-3,
+		    "layernorm d(in), affine %d", affine);
+		if (affine) {
+			T_OK(fd_check(ln_loss, &s, s.w, dw, 8, 1e-2) < 2e-3,
+			    "layernorm d(w)");
+			T_OK(fd_check(ln_loss, &s, s.b, db, 8, 1e-2) < 2e-3,
+			    "layernorm d(b)");
+		}
+		free(s.in); free(s.w); free(s.b); free(s.out); free(s.mean);
+		free(s.rstd); free(s.r); free(din); free(dw); free(db);
+	}
+}
+
+/* ---- gelu ---- */
+struct ge { size_t n; float *in, *out, *r; };
+static double
+ge_loss(void *c)
+{
+	struct ge *s = c;
+
+	o->gelu_forward(s->out, s->in, s->n);
+	return dot(s->out, s->r, s->n);
+}
+
+static void
+test_gelu(void)
+{
+	struct ge s = {.n = 50};
+	float *din = zeros(50);
+
+	s.in = rnd(50, 2); s.out = zeros(50); s.r = rnd(50, 1);
+	o->gelu_backward(din, s.in, s.r, 50);
+	T_OK(fd_check(ge_loss, &s, s.in, din, 50, 1e-2) < 1e-3, "gelu d(in)");
+	o->gelu_forward(s.out, (float[]){1.0f}, 1);
+	T_OK(fabs(s.out[0] - 0.8413447f) < 1e-6, "gelu(1) = 0.8413447 (erf form)");
+	free(s.in); free(s.out); free(s.r); free(din);
+}
+
+/* ---- attention ---- */
+struct at { int R, T, D, H; float *qkv, *out, *probs, *r; };
+static double
+at_loss(void *c)
+{
+	struct at *s = c;
+
+	o->attention_forward(s->out, s->probs, s->qkv, s->R, s->T, s->D, s->H);
+	return dot(s->out, s->r, (size_t)s->R * s->T * s->D);
+}
+
+static void
+test_attention(void)
+{
+	struct at s = {.R = 2, .T = 5, .D = 8, .H = 2};
+	size_t nq = 2 * 5 * 24, no = 2 * 5 * 8;
+	float *dq = zeros(nq);
+	double rowsum = 0;
+
+	s.qkv = rnd(nq, 1); s.out = zeros(no); s.probs = zeros(2 * 2 * 25);
+	s.r = rnd(no, 1);
+	at_loss(&s);
+	for (int i = 0; i < 5; i++)
+		rowsum += s.probs[i];
+	T_OK(fabs(rowsum - 1) < 1e-5, "attention probabilities sum to 1");
+	o->attention_backward(dq, s.r, s.qkv, s.probs, 2, 5, 8, 2);
+	T_OK(fd_check(at_loss, &s, s.qkv, dq, nq, 1e-2) < 2e-3,
+	    "attention d(qkv)");
+	free(s.qkv); free(s.out); free(s.probs); free(s.r); free(dq);
+}
+
+/* ---- grouped conv2d ---- */
+struct cv { int R, Hh, Ww, Ci, Co, k, G; float *in, *w, *b, *out, *col, *r; };
+static double
+cv_loss(void *c)
+{
+	struct cv *s = c;
+
+	o->conv2d_forward(s->out, s->col, s->in, s->w, s->b, s->R, s->Hh, s->Ww,
+	    s->Ci, s->Co, s->k, s->G);
+	return dot(s->out, s->r, (size_t)s->R * s->Hh * s->Ww * s->Co);
+}
+
+static void
+test_conv2d(void)
+{
+	struct cv s = {.R = 2, .Hh = 4, .Ww = 3, .Ci = 8, .Co = 6, .k = 3, .G = 2};
+	size_t nin = 2 * 12 * 8, nw = 6 * 4 * 9, nout = 2 * 12 * 6;
+	float *din = zeros(nin), *dw = zeros(nw), *db = zeros(6);
+	float *dcol = zeros(2 * 12 * 36);
+	double direct = 0;
+
+	s.in = rnd(nin, 1); s.w = rnd(nw, 1); s.b = rnd(6, 1);
+	s.out = zeros(nout); s.col = zeros(2 * 12 * 36); s.r = rnd(nout, 1);
+	cv_loss(&s);
+	/* one output by the definition: image 1, pixel (2,1), channel 4 (group 1) */
+	direct = s.b[4];
+	for (int ci = 0; ci < 4; ci++)
+		for (int ky = 0; ky < 3; ky++)
+			for (int kx = 0; kx < 3; kx++) {
+				int y = 2 + ky - 1, x = 1 + kx - 1;
+
+				if (y < 0 || y >= 4 || x < 0 || x >= 3)
+					continue;
+				direct += s.w[((4 * 4 + ci) * 3 + ky) * 3 + kx] *
+				    s.in[((1 * 4 + y) * 3 + x) * 8 + 4 + ci];
+			}
+	T_OK(fabs(direct - s.out[((1 * 4 + 2) * 3 + 1) * 6 + 4]) < 1e-4,
+	    "grouped conv2d matches the definition at one output");
+	o->conv2d_backward(din, dw, db, s.col, dcol, s.r, s.in, s.w, 2, 4, 3, 8,
+	    6, 3, 2);
+	T_OK(fd_check(cv_loss, &s, s.in, din, nin, 1e-2) < 1e-3, "conv2d d(in)");
+	T_OK(fd_check(cv_loss, &s, s.w, dw, nw, 1e-2) < 1e-3, "conv2d d(w)");
+	T_OK(fd_check(cv_loss, &s, s.b, db, 6, 1e-2) < 1e-3, "conv2d d(b)");
+	free(s.in); free(s.w); free(s.b); free(s.out); free(s.col); free(s.r);
+	free(din); free(dw); free(db); free(dcol);
+}
+
+static void
+test_instancenorm(void)
+{
+	float *x = rnd(2 * 6 * 3, 3), *y = zeros(36);
+	double m = 0, v = 0;
+
+	o->instancenorm_forward(y, x, 2, 6, 3, 1e-5f, 0, 1);
+	for (int t = 0; t < 6; t++)
+		m += y[(6 + t) * 3 + 1];
+	m /= 6;
+	for (int t = 0; t < 6; t++)
+		v += (y[(6 + t) * 3 + 1] - m) * (y[(6 + t) * 3 + 1] - m);
+	v /= 6;
+	T_OK(fabs(m) < 1e-5 && fabs(v - 1) < 1e-3,
+	    "instance norm: zero mean, unit variance over time per channel");
+	free(x); free(y);
+}
+
+int
+main(void)
+{
+	d2v_rng_seed(&rng, 42, 0, 0);
+	o = d2v_backend_cpu();
+	test_matmul();
+	test_layernorm();
+	test_gelu();
+	test_attention();
+	test_conv2d();
+	test_instancenorm();
+	return T_DONE();
+}
