@@ -354,6 +354,11 @@ encoder_backward(d2v_model *m, d2v_enc_acts *a, float *dout, float *dx)
 		    T, D, m->H);
 		o->matmul_backward(dout, G + b->qkv_w, G + b->qkv_b, m->gQKV, xin,
 		    P + b->qkv_w, RT, D, 3 * D);
+		/* The key bias adds q.b_k to every score of a row, which the
+		 * softmax cancels: its gradient is exactly zero.  Computed, it
+		 * is float rounding noise, which Adam would blow up into full
+		 * steps of size lr; keep it exact. */
+		memset(G + b->qkv_b + D, 0, TEN(D) * sizeof(float));
 	}
 	memset(dx, 0, nD * sizeof(float));
 	o->layernorm_backward(dx, G + m->lay.ctx_w, G + m->lay.ctx_b, dout,
@@ -468,8 +473,8 @@ mean_std(const float *x, long rows, int D)
 
 int
 d2v_model_step(d2v_model *m, const uint8_t *img, const uint8_t *mask,
-    const float *noise, int B, uint64_t rng_seed, d2v_step_out *out,
-    d2v_err *err)
+    const float *noise, const float *y, const float *ycls, int B,
+    uint64_t rng_seed, d2v_step_out *out, d2v_err *err)
 {
 	const d2v_config *c = &m->cfg;
 	const d2v_ops *o = m->ops;
@@ -511,11 +516,17 @@ d2v_model_step(d2v_model *m, const uint8_t *img, const uint8_t *mask,
 				m->keep[TEN(r) * V + j++] = n;
 	}
 
-	/* teacher targets */
-	teacher_forward(m, m->teacher, img, B, m->tok);
-	make_targets(m, B, m->y, m->ycls);
+	/* targets: given, or from the EMA teacher */
+	if (y != NULL) {
+		memcpy(m->y, y, TEN(B) * N * D * sizeof(float));
+		memcpy(m->ycls, ycls, TEN(B) * D * sizeof(float));
+		patchify(m, img, B, m->pix);
+	} else {
+		teacher_forward(m, m->teacher, img, B, m->tok);
+		make_targets(m, B, m->y, m->ycls);
+	}
 
-	/* student: embed (pix is already filled by the teacher pass) */
+	/* student: embed (pix is already filled above) */
 	embed(m, P, B, m->tok);
 #pragma omp parallel for schedule(static)
 	for (int r = 0; r < R; r++) {

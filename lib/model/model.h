@@ -97,12 +97,13 @@ void d2v_model_sync_teacher(d2v_model *m);
 /*
  * One training step's forward and backward.  img (B,C,H,W) u8; mask
  * (B*M,N) u8 with the same count of ones in every row; noise (B*M,N,D) or
- * NULL to draw N(0, mask_noise_std^2) from rng_seed.  Zeroes m->grads and
+ * NULL to draw N(0, mask_noise_std^2) from rng_seed; y (B,N,D) and ycls
+ * (B,D) given targets, or NULL to run the EMA teacher.  Zeroes m->grads and
  * fills it with the gradient of the loss.
  */
 int d2v_model_step(d2v_model *m, const uint8_t *img, const uint8_t *mask,
-    const float *noise, int B, uint64_t rng_seed, d2v_step_out *out,
-    d2v_err *err);
+    const float *noise, const float *y, const float *ycls, int B,
+    uint64_t rng_seed, d2v_step_out *out, d2v_err *err);
 
 /* Teacher targets only: y (B,N,D) and ycls (B,D) from the given parameter
  * buffer (m->teacher normally). */

@@ -88,3 +88,19 @@ d2v_ema_step(float *teacher, const float *student, size_t n, double tau)
 	for (size_t i = 0; i < n; i++)
 		teacher[i] = a * teacher[i] + b * student[i];
 }
+
+double
+d2v_train_update(d2v_model *m, long k, double *lr_out, double *tau_out)
+{
+	const d2v_config *c = &m->cfg;
+	double lr = d2v_lr(c, k), tau = d2v_tau(c, k + 1);
+	double norm = d2v_clip_grads(m->grads, m->lay.total, c->clip_norm);
+
+	d2v_adam_step(&m->lay, c, m->params, m->grads, m->m, m->v, lr, k + 1);
+	d2v_ema_step(m->teacher, m->params, m->lay.teacher_end, tau);
+	if (lr_out)
+		*lr_out = lr;
+	if (tau_out)
+		*tau_out = tau;
+	return norm;
+}

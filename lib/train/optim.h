@@ -30,4 +30,13 @@ void d2v_adam_step(const d2v_layout *l, const d2v_config *cfg, float *p,
  * tau >= 1 (a frozen teacher). */
 void d2v_ema_step(float *teacher, const float *student, size_t n, double tau);
 
+
+
+#include "model/model.h"
+
+/* The update that follows d2v_model_step for update k (k done before it):
+ * clip m->grads, Adam with lr(k), then the EMA with tau(k+1).  Returns the
+ * gradient norm before clipping; lr and tau (may be NULL) get the values
+ * used. */
+double d2v_train_update(d2v_model *m, long k, double *lr, double *tau);
 #endif

@@ -73,7 +73,7 @@ test_gradients(void)
 		m.params[i] += (float)(0.05 * d2v_rng_normal(&r));
 	d2v_model_sync_teacher(&m);
 	inputs(img, mask, noise, &m);
-	rc = d2v_model_step(&m, img, mask, noise, 2, 1, &out, &err);
+	rc = d2v_model_step(&m, img, mask, noise, NULL, NULL, 2, 1, &out, &err);
 	T_OK(rc == 0 && isfinite(out.loss) && out.loss > 0,
 	    "a step gives a finite loss %.6f (reg %.6f, cls %.6f)", out.loss,
 	    out.loss_reg, out.loss_cls);
@@ -91,10 +91,10 @@ test_gradients(void)
 			d2v_step_out o2;
 
 			m.params[j] = save + (float)h;
-			d2v_model_step(&m, img, mask, noise, 2, 1, &o2, &err);
+			d2v_model_step(&m, img, mask, noise, NULL, NULL, 2, 1, &o2, &err);
 			lp = o2.loss;
 			m.params[j] = save - (float)h;
-			d2v_model_step(&m, img, mask, noise, 2, 1, &o2, &err);
+			d2v_model_step(&m, img, mask, noise, NULL, NULL, 2, 1, &o2, &err);
 			lm = o2.loss;
 			m.params[j] = save;
 			num = (lp - lm) / (2 * h);
@@ -128,7 +128,7 @@ test_unequal_mask(void)
 	for (int row = 0; row < 4; row++)
 		for (int n = 0; n < 8 + (row == 2); n++)
 			mask[row * 16 + n] = 1;
-	T_OK(d2v_model_step(&m, img, mask, NULL, 2, 1, &out, &err) == D2V_EINVAL &&
+	T_OK(d2v_model_step(&m, img, mask, NULL, NULL, NULL, 2, 1, &out, &err) == D2V_EINVAL &&
 	    strstr(err.msg, "row 2"), "rows with unequal counts are refused: %s",
 	    err.msg);
 	d2v_model_free(&m);

@@ -1,0 +1,156 @@
+/*
+ * test_ref.c - d2v against the PyTorch reference (tests/ref/v2_image.py,
+ * fixture tests/ref/v2_image_tiny.safetensors): targets, predictions, loss,
+ * every gradient, and five updates of Adam and the EMA, within 1e-4
+ * relative (per tensor, in the L2 norm).
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model/model.h"
+#include "t.h"
+#include "train/checkpoint.h"
+#include "train/optim.h"
+#include "train/safetensors.h"
+
+#define TOL 1e-4
+
+static d2v_st fx;
+
+static const float *
+get(const char *name, size_t n)
+{
+	d2v_err err = {0};
+	size_t nb = 0;
+	const float *p = d2v_st_get(&fx, name, "F32", NULL, NULL, &nb, &err);
+
+	if (p == NULL || nb != n * sizeof(float)) {
+		printf("not ok - fixture tensor %s missing or of %zu bytes, "
+		    "expected %zu\n", name, nb, n * sizeof(float));
+		exit(1);
+	}
+	return p;
+}
+
+static double
+relerr(const float *a, const float *b, size_t n)
+{
+	double d = 0, s = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		d += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+		s += (double)b[i] * b[i];
+	}
+	return sqrt(d) / fmax(sqrt(s), 1e-12);
+}
+
+/* Compares every parameter of buf with expect.<role>.<name>; returns the
+ * worst error and names it. */
+static double
+compare_params(const d2v_model *m, const float *buf, const char *role,
+    int teacher_only, char *worst_name)
+{
+	double worst = 0;
+
+	for (int i = 0; i < m->lay.count; i++) {
+		const d2v_param *p = &m->lay.p[i];
+		char name[160];
+		double e;
+
+		if (teacher_only && !p->teacher)
+			continue;
+		snprintf(name, sizeof name, "expect.%s.%s", role, p->name);
+		e = relerr(buf + p->offset, get(name, p->size), p->size);
+		if (e > worst) {
+			worst = e;
+			snprintf(worst_name, 96, "%s", p->name);
+		}
+	}
+	return worst;
+}
+
+int
+main(void)
+{
+	const char *path = "tests/ref/v2_image_tiny.safetensors";
+	d2v_model m;
+	d2v_err err;
+	d2v_step_out o;
+	const uint8_t *img, *mask;
+	int B = 2, N, D, R;
+	size_t nb;
+	char wn[96] = "";
+	double e;
+
+	if (getenv("D2V_ROOT") != NULL) {
+		static char buf[512];
+
+		snprintf(buf, sizeof buf, "%s/%s", getenv("D2V_ROOT"), path);
+		path = buf;
+	}
+	if (d2v_st_load(&fx, path, &err) < 0) {
+		printf("not ok - load the fixture: %s\n", err.msg);
+		return 1;
+	}
+	T_OK(d2v_checkpoint_load(path, &m, d2v_backend_cpu(), NULL, NULL, &err) == 0,
+	    "the fixture loads as a checkpoint (config and student weights)%s%s",
+	    err.code ? ": " : "", err.code ? err.msg : "");
+	N = m.N;
+	D = m.D;
+	R = B * m.cfg.clone;
+	img = d2v_st_get(&fx, "input.x", "U8", NULL, NULL, &nb, &err);
+	mask = d2v_st_get(&fx, "input.mask", "U8", NULL, NULL, &nb, &err);
+	T_OK(img && mask && nb == (size_t)R * N, "fixture inputs present");
+
+	/* step 0 */
+	T_OK(d2v_model_step(&m, img, mask, get("input.noise.0", (size_t)R * N * D),
+	    NULL, NULL, B, 0, &o, &err) == 0, "step 0 runs");
+	e = relerr(m.y, get("expect.y", (size_t)B * N * D), (size_t)B * N * D);
+	T_OK(e < TOL, "teacher targets y match (rel %.2e)", e);
+	e = relerr(m.ycls, get("expect.target_cls", (size_t)B * D), (size_t)B * D);
+	T_OK(e < TOL, "target_cls matches (rel %.2e)", e);
+	e = relerr(m.pred, get("expect.pred", (size_t)R * N * D), (size_t)R * N * D);
+	T_OK(e < TOL, "predictions match (rel %.2e)", e);
+	e = fabs(o.loss - get("expect.loss", 1)[0]) / get("expect.loss", 1)[0];
+	T_OK(e < TOL, "loss %.7f matches %.7f (rel %.2e)", o.loss,
+	    get("expect.loss", 1)[0], e);
+	e = compare_params(&m, m.grads, "grad", 0, wn);
+	T_OK(e < TOL, "every gradient matches (worst rel %.2e, %s)", e, wn);
+
+	/* five updates, the first from the step above */
+	{
+		const float *losses = get("expect.losses", 5);
+		const float *norms = get("expect.grad_norm", 5);
+		const float *lrs = get("expect.lr", 5), *taus = get("expect.tau", 5);
+		double wl = 0, wg = 0, wlr = 0, wt = 0;
+
+		for (long k = 0; k < 5; k++) {
+			char nn[32];
+			double lr, tau, g;
+
+			if (k > 0) {
+				snprintf(nn, sizeof nn, "input.noise.%ld", k);
+				d2v_model_step(&m, img, mask, get(nn, (size_t)R * N * D),
+				    NULL, NULL, B, 0, &o, &err);
+			}
+			wl = fmax(wl, fabs(o.loss - losses[k]) / fabs(losses[k]));
+			g = d2v_train_update(&m, k, &lr, &tau);
+			wg = fmax(wg, fabs(g - norms[k]) / norms[k]);
+			wlr = fmax(wlr, fabs(lr - lrs[k]) / fmax(lrs[k], 1e-12));
+			wt = fmax(wt, fabs(tau - taus[k]));
+		}
+		T_OK(wl < TOL, "losses of 5 steps match (worst rel %.2e)", wl);
+		T_OK(wg < TOL, "gradient norms match (worst rel %.2e)", wg);
+		T_OK(wlr < 1e-6 && wt < 1e-7, "lr and tau schedules match");
+	}
+	e = compare_params(&m, m.params, "student", 0, wn);
+	T_OK(e < TOL, "student after 5 updates matches (worst rel %.2e, %s)", e, wn);
+	e = compare_params(&m, m.teacher, "teacher", 1, wn);
+	T_OK(e < TOL, "EMA teacher after 5 updates matches (worst rel %.2e, %s)",
+	    e, wn);
+	d2v_model_free(&m);
+	d2v_st_free(&fx);
+	return T_DONE();
+}
