@@ -1,0 +1,556 @@
+/*
+ * d2v-train - train a data2vec 2.0 student with its EMA teacher.
+ *
+ * Usage: d2v-train [OPTION]... -c CHECKPOINT [-i FILE]
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "model/model.h"
+#include "rng.h"
+#include "stream.h"
+#include "train/checkpoint.h"
+#include "train/optim.h"
+
+static const char usage_text[] =
+"Usage: d2v-train [OPTION]... -c CHECKPOINT [-i FILE]\n"
+"Train a data2vec 2.0 image model on a masked stream (d2v-mask) from FILE or\n"
+"standard input, with an online EMA teacher (or the stream's targets), and\n"
+"write checkpoints.\n"
+"\n"
+"Input and output:\n"
+"  -i, --input FILE        read FILE (re-read for --epochs); default stdin\n"
+"  -c, --checkpoint PATH   checkpoint to write (and to read with --resume)\n"
+"      --resume            continue from CHECKPOINT, skipping consumed records\n"
+"      --save-every N      also write the checkpoint every N steps\n"
+"      --log FILE          JSON line per logged step\n"
+"      --log-every N       log every N steps (default 1)\n"
+"      --targets SRC       online (EMA teacher, default) or stream\n"
+"      --epochs N          passes over FILE (default 1)\n"
+"      --steps N           stop after N updates (and size the schedules)\n"
+"      --progress, --no-progress   force the progress line on or off\n"
+"Model (defaults from --preset, tiny unless given):\n"
+"      --preset NAME       tiny, small, base or large\n"
+"      --dim D --heads H --mlp F --depth L --prenet P --top-k K\n"
+"      --decoder-dim D --decoder-layers L --decoder-kernel K --decoder-groups G\n"
+"Training (defaults: the data2vec 2.0 image recipe):\n"
+"  -b, --batch B           images per update (default 16)\n"
+"      --lr X --min-lr X --warmup N --weight-decay X --clip X\n"
+"      --beta1 X --beta2 X --adam-eps X\n"
+"      --ema-decay X --ema-end-decay X --ema-anneal-end N\n"
+"      --cls-loss X --noise-std X --seed N\n"
+"      --min-target-var X --min-pred-var X   stop when a variance collapses\n"
+"  -q, --quiet  -h, --help  --version\n";
+
+enum {
+	O_RESUME = 256, O_SAVE_EVERY, O_LOG, O_LOG_EVERY, O_TARGETS, O_EPOCHS,
+	O_STEPS, O_PROGRESS, O_NO_PROGRESS, O_PRESET, O_DIM, O_HEADS, O_MLP,
+	O_DEPTH, O_PRENET, O_TOPK, O_DDIM, O_DLAYERS, O_DKERNEL, O_DGROUPS,
+	O_LR, O_MINLR, O_WARMUP, O_WD, O_CLIP, O_B1, O_B2, O_AEPS, O_EMA,
+	O_EMA_END, O_EMA_N, O_CLS, O_NOISE, O_SEED, O_MINTV, O_MINPV, O_VERSION
+};
+
+static const struct option longopts[] = {
+	{"input", required_argument, NULL, 'i'},
+	{"checkpoint", required_argument, NULL, 'c'},
+	{"resume", no_argument, NULL, O_RESUME},
+	{"save-every", required_argument, NULL, O_SAVE_EVERY},
+	{"log", required_argument, NULL, O_LOG},
+	{"log-every", required_argument, NULL, O_LOG_EVERY},
+	{"targets", required_argument, NULL, O_TARGETS},
+	{"epochs", required_argument, NULL, O_EPOCHS},
+	{"steps", required_argument, NULL, O_STEPS},
+	{"progress", no_argument, NULL, O_PROGRESS},
+	{"no-progress", no_argument, NULL, O_NO_PROGRESS},
+	{"preset", required_argument, NULL, O_PRESET},
+	{"dim", required_argument, NULL, O_DIM},
+	{"heads", required_argument, NULL, O_HEADS},
+	{"mlp", required_argument, NULL, O_MLP},
+	{"depth", required_argument, NULL, O_DEPTH},
+	{"prenet", required_argument, NULL, O_PRENET},
+	{"top-k", required_argument, NULL, O_TOPK},
+	{"decoder-dim", required_argument, NULL, O_DDIM},
+	{"decoder-layers", required_argument, NULL, O_DLAYERS},
+	{"decoder-kernel", required_argument, NULL, O_DKERNEL},
+	{"decoder-groups", required_argument, NULL, O_DGROUPS},
+	{"batch", required_argument, NULL, 'b'},
+	{"lr", required_argument, NULL, O_LR},
+	{"min-lr", required_argument, NULL, O_MINLR},
+	{"warmup", required_argument, NULL, O_WARMUP},
+	{"weight-decay", required_argument, NULL, O_WD},
+	{"clip", required_argument, NULL, O_CLIP},
+	{"beta1", required_argument, NULL, O_B1},
+	{"beta2", required_argument, NULL, O_B2},
+	{"adam-eps", required_argument, NULL, O_AEPS},
+	{"ema-decay", required_argument, NULL, O_EMA},
+	{"ema-end-decay", required_argument, NULL, O_EMA_END},
+	{"ema-anneal-end", required_argument, NULL, O_EMA_N},
+	{"cls-loss", required_argument, NULL, O_CLS},
+	{"noise-std", required_argument, NULL, O_NOISE},
+	{"seed", required_argument, NULL, O_SEED},
+	{"min-target-var", required_argument, NULL, O_MINTV},
+	{"min-pred-var", required_argument, NULL, O_MINPV},
+	{"quiet", no_argument, NULL, 'q'},
+	{"help", no_argument, NULL, 'h'},
+	{"version", no_argument, NULL, O_VERSION},
+	{NULL, 0, NULL, 0},
+};
+
+/* Options that override the model and recipe: NAN / -1 when unset. */
+static struct {
+	const char *input, *ckpt, *log, *preset;
+	int resume, stream_targets, progress, quiet;
+	long save_every, log_every, epochs, steps;
+	long dim, heads, mlp, depth, prenet, topk, ddim, dlayers, dkernel,
+	    dgroups, batch, warmup, ema_n;
+	double lr, min_lr, wd, clip, b1, b2, aeps, ema, ema_end, cls, noise,
+	    mintv, minpv;
+	long long seed;
+} opt = {
+	.progress = -1, .log_every = 1, .epochs = 1, .steps = -1, .dim = -1,
+	.heads = -1, .mlp = -1, .depth = -1, .prenet = -1, .topk = -1,
+	.ddim = -1, .dlayers = -1, .dkernel = -1, .dgroups = -1, .batch = -1,
+	.warmup = -1, .ema_n = -1, .lr = NAN, .min_lr = NAN, .wd = NAN,
+	.clip = NAN, .b1 = NAN, .b2 = NAN, .aeps = NAN, .ema = NAN,
+	.ema_end = NAN, .cls = NAN, .noise = NAN, .mintv = NAN, .minpv = NAN,
+	.seed = -1,
+};
+
+static volatile sig_atomic_t stop_signal;
+
+static void
+on_signal(int sig)
+{
+	stop_signal = sig;
+}
+
+static void
+parse_args(int argc, char **argv)
+{
+	int c;
+
+	while ((c = getopt_long(argc, argv, "i:c:b:qh", longopts, NULL)) != -1) {
+		switch (c) {
+		case 'i': opt.input = optarg; break;
+		case 'c': opt.ckpt = optarg; break;
+		case 'b': opt.batch = d2v_parse_long("--batch", optarg, 1, 1 << 20); break;
+		case 'q': opt.quiet = 1; break;
+		case 'h': fputs(usage_text, stdout); exit(0);
+		case O_VERSION: d2v_version();
+		case O_RESUME: opt.resume = 1; break;
+		case O_SAVE_EVERY: opt.save_every = d2v_parse_long("--save-every", optarg, 1, LONG_MAX); break;
+		case O_LOG: opt.log = optarg; break;
+		case O_LOG_EVERY: opt.log_every = d2v_parse_long("--log-every", optarg, 1, LONG_MAX); break;
+		case O_TARGETS:
+			if (strcmp(optarg, "stream") == 0)
+				opt.stream_targets = 1;
+			else if (strcmp(optarg, "online") != 0)
+				d2v_usage("--targets: '%s' is not online or stream", optarg);
+			break;
+		case O_EPOCHS: opt.epochs = d2v_parse_long("--epochs", optarg, 1, 1 << 30); break;
+		case O_STEPS: opt.steps = d2v_parse_long("--steps", optarg, 1, LONG_MAX); break;
+		case O_PROGRESS: opt.progress = 1; break;
+		case O_NO_PROGRESS: opt.progress = 0; break;
+		case O_PRESET: opt.preset = optarg; break;
+		case O_DIM: opt.dim = d2v_parse_long("--dim", optarg, 4, 1 << 16); break;
+		case O_HEADS: opt.heads = d2v_parse_long("--heads", optarg, 1, 1024); break;
+		case O_MLP: opt.mlp = d2v_parse_long("--mlp", optarg, 1, 1 << 18); break;
+		case O_DEPTH: opt.depth = d2v_parse_long("--depth", optarg, 1, 1024); break;
+		case O_PRENET: opt.prenet = d2v_parse_long("--prenet", optarg, 0, 1024); break;
+		case O_TOPK: opt.topk = d2v_parse_long("--top-k", optarg, 1, 1024); break;
+		case O_DDIM: opt.ddim = d2v_parse_long("--decoder-dim", optarg, 1, 1 << 16); break;
+		case O_DLAYERS: opt.dlayers = d2v_parse_long("--decoder-layers", optarg, 1, 64); break;
+		case O_DKERNEL: opt.dkernel = d2v_parse_long("--decoder-kernel", optarg, 1, 15); break;
+		case O_DGROUPS: opt.dgroups = d2v_parse_long("--decoder-groups", optarg, 1, 1 << 16); break;
+		case O_LR: opt.lr = d2v_parse_double("--lr", optarg, 0, 10); break;
+		case O_MINLR: opt.min_lr = d2v_parse_double("--min-lr", optarg, 0, 10); break;
+		case O_WARMUP: opt.warmup = d2v_parse_long("--warmup", optarg, 0, LONG_MAX); break;
+		case O_WD: opt.wd = d2v_parse_double("--weight-decay", optarg, 0, 10); break;
+		case O_CLIP: opt.clip = d2v_parse_double("--clip", optarg, 0, 1e9); break;
+		case O_B1: opt.b1 = d2v_parse_double("--beta1", optarg, 0, 0.999999); break;
+		case O_B2: opt.b2 = d2v_parse_double("--beta2", optarg, 0, 0.999999); break;
+		case O_AEPS: opt.aeps = d2v_parse_double("--adam-eps", optarg, 0, 1); break;
+		case O_EMA: opt.ema = d2v_parse_double("--ema-decay", optarg, 0, 1); break;
+		case O_EMA_END: opt.ema_end = d2v_parse_double("--ema-end-decay", optarg, 0, 1); break;
+		case O_EMA_N: opt.ema_n = d2v_parse_long("--ema-anneal-end", optarg, 1, LONG_MAX); break;
+		case O_CLS: opt.cls = d2v_parse_double("--cls-loss", optarg, 0, 1e6); break;
+		case O_NOISE: opt.noise = d2v_parse_double("--noise-std", optarg, 0, 1e6); break;
+		case O_SEED: opt.seed = d2v_parse_long("--seed", optarg, 0, LONG_MAX); break;
+		case O_MINTV: opt.mintv = d2v_parse_double("--min-target-var", optarg, 0, 1e9); break;
+		case O_MINPV: opt.minpv = d2v_parse_double("--min-pred-var", optarg, 0, 1e9); break;
+		default: d2v_usage("unknown option");
+		}
+	}
+	if (optind < argc)
+		d2v_usage("unexpected argument '%s' (the input is -i FILE or "
+		    "standard input)", argv[optind]);
+	if (opt.ckpt == NULL)
+		d2v_usage("give the checkpoint path with -c");
+	if (opt.epochs > 1 && (opt.input == NULL || !strcmp(opt.input, "-")))
+		d2v_usage("--epochs needs -i FILE (standard input is one pass)");
+}
+
+#define SET(field, v) do { if ((v) >= 0) c->field = (v); } while (0)
+#define SETD(field, v) do { if (!isnan(v)) c->field = (v); } while (0)
+
+/* The model config from the preset, the stream header and the options. */
+static void
+make_config(d2v_config *c, const json_t *hdr, long steps)
+{
+	json_t *tok = d2v_header_meta(hdr, "tokenize");
+	json_t *mask = d2v_header_meta(hdr, "mask"), *v;
+	d2v_err err;
+	size_t i;
+
+	if (d2v_config_preset(c, opt.preset ? opt.preset : "tiny", &err) < 0)
+		d2v_usage("--preset: %s", err.msg);
+	c->image_size = (int)json_integer_value(json_object_get(tok, "size"));
+	c->channels = (int)json_integer_value(json_object_get(tok, "channels"));
+	json_array_foreach(json_object_get(tok, "mean"), i, v)
+		if (i < 3)
+			c->mean[i] = json_number_value(v);
+	json_array_foreach(json_object_get(tok, "std"), i, v)
+		if (i < 3)
+			c->std[i] = json_number_value(v);
+	if (json_integer_value(json_object_get(mask, "patch")) > 0)
+		c->patch = (int)json_integer_value(json_object_get(mask, "patch"));
+	if (json_integer_value(json_object_get(mask, "copies")) > 0)
+		c->clone = (int)json_integer_value(json_object_get(mask, "copies"));
+	SET(dim, opt.dim); SET(heads, opt.heads);
+	c->mlp_dim = opt.mlp >= 0 ? (int)opt.mlp : 4 * c->dim;
+	SET(depth, opt.depth); SET(prenet_depth, opt.prenet);
+	c->top_k = opt.topk >= 0 ? (int)opt.topk : c->depth;
+	c->decoder_dim = opt.ddim >= 0 ? (int)opt.ddim : c->dim;
+	SET(decoder_layers, opt.dlayers); SET(decoder_kernel, opt.dkernel);
+	SET(decoder_groups, opt.dgroups); SET(batch, opt.batch);
+	SETD(lr, opt.lr); SETD(min_lr, opt.min_lr); SETD(weight_decay, opt.wd);
+	SETD(clip_norm, opt.clip); SETD(beta1, opt.b1); SETD(beta2, opt.b2);
+	SETD(eps, opt.aeps); SETD(ema_decay, opt.ema);
+	SETD(ema_end_decay, opt.ema_end); SETD(cls_loss, opt.cls);
+	SETD(mask_noise_std, opt.noise); SETD(min_target_var, opt.mintv);
+	SETD(min_pred_var, opt.minpv);
+	if (opt.seed >= 0)
+		c->seed = (unsigned long long)opt.seed;
+	c->max_update = steps;
+	/* the recipe's warmup and EMA anneal, as fractions of its 375300 steps */
+	c->warmup = opt.warmup >= 0 ? opt.warmup : (long)(steps * (50040.0 / 375300.0));
+	c->ema_anneal_end_step = opt.ema_n >= 0 ? opt.ema_n :
+	    (long)fmax(1, steps * (100000.0 / 375300.0));
+	if (d2v_config_check(c, &err) < 0)
+		d2v_fatal(1, "%s", err.msg);
+}
+
+/* One batch of records gathered into dense arrays. */
+typedef struct batch {
+	int n, cap;
+	uint8_t *img;      /* (cap, C, S, S) */
+	uint8_t *mask;     /* (cap*M, N) */
+	float *y, *ycls;   /* (cap, N, D), (cap, D) with --targets stream */
+} batch;
+
+static const char *in_name;
+
+/* Checks one record against the model and appends it. */
+static void
+batch_add(batch *b, const d2v_record *rec, const d2v_config *c)
+{
+	int S = c->image_size, C = c->channels, M = c->clone;
+	int N = d2v_config_tokens(c), D = c->dim;
+	d2v_tensor *x = d2v_record_tensor(rec, "x");
+	d2v_tensor *mk = d2v_record_tensor(rec, "mask");
+
+	if (x == NULL || x->dtype != D2V_DTYPE_U8 || x->rank != 3 ||
+	    x->shape[0] != C || x->shape[1] != S || x->shape[2] != S)
+		d2v_fatal(1, "%s: record %lld (%s): x must be u8 [%d,%d,%d], the "
+		    "model's image size", in_name, (long long)rec->index, rec->id,
+		    C, S, S);
+	if (mk == NULL)
+		d2v_fatal(1, "%s: record %lld (%s): no mask; run d2v-mask first",
+		    in_name, (long long)rec->index, rec->id);
+	if (mk->dtype != D2V_DTYPE_U8 || mk->rank != 2 || mk->shape[1] != N)
+		d2v_fatal(1, "%s: record %lld (%s): mask must be u8 [%d,%d]",
+		    in_name, (long long)rec->index, rec->id, M, N);
+	if (mk->shape[0] != M)
+		d2v_fatal(1, "%s: record %lld (%s): mask has %lld copies, the "
+		    "model trains with --clone %d", in_name,
+		    (long long)rec->index, rec->id, (long long)mk->shape[0], M);
+	memcpy(b->img + (size_t)b->n * C * S * S, x->data, x->nbytes);
+	memcpy(b->mask + (size_t)b->n * M * N, mk->data, mk->nbytes);
+	if (b->y != NULL) {
+		d2v_tensor *t = d2v_record_tensor(rec, "target");
+		d2v_tensor *tc = d2v_record_tensor(rec, "target_cls");
+
+		if (t == NULL || tc == NULL || t->rank != 2 || t->shape[0] != N ||
+		    t->shape[1] != D || tc->rank != 1 || tc->shape[0] != D ||
+		    !d2v_dtype_is_float(t->dtype) || !d2v_dtype_is_float(tc->dtype))
+			d2v_fatal(1, "%s: record %lld (%s): --targets stream needs "
+			    "target [%d,%d] and target_cls [%d] (run d2v-teacher)",
+			    in_name, (long long)rec->index, rec->id, N, D, D);
+		d2v_tensor_to_f32(t, b->y + (size_t)b->n * N * D);
+		d2v_tensor_to_f32(tc, b->ycls + (size_t)b->n * D);
+	}
+	b->n++;
+}
+
+/* Counts the records of a file (to size the schedules). */
+static long
+count_records(const char *path)
+{
+	int fd = d2v_open_in(path), rc;
+	d2v_reader *r;
+	d2v_record rec;
+	d2v_err err;
+	long n = 0;
+
+	d2v_record_init(&rec);
+	d2v_reader_open_fd(&r, fd, path, &err);
+	while ((rc = d2v_reader_next(r, &rec, &err)) > 0)
+		n++;
+	if (rc < 0)
+		d2v_fatal(1, "%s", err.msg);
+	d2v_record_clear(&rec);
+	d2v_reader_free(r);
+	close(fd);
+	return n;
+}
+
+static double
+now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void
+save(const d2v_model *m, long step, const d2v_rng *rng)
+{
+	d2v_err err;
+
+	if (d2v_checkpoint_save(opt.ckpt, m, step, rng, &err) < 0)
+		d2v_fatal(1, "%s (the previous checkpoint, if any, is intact)",
+		    err.msg);
+}
+
+/* Checks the header against the options and the model. */
+static void
+check_header(const json_t *hdr, const d2v_config *cfg)
+{
+	json_t *tok = d2v_header_meta(hdr, "tokenize");
+	long size = (long)json_integer_value(json_object_get(tok, "size"));
+
+	if (strcmp(d2v_header_modality(hdr), "image") != 0)
+		d2v_fatal(1, "%s: a %s stream; this model trains on images",
+		    in_name, d2v_header_modality(hdr));
+	if (!d2v_header_has_stage(hdr, "mask"))
+		d2v_fatal(1, "%s: the stream has no masks; run d2v-mask first",
+		    in_name);
+	if (cfg == NULL)
+		return;
+	{
+		long copies = (long)json_integer_value(json_object_get(
+		    d2v_header_meta(hdr, "mask"), "copies"));
+
+		if (copies > 0 && copies != cfg->clone)
+			d2v_fatal(1, "%s: masks of %ld copies; the model trains "
+			    "with %d (--clone of the checkpoint)", in_name, copies,
+			    cfg->clone);
+	}
+	if (size != cfg->image_size)
+		d2v_fatal(1, "%s: images of size %ld; the model takes %d", in_name,
+		    size, cfg->image_size);
+	if (opt.stream_targets) {
+		json_t *tm = d2v_header_meta(hdr, "teacher");
+		long dim = (long)json_integer_value(json_object_get(tm, "dim"));
+		long topk = (long)json_integer_value(json_object_get(tm, "top_k"));
+
+		if (!d2v_header_has_stage(hdr, "teacher"))
+			d2v_fatal(1, "%s: --targets stream, but no d2v-teacher stage "
+			    "made this stream", in_name);
+		if (dim != cfg->dim || topk != cfg->top_k)
+			d2v_fatal(1, "%s: targets from a teacher of width %ld and "
+			    "top-K %ld; this model has width %d and top-K %d",
+			    in_name, dim, topk, cfg->dim, cfg->top_k);
+	}
+}
+
+static void
+log_step(FILE *log, long step, const d2v_step_out *o, double lr, double tau,
+    double gnorm, double tps)
+{
+	fprintf(log, "{\"step\":%ld,\"loss\":%.7g,\"loss_reg\":%.7g,"
+	    "\"loss_cls\":%.7g,\"lr\":%.7g,\"tau\":%.9g,\"grad_norm\":%.7g,"
+	    "\"target_var\":%.7g,\"pred_var\":%.7g,\"tokens_per_sec\":%.1f}\n",
+	    step, o->loss, o->loss_reg, o->loss_cls, lr, tau, gnorm,
+	    o->target_var, o->pred_var, tps);
+	fflush(log);
+}
+
+int
+main(int argc, char **argv)
+{
+	d2v_model m;
+	d2v_config cfg;
+	d2v_rng rng;
+	d2v_err err;
+	d2v_record rec;
+	d2v_reader *r;
+	batch b = {0};
+	FILE *log = NULL;
+	long step = 0, skip = 0, steps, saved_step = -1, seen = 0;
+	int progress, fd, rc = 1, stop = 0;
+	double tlast;
+
+	d2v_cli_init("d2v-train", 1);
+	parse_args(argc, argv);
+	progress = d2v_progress_enabled(opt.quiet ? 0 : opt.progress);
+	in_name = opt.input && strcmp(opt.input, "-") ? opt.input : "stdin";
+	signal(SIGINT, on_signal);
+	signal(SIGTERM, on_signal);
+
+	fd = d2v_open_in(opt.input);
+	if (d2v_reader_open_fd(&r, fd, in_name, &err) < 0 ||
+	    d2v_reader_begin(r, &err) < 0)
+		d2v_fatal(1, "%s", err.msg);
+	check_header(d2v_reader_header(r), NULL);
+	steps = opt.steps;
+	if (steps < 0) {
+		long bs = opt.batch > 0 ? opt.batch : 16;
+
+		if (fd == 0)
+			d2v_usage("give --steps when reading standard input (it "
+			    "sizes the learning-rate schedule)");
+		steps = (count_records(opt.input) * opt.epochs + bs - 1) / bs;
+		if (steps < 1)
+			d2v_fatal(1, "%s: no records to train on", in_name);
+	}
+	if (opt.resume) {
+		if (d2v_checkpoint_load(opt.ckpt, &m, d2v_backend_cpu(), &step,
+		    &rng, &err) < 0)
+			d2v_fatal(1, "--resume: %s", err.msg);
+		cfg = m.cfg;
+		skip = step * cfg.batch;
+		saved_step = step;
+	} else {
+		make_config(&cfg, d2v_reader_header(r), steps);
+		if (d2v_model_init(&m, &cfg, d2v_backend_cpu(), &err) < 0)
+			d2v_fatal(1, "%s", err.msg);
+		d2v_params_init(&m.lay, &cfg, m.params, cfg.seed);
+		d2v_model_sync_teacher(&m);
+		d2v_rng_seed(&rng, cfg.seed, 0x7a11, 0);
+	}
+	check_header(d2v_reader_header(r), &cfg);
+	{
+		int N = d2v_config_tokens(&cfg), S = cfg.image_size;
+
+		b.cap = cfg.batch;
+		b.img = malloc((size_t)b.cap * cfg.channels * S * S);
+		b.mask = malloc((size_t)b.cap * cfg.clone * N);
+		if (opt.stream_targets) {
+			b.y = malloc((size_t)b.cap * N * cfg.dim * sizeof(float));
+			b.ycls = malloc((size_t)b.cap * cfg.dim * sizeof(float));
+		}
+		if (!b.img || !b.mask || (opt.stream_targets && (!b.y || !b.ycls)))
+			d2v_fatal(1, "out of memory for a batch of %d", b.cap);
+	}
+	if (opt.log != NULL && (log = fopen(opt.log, opt.resume ? "a" : "w")) == NULL)
+		d2v_fatal(1, "open %s: %s", opt.log, strerror(errno));
+	d2v_record_init(&rec);
+	tlast = now();
+	for (long epoch = 0; epoch < opt.epochs && !stop; epoch++) {
+		if (epoch > 0) {
+			d2v_reader_free(r);
+			lseek(fd, 0, SEEK_SET);
+			if (d2v_reader_open_fd(&r, fd, in_name, &err) < 0)
+				d2v_fatal(1, "%s", err.msg);
+		}
+		for (;;) {
+			d2v_step_out o;
+			double lr, tau, gnorm, t;
+
+			rc = d2v_reader_next(r, &rec, &err);
+			if (rc > 0) {
+				batch_add(&b, &rec, &cfg); /* checks every record */
+				if (seen++ < skip) {
+					b.n = 0;
+					continue;
+				}
+				if (b.n < b.cap)
+					continue;
+			}
+			if (rc < 0) {
+				d2v_warn("%s", err.msg);
+				stop = 2;
+			}
+			if (b.n == 0 || (rc < 0 && b.n < b.cap))
+				break;
+			if (d2v_model_step(&m, b.img, b.mask, NULL, b.y, b.ycls, b.n,
+			    cfg.seed * 0x9e3779b97f4a7c15ull + (uint64_t)step, &o,
+			    &err) < 0)
+				d2v_fatal(1, "%s: records %ld..%ld: %s", in_name,
+				    seen - b.n, seen - 1, err.msg);
+			if (!isfinite(o.loss)) {
+				if (saved_step >= 0)
+					d2v_fatal(1, "step %ld: the loss is %g; stopping. "
+					    "The last good checkpoint is %s (step %ld)",
+					    step, o.loss, opt.ckpt, saved_step);
+				d2v_fatal(1, "step %ld: the loss is %g; stopping. No "
+				    "checkpoint was written yet", step, o.loss);
+			}
+			gnorm = d2v_train_update(&m, step, &lr, &tau);
+			step++;
+			t = now();
+			if (log && (step % opt.log_every == 0 || step == 1))
+				log_step(log, step, &o, lr, tau, gnorm,
+				    (double)b.n * cfg.clone * d2v_config_tokens(&cfg) /
+				    (t - tlast));
+			if (progress)
+				fprintf(stderr, "\rd2v-train: step %ld/%ld loss %.4f "
+				    "lr %.2e tau %.6f", step, cfg.max_update, o.loss,
+				    lr, tau);
+			tlast = t;
+			b.n = 0;
+			if (cfg.min_target_var > 0 && o.target_var < cfg.min_target_var)
+				d2v_fatal(1, "step %ld: target_var %.4g fell below "
+				    "--min-target-var %.4g: the teacher collapsed", step,
+				    o.target_var, cfg.min_target_var);
+			if (cfg.min_pred_var > 0 && o.pred_var < cfg.min_pred_var)
+				d2v_fatal(1, "step %ld: pred_var %.4g fell below "
+				    "--min-pred-var %.4g: the student collapsed", step,
+				    o.pred_var, cfg.min_pred_var);
+			if (opt.save_every > 0 && step % opt.save_every == 0) {
+				save(&m, step, &rng);
+				saved_step = step;
+			}
+			if (step >= cfg.max_update || stop_signal) {
+				stop = stop ? stop : 1;
+				break;
+			}
+			if (rc <= 0)
+				break;
+		}
+	}
+	if (progress)
+		fputc('\n', stderr);
+	save(&m, step, &rng);
+	if (stop_signal && !opt.quiet)
+		d2v_warn("%s: stopped at step %ld; checkpoint %s written",
+		    strsignal(stop_signal), step, opt.ckpt);
+	if (log)
+		fclose(log);
+	d2v_record_clear(&rec);
+	d2v_reader_free(r);
+	free(b.img); free(b.mask); free(b.y); free(b.ycls);
+	d2v_model_free(&m);
+	return stop == 2 ? 1 : 0;
+}

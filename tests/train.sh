@@ -1,0 +1,131 @@
+#!/bin/sh
+# d2v-train and d2v-teacher through the real commands on Fashion-MNIST.
+. "$D2V_ROOT/tests/testlib"
+FM=/usr/share/datasets/fashion-mnist
+if [ ! -r $FM/t10k-images-idx3-ubyte.gz ]; then
+	echo "skip - dataset-fashion-mnist is not installed (make deps installs it)"
+	exit 0
+fi
+export OMP_NUM_THREADS=1
+MODEL="--dim 32 --heads 2 --depth 2 --prenet 1 --decoder-dim 16 --decoder-layers 1 --decoder-groups 4 -b 8 --lr 2e-3 --warmup 4 --ema-decay 0.99 --ema-end-decay 0.999"
+
+d2v-tokenize --idx $FM/t10k-images-idx3-ubyte.gz --idx-labels $FM/t10k-labels-idx1-ubyte.gz \
+	--size 28 --crop center 2>/dev/null | $PY -c '
+import sys; sys.path.insert(0, sys.argv[1]); import d2v_stream as s
+# the first 400 records, as a stream
+out = sys.stdout.buffer; w = None
+for kind, o in s.read(sys.stdin.buffer):
+    if kind == "header": w = s.Writer(out, o["modality"], o["stages"], o["meta"])
+    elif kind == "record" and w.n < 400:
+        rid = o.pop("id"); w.record(rid, **o)
+w.close()' "$D2V_ROOT/scripts" > "$T/img.d2v"
+d2v-mask --patch 7 --copies 2 < "$T/img.d2v" > "$T/m.d2v"
+check "a 400-image masked stream to train on" [ "$(d2v-show --check "$T/m.d2v" | cut -d, -f1)" = "records 400" ]
+
+# Training: the loss falls, the targets keep their variance.
+status 0 "d2v-train runs 50 steps" d2v-train $MODEL -i "$T/m.d2v" --epochs 1 --steps 50 -c "$T/ck.safetensors" --log "$T/log" 2> "$T/err"
+check "the log has 50 steps" [ "$(wc -l < "$T/log")" -eq 50 ]
+check "the loss falls and target_var stays well above zero" $PY -c '
+import json, sys
+L = [json.loads(l) for l in open(sys.argv[1])]
+first = sum(l["loss_reg"] for l in L[:5]) / 5; last = sum(l["loss_reg"] for l in L[-5:]) / 5
+print("# regression loss %.4f -> %.4f, target_var %.3f" % (first, last, L[-1]["target_var"]))
+assert last < 0.9 * first, (first, last)
+assert min(l["target_var"] for l in L) > 0.3
+assert all(k in L[0] for k in ("step", "loss", "lr", "tau", "grad_norm", "target_var", "pred_var", "tokens_per_sec"))
+' "$T/log"
+check "the checkpoint parses as safetensors with the config in __metadata__" $PY -c '
+import json, struct, sys
+b = open(sys.argv[1], "rb").read()
+n = struct.unpack("<Q", b[:8])[0]
+h = json.loads(b[8:8 + n])
+cfg = json.loads(h["__metadata__"]["config"])
+assert cfg["dim"] == 32 and cfg["depth"] == 2 and h["__metadata__"]["step"] == "50"
+for k in ("student.patch_embed.weight", "teacher.blocks.1.mlp.fc2.weight", "adam_m.cls_token", "adam_v.decoder.proj.bias"):
+    assert k in h, k
+assert not any(k.startswith("teacher.decoder") for k in h)
+assert h["student.blocks.0.attn.qkv.weight"]["shape"] == [96, 32]
+' "$T/ck.safetensors"
+
+# The cache stage, then training from cached targets.
+status 0 "d2v-teacher adds targets" d2v-teacher -c "$T/ck.safetensors" -o "$T/cached.d2v" "$T/m.d2v"
+d2v-show -n 1 "$T/cached.d2v" > "$T/out"
+contains "$T/out" "target *f16 *\[16,32\]" "target is f16 [N, D]"
+contains "$T/out" "target_cls *f16 *\[32\]" "target_cls is f16 [D]"
+contains "$T/out" "mask *u8 *\[2,16\]" "the mask passes through"
+sha=$(sha256sum "$T/ck.safetensors" | cut -d' ' -f1)
+contains "$T/out" "\"sha256\":\"$sha\"" "the header names the checkpoint's sha256"
+status 0 "d2v-train --targets stream trains on cached targets" d2v-train $MODEL --targets stream -i "$T/cached.d2v" --steps 10 -c "$T/ck2.safetensors" --log "$T/log2"
+check "... for 10 steps" [ "$(wc -l < "$T/log2")" -eq 10 ]
+status 1 "--targets stream without a teacher stage is refused" d2v-train $MODEL --targets stream -i "$T/m.d2v" --steps 2 -c "$T/x.safetensors" 2> "$T/err"
+contains "$T/err" "no d2v-teacher stage" "... with a message saying so"
+d2v-teacher -c "$T/ck.safetensors" --features -1 --pool mean "$T/img.d2v" 2>/dev/null | d2v-show -n 1 > "$T/out"
+contains "$T/out" "features *f16 *\[32\]" "--features -1 --pool mean embeds each image as [D]"
+
+# Refusals.
+d2v-mask --patch 7 --copies 3 < "$T/img.d2v" > "$T/m3.d2v"
+status 1 "a stream masked with other copies than the checkpoint's is refused" d2v-train --resume -i "$T/m3.d2v" --steps 60 -c "$T/ck.safetensors" 2> "$T/err"
+contains "$T/err" "3 copies" "... naming the copies"
+status 1 "an unmasked stream is refused" d2v-train $MODEL -i "$T/img.d2v" --steps 2 -c "$T/x.safetensors" 2> "$T/err"
+contains "$T/err" "run d2v-mask first" "... with a hint"
+d2v-tokenize --idx $FM/t10k-images-idx3-ubyte.gz --size 21 --crop center 2>/dev/null | d2v-mask --patch 7 --copies 2 > "$T/m14.d2v"
+status 1 "images of another size than the model's are refused" d2v-train --resume -i "$T/m14.d2v" --steps 60 -c "$T/ck.safetensors" 2> "$T/err"
+contains "$T/err" "size 21" "... naming the size"
+gen-stream -n 3 -m audio > "$T/audio.d2v"
+status 1 "an audio stream is refused" d2v-train $MODEL -i "$T/audio.d2v" --steps 2 -c "$T/x.safetensors" 2> "$T/err"
+contains "$T/err" "audio stream" "... naming the modality"
+status 2 "stdin without --steps is a usage error" sh -c "d2v-train $MODEL -c '$T/x.safetensors' < '$T/m.d2v' 2>/dev/null"
+
+# A failed checkpoint write leaves the previous checkpoint intact.
+cp "$T/ck.safetensors" "$T/keep.safetensors"
+( trap '' XFSZ; ulimit -f 64; d2v-train --resume -i "$T/m.d2v" --epochs 2 --steps 60 -c "$T/ck.safetensors" ) > /dev/null 2> "$T/err"
+check "a checkpoint write over the file-size limit fails" [ $? -eq 1 ]
+contains "$T/err" "intact" "... saying the previous checkpoint is intact"
+check "... and it is byte for byte the previous one" cmp -s "$T/ck.safetensors" "$T/keep.safetensors"
+check "no temporary file is left behind" [ -z "$(ls "$T" | grep 'ck.safetensors.tmp')" ]
+
+# kill -9 in the middle, then --resume: the same later losses, bit for bit.
+d2v-train $MODEL -i "$T/m.d2v" --steps 20 -c "$T/full.safetensors" --log "$T/full.log"
+$PY -c '
+import sys; sys.path.insert(0, sys.argv[1]); import d2v_stream as s
+out = sys.stdout.buffer; w = None
+for kind, o in s.read(open(sys.argv[2], "rb")):
+    if kind == "header": w = s.Writer(out, o["modality"], o["stages"], o["meta"])
+    elif kind == "record" and w.n < 12 * 8:
+        rid = o.pop("id"); w.record(rid, **o)
+out.flush()   # no trailer: the writer is still "running"
+' "$D2V_ROOT/scripts" "$T/m.d2v" > "$T/part.d2v"
+mkfifo "$T/fifo"
+d2v-train $MODEL --steps 20 --save-every 5 -c "$T/cut.safetensors" --log "$T/cut.log" < "$T/fifo" 2>/dev/null &
+pid=$!
+exec 3> "$T/fifo"
+cat "$T/part.d2v" >&3
+i=0
+while [ "$(cat "$T/cut.log" 2>/dev/null | wc -l)" -lt 12 ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
+kill -9 $pid
+wait $pid 2>/dev/null
+exec 3>&-
+check "the killed run got to step 12 and saved step 10" $PY -c '
+import json, struct, sys
+b = open(sys.argv[1], "rb").read(); n = struct.unpack("<Q", b[:8])[0]
+assert json.loads(b[8:8 + n])["__metadata__"]["step"] == "10"
+' "$T/cut.safetensors"
+status 0 "--resume continues from the checkpoint" d2v-train --resume -i "$T/m.d2v" -c "$T/cut.safetensors" --log "$T/resumed.log"
+check "steps 11..20 after resuming equal the uninterrupted run's, bit for bit" sh -c "tail -n 10 '$T/full.log' | sed 's/,\"tokens_per_sec\".*//' > '$T/a'; sed 's/,\"tokens_per_sec\".*//' '$T/resumed.log' > '$T/b'; cmp -s '$T/a' '$T/b'"
+check "... and the final checkpoints agree" $PY -c '
+import json, struct, sys
+def body(p):
+    b = open(p, "rb").read(); n = struct.unpack("<Q", b[:8])[0]
+    return b[8 + n:]
+assert body(sys.argv[1]) == body(sys.argv[2])
+' "$T/full.safetensors" "$T/cut.safetensors"
+
+# A NaN loss stops training and names the last good checkpoint.
+$PY -c '
+import json, struct, sys, numpy as np
+b = bytearray(open(sys.argv[1], "rb").read()); n = struct.unpack("<Q", b[:8])[0]
+h = json.loads(b[8:8 + n]); a, e = h["student.decoder.proj.bias"]["data_offsets"]
+b[8 + n + a:8 + n + a + 4] = np.array([np.nan], np.float32).tobytes()
+open(sys.argv[2], "wb").write(b)' "$T/ck.safetensors" "$T/nan.safetensors"
+status 1 "a NaN loss stops training" d2v-train --resume -i "$T/m.d2v" --epochs 2 --steps 60 -c "$T/nan.safetensors" 2> "$T/err"
+contains "$T/err" "loss is nan.*last good checkpoint is $T/nan.safetensors (step 50)" "... naming the step and the last good checkpoint"
