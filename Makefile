@@ -112,7 +112,13 @@ check-ref: $(CMDS)
 demo: $(CMDS)
 	@D2V_BIN=$(CURDIR)/$(BUILD)/bin QUICK=$(QUICK) sh scripts/demo
 
-bench: $(CMDS) $(TOOLS)
+$(BUILD)/bench/%: bench/%.c $(BUILD)/libd2v.a $(HEADERS)
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) $< -o $@ $(ALL_LDFLAGS) $(BUILD)/libd2v.a $(LIBS)
+
+BENCH_PROGS := $(patsubst bench/%.c,$(BUILD)/bench/%,$(wildcard bench/*.c))
+
+bench: $(CMDS) $(TOOLS) $(BENCH_PROGS)
 	@$(TEST_ENV) sh bench/run
 
 # libFuzzer on the stream reader; corpus in build/fuzz/corpus.

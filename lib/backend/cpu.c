@@ -166,6 +166,7 @@ attention_forward(float *out, float *probs, const float *qkv, int R, int T,
 					const float *k = base + (size_t)j * 3 * D + D + h * hd;
 					float d = 0;
 
+#pragma omp simd reduction(+:d)
 					for (int e = 0; e < hd; e++)
 						d += q[e] * k[e];
 					p[j] = d * scale;
@@ -181,6 +182,7 @@ attention_forward(float *out, float *probs, const float *qkv, int R, int T,
 				for (int j = 0; j < T; j++) {
 					const float *v = base + (size_t)j * 3 * D + 2 * D + h * hd;
 
+#pragma omp simd
 					for (int e = 0; e < hd; e++)
 						o[e] += p[j] * v[e];
 				}
@@ -219,6 +221,7 @@ attention_backward(float *dqkv, const float *dout, const float *qkv,
 						float *dv = dbase + (size_t)j * 3 * D + 2 * D + h * hd;
 						float d = 0;
 
+#pragma omp simd reduction(+:d)
 						for (int e = 0; e < hd; e++) {
 							d += go[e] * v[e];
 							dv[e] += p[j] * go[e];
@@ -231,6 +234,7 @@ attention_backward(float *dqkv, const float *dout, const float *qkv,
 						float *dk = dbase + (size_t)j * 3 * D + D + h * hd;
 						float ds = p[j] * (dp[j] - dot) * scale;
 
+#pragma omp simd
 						for (int e = 0; e < hd; e++) {
 							dq[e] += ds * k[e];
 							dk[e] += ds * q[e];

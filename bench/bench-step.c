@@ -1,0 +1,115 @@
+/*
+ * bench-step - time d2v's training step (model forward and backward, Adam,
+ * clipping, EMA) on a benchmark configuration; the peer is
+ * bench/train_peer.py on the same shapes.
+ *
+ * Usage: bench-step [B1|B2|tiny] [STEPS] [WARMUP]
+ * Prints one JSON line: config, threads, median_ms, min_ms, max_rss_mb.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+#include <omp.h>
+
+#include "model/model.h"
+#include "rng.h"
+#include "train/optim.h"
+
+static double
+now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int
+cmp(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+int
+main(int argc, char **argv)
+{
+	const char *name = argc > 1 ? argv[1] : "B1";
+	int steps = argc > 2 ? atoi(argv[2]) : 20, warm = argc > 3 ? atoi(argv[3]) : 3;
+	int B = 4, masked = 157;
+	d2v_config c;
+	d2v_model m;
+	d2v_err err;
+	d2v_rng r;
+	uint8_t *img, *mask;
+	double *t;
+	struct rusage ru;
+
+	d2v_config_preset(&c, "tiny", NULL);
+	c.clone = 8;
+	c.decoder_layers = 6;
+	c.decoder_groups = 16;
+	c.max_update = 1000;
+	c.warmup = 10;
+	if (strcmp(name, "B2") == 0) {
+		c.dim = 384; c.heads = 6;
+	} else if (strcmp(name, "tiny") == 0) {
+		c.image_size = 28; c.patch = 4; c.channels = 1; c.dim = 64;
+		c.heads = 4; c.prenet_depth = 0; c.depth = 4; c.top_k = 4;
+		c.decoder_layers = 2; c.decoder_groups = 4; masked = 39;
+	} else if (strcmp(name, "B1") != 0) {
+		fprintf(stderr, "bench-step: unknown config %s (B1, B2, tiny)\n", name);
+		return 2;
+	}
+	c.mlp_dim = 4 * c.dim;
+	c.decoder_dim = c.dim;
+	if (d2v_model_init(&m, &c, d2v_backend_cpu(), &err) < 0) {
+		fprintf(stderr, "bench-step: %s\n", err.msg);
+		return 1;
+	}
+	d2v_params_init(&m.lay, &c, m.params, 1);
+	d2v_model_sync_teacher(&m);
+	img = malloc((size_t)B * c.channels * c.image_size * c.image_size);
+	mask = calloc((size_t)B * c.clone * m.N, 1);
+	t = malloc(sizeof *t * (size_t)(steps > 0 ? steps : 1));
+	d2v_rng_seed(&r, 1, 2, 3);
+	for (size_t i = 0; i < (size_t)B * c.channels * c.image_size * c.image_size; i++)
+		img[i] = (uint8_t)d2v_rng_below(&r, 256);
+	for (int row = 0; row < B * c.clone; row++) {
+		int idx[4096];
+
+		for (int n = 0; n < m.N; n++)
+			idx[n] = n;
+		d2v_rng_shuffle_int(&r, idx, m.N);
+		for (int n = 0; n < masked; n++)
+			mask[(size_t)row * m.N + idx[n]] = 1;
+	}
+	for (int s = -warm; s < steps; s++) {
+		d2v_step_out o;
+		double t0 = now();
+
+		if (d2v_model_step(&m, img, mask, NULL, NULL, NULL, B, (uint64_t)s, &o,
+		    &err) < 0) {
+			fprintf(stderr, "bench-step: %s\n", err.msg);
+			return 1;
+		}
+		d2v_train_update(&m, s + warm, NULL, NULL);
+		if (s >= 0)
+			t[s] = (now() - t0) * 1e3;
+	}
+	qsort(t, (size_t)steps, sizeof *t, cmp);
+	getrusage(RUSAGE_SELF, &ru);
+	printf("{\"impl\":\"d2v\",\"config\":\"%s\",\"threads\":%d,\"median_ms\":%.2f,"
+	    "\"min_ms\":%.2f,\"max_rss_mb\":%.1f,\"params\":%zu}\n", name,
+	    omp_get_max_threads(), t[steps / 2], t[0], ru.ru_maxrss / 1024.0,
+	    m.lay.total);
+	d2v_model_free(&m);
+	free(img);
+	free(mask);
+	free(t);
+	return 0;
+}
