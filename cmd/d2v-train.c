@@ -48,6 +48,8 @@ static const char usage_text[] =
 "      --beta1 X --beta2 X --adam-eps X\n"
 "      --ema-decay X --ema-end-decay X --ema-anneal-end N\n"
 "      --cls-loss X --noise-std X --seed N\n"
+"      --dropout X --attention-dropout X --activation-dropout X\n"
+"      --post-mlp-dropout X --drop-path X     student-only (default 0)\n"
 "      --min-target-var X --min-pred-var X   stop when a variance collapses\n"
 "  -q, --quiet  -h, --help  --version\n";
 
@@ -56,7 +58,8 @@ enum {
 	O_STEPS, O_PROGRESS, O_NO_PROGRESS, O_PRESET, O_DIM, O_HEADS, O_MLP,
 	O_DEPTH, O_PRENET, O_TOPK, O_DDIM, O_DLAYERS, O_DKERNEL, O_DGROUPS,
 	O_LR, O_MINLR, O_WARMUP, O_WD, O_CLIP, O_B1, O_B2, O_AEPS, O_EMA,
-	O_EMA_END, O_EMA_N, O_CLS, O_NOISE, O_SEED, O_MINTV, O_MINPV, O_VERSION
+	O_EMA_END, O_EMA_N, O_CLS, O_NOISE, O_SEED, O_MINTV, O_MINPV, O_VERSION,
+	O_DROP, O_ADROP, O_ACTDROP, O_POSTDROP, O_DPATH
 };
 
 static const struct option longopts[] = {
@@ -99,6 +102,11 @@ static const struct option longopts[] = {
 	{"seed", required_argument, NULL, O_SEED},
 	{"min-target-var", required_argument, NULL, O_MINTV},
 	{"min-pred-var", required_argument, NULL, O_MINPV},
+	{"dropout", required_argument, NULL, O_DROP},
+	{"attention-dropout", required_argument, NULL, O_ADROP},
+	{"activation-dropout", required_argument, NULL, O_ACTDROP},
+	{"post-mlp-dropout", required_argument, NULL, O_POSTDROP},
+	{"drop-path", required_argument, NULL, O_DPATH},
 	{"quiet", no_argument, NULL, 'q'},
 	{"help", no_argument, NULL, 'h'},
 	{"version", no_argument, NULL, O_VERSION},
@@ -113,7 +121,7 @@ static struct {
 	long dim, heads, mlp, depth, prenet, topk, ddim, dlayers, dkernel,
 	    dgroups, batch, warmup, ema_n;
 	double lr, min_lr, wd, clip, b1, b2, aeps, ema, ema_end, cls, noise,
-	    mintv, minpv;
+	    mintv, minpv, drop, adrop, actdrop, postdrop, dpath;
 	long long seed;
 } opt = {
 	.progress = -1, .log_every = 1, .epochs = 1, .steps = -1, .dim = -1,
@@ -122,6 +130,7 @@ static struct {
 	.warmup = -1, .ema_n = -1, .lr = NAN, .min_lr = NAN, .wd = NAN,
 	.clip = NAN, .b1 = NAN, .b2 = NAN, .aeps = NAN, .ema = NAN,
 	.ema_end = NAN, .cls = NAN, .noise = NAN, .mintv = NAN, .minpv = NAN,
+	.drop = NAN, .adrop = NAN, .actdrop = NAN, .postdrop = NAN, .dpath = NAN,
 	.seed = -1,
 };
 
@@ -187,6 +196,11 @@ parse_args(int argc, char **argv)
 		case O_SEED: opt.seed = d2v_parse_long("--seed", optarg, 0, LONG_MAX); break;
 		case O_MINTV: opt.mintv = d2v_parse_double("--min-target-var", optarg, 0, 1e9); break;
 		case O_MINPV: opt.minpv = d2v_parse_double("--min-pred-var", optarg, 0, 1e9); break;
+		case O_DROP: opt.drop = d2v_parse_double("--dropout", optarg, 0, 0.99); break;
+		case O_ADROP: opt.adrop = d2v_parse_double("--attention-dropout", optarg, 0, 0.99); break;
+		case O_ACTDROP: opt.actdrop = d2v_parse_double("--activation-dropout", optarg, 0, 0.99); break;
+		case O_POSTDROP: opt.postdrop = d2v_parse_double("--post-mlp-dropout", optarg, 0, 0.99); break;
+		case O_DPATH: opt.dpath = d2v_parse_double("--drop-path", optarg, 0, 0.99); break;
 		default: d2v_usage("unknown option");
 		}
 	}
@@ -238,6 +252,9 @@ make_config(d2v_config *c, const json_t *hdr, long steps)
 	SETD(ema_end_decay, opt.ema_end); SETD(cls_loss, opt.cls);
 	SETD(mask_noise_std, opt.noise); SETD(min_target_var, opt.mintv);
 	SETD(min_pred_var, opt.minpv);
+	SETD(encoder_dropout, opt.drop); SETD(attention_dropout, opt.adrop);
+	SETD(activation_dropout, opt.actdrop); SETD(post_mlp_drop, opt.postdrop);
+	SETD(drop_path, opt.dpath);
 	if (opt.seed >= 0)
 		c->seed = (unsigned long long)opt.seed;
 	c->max_update = steps;

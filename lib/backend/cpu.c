@@ -145,8 +145,8 @@ gelu_backward(float *din, const float *in, const float *dout, size_t n)
 }
 
 static void
-attention_forward(float *out, float *probs, const float *qkv, int R, int T,
-    int D, int H)
+attention_forward(float *out, float *probs, const float *qkv,
+    const float *drop, int R, int T, int D, int H)
 {
 	int hd = D / H;
 	float scale = 1.0f / sqrtf((float)hd);
@@ -161,6 +161,8 @@ attention_forward(float *out, float *probs, const float *qkv, int R, int T,
 				const float *q = base + (size_t)i * 3 * D + h * hd;
 				float *p = P + (size_t)i * T, mx = -INFINITY, s = 0;
 				float *o = out + ((size_t)r * T + i) * D + h * hd;
+				const float *dm = drop ? drop + ((size_t)r * H + h) * T * T +
+				    (size_t)i * T : NULL;
 
 				for (int j = 0; j < T; j++) {
 					const float *k = base + (size_t)j * 3 * D + D + h * hd;
@@ -181,10 +183,11 @@ attention_forward(float *out, float *probs, const float *qkv, int R, int T,
 				memset(o, 0, sizeof(float) * (size_t)hd);
 				for (int j = 0; j < T; j++) {
 					const float *v = base + (size_t)j * 3 * D + 2 * D + h * hd;
+					float pj = dm ? p[j] * dm[j] : p[j];
 
 #pragma omp simd
 					for (int e = 0; e < hd; e++)
-						o[e] += p[j] * v[e];
+						o[e] += pj * v[e];
 				}
 			}
 		}
@@ -193,7 +196,7 @@ attention_forward(float *out, float *probs, const float *qkv, int R, int T,
 
 static void
 attention_backward(float *dqkv, const float *dout, const float *qkv,
-    const float *probs, int R, int T, int D, int H)
+    const float *probs, const float *drop, int R, int T, int D, int H)
 {
 	int hd = D / H;
 	float scale = 1.0f / sqrtf((float)hd);
@@ -211,6 +214,8 @@ attention_backward(float *dqkv, const float *dout, const float *qkv,
 
 				for (int i = 0; i < T; i++) {
 					const float *p = P + (size_t)i * T;
+					const float *dm = drop ? drop + ((size_t)r * H + h) *
+					    T * T + (size_t)i * T : NULL;
 					const float *go = dout + ((size_t)r * T + i) * D + h * hd;
 					const float *q = base + (size_t)i * 3 * D + h * hd;
 					float *dq = dbase + (size_t)i * 3 * D + h * hd;
@@ -219,13 +224,15 @@ attention_backward(float *dqkv, const float *dout, const float *qkv,
 					for (int j = 0; j < T; j++) {
 						const float *v = base + (size_t)j * 3 * D + 2 * D + h * hd;
 						float *dv = dbase + (size_t)j * 3 * D + 2 * D + h * hd;
-						float d = 0;
+						float d = 0, pj = dm ? p[j] * dm[j] : p[j];
 
 #pragma omp simd reduction(+:d)
 						for (int e = 0; e < hd; e++) {
 							d += go[e] * v[e];
-							dv[e] += p[j] * go[e];
+							dv[e] += pj * go[e];
 						}
+						if (dm)
+							d *= dm[j];
 						dp[j] = d;
 						dot += p[j] * d;
 					}
@@ -368,6 +375,14 @@ add(float *a, const float *b, size_t n)
 }
 
 static void
+mul(float *a, const float *b, size_t n)
+{
+#pragma omp parallel for schedule(static)
+	for (size_t i = 0; i < n; i++)
+		a[i] *= b[i];
+}
+
+static void
 instancenorm_forward(float *out, const float *in, int R, int T, int C,
     float eps, int acc, float scale)
 {
@@ -411,6 +426,7 @@ static const d2v_ops cpu_ops = {
 	.conv2d_forward = conv2d_forward,
 	.conv2d_backward = conv2d_backward,
 	.add = add,
+	.mul = mul,
 	.instancenorm_forward = instancenorm_forward,
 };
 

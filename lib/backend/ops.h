@@ -38,11 +38,14 @@ typedef struct d2v_ops {
 	    size_t n);
 
 	/* Multi-head self-attention core: qkv (R,T,3D) laid out as
-	 * (3, H, D/H) per token -> out (R,T,D); probs (R,H,T,T) saved. */
+	 * (3, H, D/H) per token -> out (R,T,D); probs (R,H,T,T) saved before
+	 * dropout; drop (R,H,T,T) scales the probabilities (attention dropout:
+	 * 0 or 1/(1-p)), NULL for none. */
 	void (*attention_forward)(float *out, float *probs, const float *qkv,
-	    int R, int T, int D, int H);
+	    const float *drop, int R, int T, int D, int H);
 	void (*attention_backward)(float *dqkv, const float *dout,
-	    const float *qkv, const float *probs, int R, int T, int D, int H);
+	    const float *qkv, const float *probs, const float *drop, int R,
+	    int T, int D, int H);
 
 	/* Grouped 2-D convolution, 'same' padding k/2, stride 1, channels-last:
 	 * in (R, Hh*Ww, Ci), w (Co, Ci/G, k, k), b (Co) -> out (R, Hh*Ww, Co).
@@ -57,6 +60,8 @@ typedef struct d2v_ops {
 
 	/* a (n) += b (n) */
 	void (*add)(float *a, const float *b, size_t n);
+	/* a (n) *= b (n) */
+	void (*mul)(float *a, const float *b, size_t n);
 	/* Instance norm over T per channel for each of R sequences, no affine,
 	 * biased variance: out (R,T,C) from in (R,T,C); out may be in.
 	 * When acc is set, ADDS scale * normalised into out instead. */

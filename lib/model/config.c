@@ -104,21 +104,30 @@ d2v_config_check(const d2v_config *c, d2v_err *err)
 			return d2v_err_set(err, D2V_EINVAL, "std must be > 0");
 	if (c->beta1 < 0 || c->beta1 >= 1 || c->beta2 < 0 || c->beta2 >= 1)
 		return d2v_err_set(err, D2V_EINVAL, "Adam betas must be in [0,1)");
+	if (c->encoder_dropout < 0 || c->encoder_dropout >= 1 ||
+	    c->attention_dropout < 0 || c->attention_dropout >= 1 ||
+	    c->activation_dropout < 0 || c->activation_dropout >= 1 ||
+	    c->post_mlp_drop < 0 || c->post_mlp_drop >= 1 ||
+	    c->drop_path < 0 || c->drop_path >= 1)
+		return d2v_err_set(err, D2V_EINVAL, "dropout rates must be in "
+		    "[0, 1)");
 	if (c->max_update < 1 || c->warmup < 0)
 		return d2v_err_set(err, D2V_EINVAL, "max_update must be >= 1");
 	return 0;
 }
 
+static void add_dropout(json_t *j, const d2v_config *c);
+
 json_t *
 d2v_config_to_json(const d2v_config *c)
 {
-	json_t *mean = json_array(), *std = json_array();
+	json_t *mean = json_array(), *std = json_array(), *j;
 
 	for (int i = 0; i < c->channels; i++) {
 		json_array_append_new(mean, json_real(c->mean[i]));
 		json_array_append_new(std, json_real(c->std[i]));
 	}
-	return json_pack("{s:s,s:s,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:f,"
+	j = json_pack("{s:s,s:s,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:f,"
 	    "s:i,s:i,s:i,s:i,s:b,s:i,s:f,s:f,s:f,s:o,s:o,"
 	    "s:f,s:f,s:I,s:I,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:I,s:f,s:f,s:i,s:I}",
 	    "modality", c->modality, "objective", c->objective,
@@ -141,6 +150,21 @@ d2v_config_to_json(const d2v_config *c)
 	    "min_target_var", c->min_target_var,
 	    "min_pred_var", c->min_pred_var, "batch", c->batch,
 	    "seed", (json_int_t)c->seed);
+	if (j != NULL)
+		add_dropout(j, c);
+	return j;
+}
+
+/* The regularisation keys, added after the pack above (jansson's pack
+ * format has a practical length). */
+static void
+add_dropout(json_t *j, const d2v_config *c)
+{
+	json_object_set_new(j, "encoder_dropout", json_real(c->encoder_dropout));
+	json_object_set_new(j, "attention_dropout", json_real(c->attention_dropout));
+	json_object_set_new(j, "activation_dropout", json_real(c->activation_dropout));
+	json_object_set_new(j, "post_mlp_drop", json_real(c->post_mlp_drop));
+	json_object_set_new(j, "drop_path", json_real(c->drop_path));
 }
 
 static int
@@ -192,6 +216,9 @@ d2v_config_from_json(d2v_config *c, const json_t *j, d2v_err *err)
 	NUM(ema_end_decay, double); NUM(ema_anneal_end_step, long);
 	NUM(min_target_var, double); NUM(min_pred_var, double);
 	NUM(batch, int); NUM(seed, unsigned long long);
+	NUM(encoder_dropout, double); NUM(attention_dropout, double);
+	NUM(activation_dropout, double); NUM(post_mlp_drop, double);
+	NUM(drop_path, double);
 	a = json_object_get(j, "mean");
 	json_array_foreach(a, i, v)
 		if (i < 3 && json_is_number(v))

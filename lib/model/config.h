@@ -41,6 +41,12 @@ typedef struct d2v_config {
 	double cls_loss;
 	double loss_scale;      /* 0: 1/sqrt(D) */
 	double mean[3], std[3]; /* input normalisation per channel */
+	/* student-only regularisation (0 in the image recipe) */
+	double encoder_dropout;    /* after the attention projection */
+	double attention_dropout;  /* on the attention probabilities */
+	double activation_dropout; /* after the GELU and after fc2 */
+	double post_mlp_drop;      /* on the FFN output before its residual */
+	double drop_path;          /* stochastic depth, 0 -> this over blocks */
 	/* training */
 	double lr, min_lr;
 	long warmup, max_update;

@@ -27,6 +27,8 @@ acts_free(d2v_enc_acts *a, int nb)
 	freev(a->x1, nb); freev(a->m1, nb); freev(a->s1, nb); freev(a->r, nb);
 	freev(a->h1, nb); freev(a->g, nb); freev(a->f, nb); freev(a->x2, nb);
 	freev(a->m2, nb); freev(a->s2, nb); freev(a->out, nb);
+	freev(a->drop_att, nb); freev(a->drop_ao, nb); freev(a->drop_act, nb);
+	freev(a->drop_f, nb);
 	memset(a, 0, sizeof *a);
 }
 
@@ -46,7 +48,14 @@ allocv(int n, size_t each)
 }
 
 static int
-acts_alloc(d2v_enc_acts *a, const d2v_model *m, int R, int T)
+has_dropout(const d2v_config *c)
+{
+	return c->encoder_dropout > 0 || c->attention_dropout > 0 ||
+	    c->activation_dropout > 0 || c->post_mlp_drop > 0 || c->drop_path > 0;
+}
+
+static int
+acts_alloc(d2v_enc_acts *a, const d2v_model *m, int R, int T, int with_drop)
 {
 	size_t RT = TEN(R) * T, D = TEN(m->D), F = TEN(m->F);
 	int nb = m->nb;
@@ -74,6 +83,16 @@ acts_alloc(d2v_enc_acts *a, const d2v_model *m, int R, int T)
 	a->m2 = allocv(nb, RT);
 	a->s2 = allocv(nb, RT);
 	a->out = allocv(nb, RT * D);
+	if (with_drop) {
+		a->drop_att = allocv(nb, TEN(R) * m->H * T * T);
+		a->drop_ao = allocv(nb, RT * D);
+		a->drop_act = allocv(nb, RT * F);
+		a->drop_f = allocv(nb, RT * D);
+		if (!a->drop_att || !a->drop_ao || !a->drop_act || !a->drop_f) {
+			acts_free(a, nb);
+			return -1;
+		}
+	}
 	if (!a->x_in || !a->ctx_mean || !a->ctx_rstd || !a->x0 || !a->qkv ||
 	    !a->probs || !a->att || !a->x1 || !a->m1 || !a->s1 || !a->r ||
 	    !a->h1 || !a->g || !a->f || !a->x2 || !a->m2 || !a->s2 || !a->out) {
@@ -225,7 +244,8 @@ step_alloc(d2v_model *m, int B, int V, d2v_err *err)
 	    !m->dec_in || !m->dc || !m->dm || !m->ds || !m->dl || !m->dout ||
 	    !m->pred || !m->col || !m->dcol || !m->gA || !m->gB || !m->gC ||
 	    !m->gF || !m->gF2 || !m->gQKV || !m->gdec || !m->gdec2 ||
-	    acts_alloc(&m->st, m, R, T) < 0 || acts_alloc(&m->te, m, B, N + 1) < 0) {
+	    acts_alloc(&m->st, m, R, T, has_dropout(c)) < 0 ||
+	    acts_alloc(&m->te, m, B, N + 1, 0) < 0) {
 		step_free(m);
 		return d2v_err_set(err, D2V_ENOMEM, "out of memory for a batch "
 		    "of %d images", B);
@@ -291,20 +311,30 @@ encoder_forward(d2v_model *m, const float *P, d2v_enc_acts *a)
 
 		o->matmul_forward(a->qkv[l], x, P + b->qkv_w, P + b->qkv_b, RT, D,
 		    3 * D);
-		o->attention_forward(a->att[l], a->probs[l], a->qkv[l], R, T, D,
-		    m->H);
+		o->attention_forward(a->att[l], a->probs[l], a->qkv[l],
+		    a->drop ? a->drop_att[l] : NULL, R, T, D, m->H);
 		o->matmul_forward(a->x1[l], a->att[l], P + b->proj_w,
 		    P + b->proj_b, RT, D, D);
+		if (a->drop)
+			o->mul(a->x1[l], a->drop_ao[l], TEN(RT) * D);
 		o->add(a->x1[l], x, TEN(RT) * D);
 		o->layernorm_forward(a->r[l], a->m1[l], a->s1[l], a->x1[l],
 		    P + b->norm1_w, P + b->norm1_b, RT, D, eps);
 		o->matmul_forward(a->h1[l], a->r[l], P + b->fc1_w, P + b->fc1_b,
 		    RT, D, F);
 		o->gelu_forward(a->g[l], a->h1[l], TEN(RT) * F);
+		if (a->drop)
+			o->mul(a->g[l], a->drop_act[l], TEN(RT) * F);
 		o->matmul_forward(a->f[l], a->g[l], P + b->fc2_w, P + b->fc2_b,
 		    RT, F, D);
-		memcpy(a->x2[l], a->r[l], TEN(RT) * D * sizeof(float));
-		o->add(a->x2[l], a->f[l], TEN(RT) * D);
+		if (a->drop) {
+			memcpy(a->x2[l], a->f[l], TEN(RT) * D * sizeof(float));
+			o->mul(a->x2[l], a->drop_f[l], TEN(RT) * D);
+			o->add(a->x2[l], a->r[l], TEN(RT) * D);
+		} else {
+			memcpy(a->x2[l], a->r[l], TEN(RT) * D * sizeof(float));
+			o->add(a->x2[l], a->f[l], TEN(RT) * D);
+		}
 		o->layernorm_forward(a->out[l], a->m2[l], a->s2[l], a->x2[l],
 		    P + b->norm2_w, P + b->norm2_b, RT, D, eps);
 		x = a->out[l];
@@ -332,10 +362,20 @@ encoder_backward(d2v_model *m, d2v_enc_acts *a, float *dout, float *dx)
 		memset(d_x2, 0, nD * sizeof(float));
 		o->layernorm_backward(d_x2, G + b->norm2_w, G + b->norm2_b, dout,
 		    a->x2[l], a->m2[l], a->s2[l], P + b->norm2_w, RT, D);
-		/* f = fc2(gelu(fc1(r))) */
+		/* x2 = r + drop_f * fc2(drop_act * gelu(fc1(r))) */
 		memset(m->gF, 0, TEN(RT) * F * sizeof(float));
-		o->matmul_backward(m->gF, G + b->fc2_w, G + b->fc2_b, d_x2,
-		    a->g[l], P + b->fc2_w, RT, F, D);
+		if (a->drop) {
+			float *df = m->gA;
+
+			memcpy(df, d_x2, nD * sizeof(float));
+			o->mul(df, a->drop_f[l], nD);
+			o->matmul_backward(m->gF, G + b->fc2_w, G + b->fc2_b, df,
+			    a->g[l], P + b->fc2_w, RT, F, D);
+			o->mul(m->gF, a->drop_act[l], TEN(RT) * F);
+		} else {
+			o->matmul_backward(m->gF, G + b->fc2_w, G + b->fc2_b, d_x2,
+			    a->g[l], P + b->fc2_w, RT, F, D);
+		}
 		memset(m->gF2, 0, TEN(RT) * F * sizeof(float));
 		o->gelu_backward(m->gF2, a->h1[l], m->gF, TEN(RT) * F);
 		/* d_r = d_x2 + fc1 backward */
@@ -345,13 +385,23 @@ encoder_backward(d2v_model *m, d2v_enc_acts *a, float *dout, float *dx)
 		memset(dout, 0, nD * sizeof(float));
 		o->layernorm_backward(dout, G + b->norm1_w, G + b->norm1_b, d_x2,
 		    a->x1[l], a->m1[l], a->s1[l], P + b->norm1_w, RT, D);
-		/* x1 = x + proj(att): dout now holds d_x1 = d_x (residual) */
+		/* x1 = x + drop_ao * proj(att): dout now holds d_x1 = d_x
+		 * (residual) */
 		memset(m->gA, 0, nD * sizeof(float));
-		o->matmul_backward(m->gA, G + b->proj_w, G + b->proj_b, dout,
-		    a->att[l], P + b->proj_w, RT, D, D);
+		if (a->drop) {
+			float *dao = d_x2; /* free again */
+
+			memcpy(dao, dout, nD * sizeof(float));
+			o->mul(dao, a->drop_ao[l], nD);
+			o->matmul_backward(m->gA, G + b->proj_w, G + b->proj_b, dao,
+			    a->att[l], P + b->proj_w, RT, D, D);
+		} else {
+			o->matmul_backward(m->gA, G + b->proj_w, G + b->proj_b, dout,
+			    a->att[l], P + b->proj_w, RT, D, D);
+		}
 		memset(m->gQKV, 0, nD * 3 * sizeof(float));
-		o->attention_backward(m->gQKV, m->gA, a->qkv[l], a->probs[l], R,
-		    T, D, m->H);
+		o->attention_backward(m->gQKV, m->gA, a->qkv[l], a->probs[l],
+		    a->drop ? a->drop_att[l] : NULL, R, T, D, m->H);
 		o->matmul_backward(dout, G + b->qkv_w, G + b->qkv_b, m->gQKV, xin,
 		    P + b->qkv_w, RT, D, 3 * D);
 		/* The key bias adds q.b_k to every score of a row, which the
@@ -471,6 +521,55 @@ mean_std(const float *x, long rows, int D)
 	return acc / D;
 }
 
+/* Fills scale buffer buf (rows, per) with 0 or 1/(1-p) per element,
+ * times 0 or 1/(1-dp) per row (drop path); keyed by (seed, kind, row). */
+static void
+fill_drop(float *buf, int rows, size_t per, double p, double dp,
+    uint64_t seed, uint64_t kind)
+{
+	float keep = p > 0 ? (float)(1.0 / (1.0 - p)) : 1.0f;
+	float kpath = dp > 0 ? (float)(1.0 / (1.0 - dp)) : 1.0f;
+
+#pragma omp parallel for schedule(static)
+	for (int r = 0; r < rows; r++) {
+		d2v_rng g;
+		float *row = buf + TEN(r) * per;
+		float s;
+
+		d2v_rng_seed(&g, seed, kind, (uint64_t)r);
+		s = dp > 0 && d2v_rng_uniform(&g) < dp ? 0.0f : kpath;
+		for (size_t i = 0; i < per; i++)
+			row[i] = p > 0 && d2v_rng_uniform(&g) < p ? 0.0f : keep * s;
+	}
+}
+
+/* Draws this step's dropout and drop-path scales for every block. */
+static void
+make_dropout(d2v_model *m, d2v_enc_acts *a, uint64_t seed)
+{
+	const d2v_config *c = &m->cfg;
+	int R = a->R, T = a->T, D = m->D, F = m->F, H = m->H;
+
+	for (int l = 0; l < m->nb; l++) {
+		double dp = m->nb > 1 ? c->drop_path * l / (m->nb - 1) : c->drop_path;
+		uint64_t k = 0xd0000 + (uint64_t)l * 8;
+
+		fill_drop(a->drop_att[l], R * H, TEN(T) * T, c->attention_dropout,
+		    0, seed, k);
+		fill_drop(a->drop_ao[l], R, TEN(T) * D, c->encoder_dropout, dp,
+		    seed, k + 1);
+		fill_drop(a->drop_act[l], R, TEN(T) * F, c->activation_dropout, 0,
+		    seed, k + 2);
+		/* activation dropout after fc2 and the post-MLP dropout stack */
+		{
+			double p1 = c->activation_dropout, p2 = c->post_mlp_drop;
+			double p = 1 - (1 - p1) * (1 - p2);
+
+			fill_drop(a->drop_f[l], R, TEN(T) * D, p, dp, seed, k + 3);
+		}
+	}
+}
+
 int
 d2v_model_step(d2v_model *m, const uint8_t *img, const uint8_t *mask,
     const float *noise, const float *y, const float *ycls, int B,
@@ -539,7 +638,11 @@ d2v_model_step(d2v_model *m, const uint8_t *img, const uint8_t *mask,
 			    src + TEN(m->keep[TEN(r) * V + j]) * D,
 			    TEN(D) * sizeof(float));
 	}
+	a->drop = has_dropout(c);
+	if (a->drop)
+		make_dropout(m, a, rng_seed);
 	encoder_forward(m, P, a);
+	a->drop = 0;
 
 	/* decoder input: encoder outputs back in place, noise elsewhere */
 	{
@@ -685,7 +788,9 @@ d2v_model_step(d2v_model *m, const uint8_t *img, const uint8_t *mask,
 			}
 		/* the encoder backward uses gA, gC, gF, gQKV as scratch; pass
 		 * gB as dout and get d(x_in) in gdec */
+		a->drop = has_dropout(c);
 		encoder_backward(m, a, dh, m->gdec);
+		a->drop = 0;
 	}
 	/* x_in rows: CLS at 0, tokens of image r/M at keep[] */
 	{

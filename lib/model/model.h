@@ -46,6 +46,13 @@ typedef struct d2v_enc_acts {
 	float **x2;       /* (R,T,D) r + f */
 	float **m2, **s2; /* (R*T) LN2 mean, rstd */
 	float **out;      /* (R,T,D) block output */
+	/* dropout scales (0 or 1/(1-p)), allocated for the student only when
+	 * the config has dropout; used when `drop` is set for a pass */
+	int drop;
+	float **drop_att; /* (R,H,T,T) attention dropout */
+	float **drop_ao;  /* (R,T,D) encoder dropout x drop path, attention branch */
+	float **drop_act; /* (R,T,F) activation dropout after the GELU */
+	float **drop_f;   /* (R,T,D) activation dropout x post-MLP dropout x drop path */
 } d2v_enc_acts;
 
 typedef struct d2v_step_out {

@@ -51,7 +51,7 @@ inputs(uint8_t *img, uint8_t *mask, float *noise, const d2v_model *m)
 }
 
 static void
-test_gradients(void)
+test_gradients(const char *what, double drop)
 {
 	d2v_config c = tiny();
 	d2v_model m;
@@ -62,6 +62,9 @@ test_gradients(void)
 	d2v_rng r;
 	int bad = 0, checked = 0, rc;
 
+	c.encoder_dropout = c.attention_dropout = c.activation_dropout = drop;
+	c.post_mlp_drop = drop;
+	c.drop_path = drop > 0 ? 0.4 : 0;
 	rc = d2v_model_init(&m, &c, d2v_backend_cpu(), &err);
 	T_OK(rc == 0, "tiny model initialises (%s)", rc ? err.msg : "ok");
 	if (rc)
@@ -108,8 +111,22 @@ test_gradients(void)
 			printf("# %s: worst relative error %.3g\n", p->name, worst);
 		}
 	}
-	T_OK(bad == 0, "finite differences agree on all %d parameter tensors "
-	    "(%d coordinates)", m.lay.count, checked);
+	T_OK(bad == 0, "%s: finite differences agree on all %d parameter "
+	    "tensors (%d coordinates)", what, m.lay.count, checked);
+	if (drop > 0) {
+		d2v_step_out o3;
+		float *t1 = malloc(4 * 16 * sizeof(float));
+
+		/* the teacher's targets never see dropout */
+		d2v_model_step(&m, img, mask, noise, NULL, NULL, 2, 1, &o3, &err);
+		memcpy(t1, m.y, 4 * 16 * sizeof(float));
+		d2v_model_step(&m, img, mask, noise, NULL, NULL, 2, 99, &o3, &err);
+		T_OK(memcmp(t1, m.y, 4 * 16 * sizeof(float)) == 0 &&
+		    fabs(o3.loss - out.loss) > 1e-6,
+		    "dropout changes the student's loss with the step seed, never "
+		    "the targets");
+		free(t1);
+	}
 	free(g);
 	free(noise);
 	d2v_model_free(&m);
@@ -199,7 +216,8 @@ test_checkpoint(void)
 int
 main(void)
 {
-	test_gradients();
+	test_gradients("no dropout", 0);
+	test_gradients("dropout 0.2 everywhere, drop path 0.4", 0.2);
 	test_unequal_mask();
 	test_schedules();
 	test_checkpoint();

@@ -158,13 +158,14 @@ test_gelu(void)
 }
 
 /* ---- attention ---- */
-struct at { int R, T, D, H; float *qkv, *out, *probs, *r; };
+struct at { int R, T, D, H; float *qkv, *out, *probs, *r, *drop; };
 static double
 at_loss(void *c)
 {
 	struct at *s = c;
 
-	o->attention_forward(s->out, s->probs, s->qkv, s->R, s->T, s->D, s->H);
+	o->attention_forward(s->out, s->probs, s->qkv, s->drop, s->R, s->T,
+	    s->D, s->H);
 	return dot(s->out, s->r, (size_t)s->R * s->T * s->D);
 }
 
@@ -182,9 +183,19 @@ test_attention(void)
 	for (int i = 0; i < 5; i++)
 		rowsum += s.probs[i];
 	T_OK(fabs(rowsum - 1) < 1e-5, "attention probabilities sum to 1");
-	o->attention_backward(dq, s.r, s.qkv, s.probs, 2, 5, 8, 2);
+	o->attention_backward(dq, s.r, s.qkv, s.probs, NULL, 2, 5, 8, 2);
 	T_OK(fd_check(at_loss, &s, s.qkv, dq, nq, 1e-2) < 2e-3,
 	    "attention d(qkv)");
+	/* with attention dropout: probabilities scaled by 0 or 1/(1-p) */
+	s.drop = zeros(2 * 2 * 25);
+	for (int i = 0; i < 100; i++)
+		s.drop[i] = d2v_rng_uniform(&rng) < 0.3 ? 0.0f : 1.0f / 0.7f;
+	memset(dq, 0, nq * sizeof(float));
+	at_loss(&s);
+	o->attention_backward(dq, s.r, s.qkv, s.probs, s.drop, 2, 5, 8, 2);
+	T_OK(fd_check(at_loss, &s, s.qkv, dq, nq, 1e-2) < 2e-3,
+	    "attention d(qkv) with attention dropout");
+	free(s.drop);
 	free(s.qkv); free(s.out); free(s.probs); free(s.r); free(dq);
 }
 
