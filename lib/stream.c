@@ -1043,7 +1043,8 @@ writer_cb(void *data, const char *p, size_t n)
 
 	if (w->err.code < 0)
 		return -1;
-	if (w->used + n > WRITE_BUF) {
+	/* a big piece goes straight to the fd, after what is buffered */
+	if (w->used + n > WRITE_BUF || (n >= WRITE_BUF / 2 && w->used > 0)) {
 		if (write_all(w, w->buf, w->used) < 0)
 			return -1;
 		w->used = 0;

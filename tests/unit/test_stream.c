@@ -593,6 +593,58 @@ test_writer_errors(void)
 	json_decref(h);
 }
 
+/* A tensor between half the write buffer and the buffer, after buffered
+ * bytes: the writer must flush those first (a bug once wrote it ahead). */
+static void
+test_mid_tensor(void)
+{
+	int fd = tmpfd(), ok = 1;
+	d2v_writer *w;
+	d2v_reader *r;
+	d2v_record rec;
+	d2v_err err;
+	json_t *h = d2v_header_new("image");
+	int64_t sizes[3] = {10, 600000, 300000};
+	blob b;
+
+	d2v_writer_open_fd(&w, fd, "mem", &err);
+	d2v_writer_header(w, h, &err);
+	for (int i = 0; i < 3; i++) {
+		d2v_tensor t;
+
+		d2v_record_init(&rec);
+		d2v_record_set_id(&rec, "mid", &err);
+		d2v_tensor_init(&t, D2V_DTYPE_U8, 1, &sizes[i], &err);
+		fill_tensor(&t, (unsigned)i);
+		d2v_record_set_tensor(&rec, "x", &t, &err);
+		d2v_writer_record(w, &rec, &err);
+		d2v_record_clear(&rec);
+	}
+	d2v_writer_end(w, &err);
+	d2v_writer_free(w);
+	b = slurp(fd);
+	d2v_reader_open_mem(&r, b.buf, b.len, "mem", &err);
+	d2v_record_init(&rec);
+	for (int i = 0; i < 3; i++) {
+		d2v_tensor t, *x;
+
+		d2v_tensor_init(&t, D2V_DTYPE_U8, 1, &sizes[i], &err);
+		fill_tensor(&t, (unsigned)i);
+		if (d2v_reader_next(r, &rec, &err) != 1 ||
+		    (x = d2v_record_tensor(&rec, "x")) == NULL ||
+		    !d2v_tensor_equal(x, &t))
+			ok = 0;
+		d2v_tensor_free(&t);
+	}
+	T_OK(ok && d2v_reader_next(r, &rec, &err) == 0, "tensors of 10 B, "
+	    "600 KB and 300 KB after buffered bytes come back in order");
+	d2v_record_clear(&rec);
+	d2v_reader_free(r);
+	free(b.buf);
+	close(fd);
+	json_decref(h);
+}
+
 static void
 test_half(void)
 {
@@ -651,6 +703,7 @@ main(void)
 	test_bad();
 	test_concat();
 	test_writer_errors();
+	test_mid_tensor();
 	test_half();
 	return T_DONE();
 }
