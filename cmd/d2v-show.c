@@ -1,15 +1,20 @@
 /*
  * d2v-show - print a tensor stream: header, one line per record, trailer.
  *
- * Usage: d2v-show [-n N] [--json | --check] [-o FILE] [FILE ...]
+ * Usage: d2v-show [-n N] [--json | --check] [--masks] [--png DIR] [-o FILE]
+ *                 [FILE ...]
  */
+#include <errno.h>
 #include <getopt.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
+
+#include <png.h>
 
 #include "cli.h"
 #include "stream.h"
@@ -24,6 +29,10 @@ static const char usage_text[] =
 "  -n, --records N   stop after N records\n"
 "      --json        one JSON object per line (header, records, trailer)\n"
 "      --check       only validate; print a summary; exit 1 on any problem\n"
+"      --masks       draw each copy of a mask: a grid of the image patches,\n"
+"                    a strip for audio and text (# masked, . visible)\n"
+"      --png DIR     write each image record as DIR/INDEX-ID-COPY.png with\n"
+"                    the masked patches greyed out, one per mask copy\n"
 "  -o, --output FILE write to FILE instead of standard output\n"
 "  -q, --quiet       no warnings\n"
 "  -h, --help        show this help and exit\n"
@@ -31,12 +40,14 @@ static const char usage_text[] =
 "\n"
 "Exit status: 0 ok, 1 bad or truncated input, 2 usage error.\n";
 
-enum { OPT_JSON = 256, OPT_CHECK, OPT_VERSION };
+enum { OPT_JSON = 256, OPT_CHECK, OPT_VERSION, OPT_MASKS, OPT_PNG };
 
 static const struct option longopts[] = {
 	{"records", required_argument, NULL, 'n'},
 	{"json", no_argument, NULL, OPT_JSON},
 	{"check", no_argument, NULL, OPT_CHECK},
+	{"masks", no_argument, NULL, OPT_MASKS},
+	{"png", required_argument, NULL, OPT_PNG},
 	{"output", required_argument, NULL, 'o'},
 	{"quiet", no_argument, NULL, 'q'},
 	{"help", no_argument, NULL, 'h'},
@@ -46,11 +57,16 @@ static const struct option longopts[] = {
 
 static struct {
 	long max_records;  /* -1: all */
-	int json, check, quiet;
+	int json, check, quiet, masks;
 	const char *output;
+	const char *png;   /* --png DIR */
 } opt = {.max_records = -1};
 
 static FILE *out;
+static const json_t *header; /* the first header, for --masks and --png */
+
+static void draw_masks(const d2v_record *rec, const d2v_tensor *mask);
+static void write_pngs(const d2v_record *rec);
 
 /* JSON number that stays valid JSON for NaN and infinities (null). */
 static json_t *
@@ -235,6 +251,11 @@ show_record(const d2v_record *rec)
 			fprintf(out, " ones=%lld per-row=%lld..%lld of %lld",
 			    (long long)ones, (long long)lo, (long long)hi,
 			    (long long)len);
+			if (opt.masks) {
+				fputc('\n', out);
+				draw_masks(rec, t);
+				continue;
+			}
 		} else {
 			d2v_stats s;
 
@@ -248,6 +269,213 @@ show_record(const d2v_record *rec)
 		}
 		fputc('\n', out);
 	}
+}
+
+/* ---- --masks and --png ------------------------------------------------ */
+
+/* The patch grid of an image record with a mask of n tokens per row:
+ * meta.mask.grid, else the image's H x W over meta.mask.patch, else a
+ * square.  0 when the record is not an image or nothing fits. */
+static int
+mask_grid(const d2v_record *rec, int64_t n, int64_t *gh, int64_t *gw)
+{
+	const json_t *m = d2v_header_meta(header, "mask");
+	const json_t *g = json_object_get(m, "grid");
+	const d2v_tensor *x = d2v_record_tensor(rec, "x");
+	const char *mod = d2v_header_modality(header);
+	int64_t p = json_integer_value(json_object_get(m, "patch")), r;
+
+	if (mod == NULL || strcmp(mod, "image") != 0)
+		return 0;
+	if (json_array_size(g) == 2) {
+		*gh = json_integer_value(json_array_get(g, 0));
+		*gw = json_integer_value(json_array_get(g, 1));
+		if (*gh > 0 && *gh * *gw == n)
+			return 1;
+	}
+	if (x != NULL && x->rank >= 2 && p > 0) {
+		*gh = x->shape[x->rank - 2] / p;
+		*gw = x->shape[x->rank - 1] / p;
+		if (*gh > 0 && *gh * *gw == n)
+			return 1;
+	}
+	r = (int64_t)llround(sqrt((double)n));
+	if (r > 0 && r * r == n) {
+		*gh = *gw = r;
+		return 1;
+	}
+	return 0;
+}
+
+/* Each copy of mask [M, N] as characters: image grids side by side, or for
+ * audio and text one strip per copy, wrapped at 100 tokens. */
+static void
+draw_masks(const d2v_record *rec, const d2v_tensor *mask)
+{
+	int64_t rows = mask->rank >= 2 ? mask->shape[0] : 1;
+	int64_t n = rows > 0 ? d2v_tensor_numel(mask) / rows : 0, gh, gw;
+	const uint8_t *m = mask->data;
+
+	if (n == 0)
+		return;
+	if (mask_grid(rec, n, &gh, &gw)) {
+		int64_t per = gw + 2 >= 72 ? 1 : 72 / (gw + 2);
+
+		for (int64_t c0 = 0; c0 < rows; c0 += per) {
+			int64_t c1 = c0 + per < rows ? c0 + per : rows;
+
+			fputs("   ", out);
+			for (int64_t c = c0; c < c1; c++)
+				fprintf(out, " %-*lld ", (int)gw, (long long)c);
+			fputc('\n', out);
+			for (int64_t y = 0; y < gh; y++) {
+				fputs("   ", out);
+				for (int64_t c = c0; c < c1; c++) {
+					const uint8_t *row = m + c * n + y * gw;
+
+					fputc(' ', out);
+					for (int64_t x = 0; x < gw; x++)
+						fputc(row[x] ? '#' : '.', out);
+					fputc(' ', out);
+				}
+				fputc('\n', out);
+			}
+		}
+		return;
+	}
+	for (int64_t c = 0; c < rows; c++)
+		for (int64_t i = 0; i < n; i += 100) {
+			if (i == 0)
+				fprintf(out, "    %3lld ", (long long)c);
+			else
+				fputs("        ", out);
+			for (int64_t k = i; k < n && k < i + 100; k++)
+				fputc(m[c * n + k] ? '#' : '.', out);
+			fputc('\n', out);
+		}
+}
+
+/* One PNG: pixels is (H, W, C) 8-bit, C 1 or 3. */
+static int
+png_write(const char *path, const uint8_t *pixels, int64_t h, int64_t w,
+    int c)
+{
+	FILE *f = fopen(path, "wb");
+	png_structp p = NULL;
+	png_infop info = NULL;
+	volatile int ok = 0;   /* set after setjmp */
+
+	if (f == NULL)
+		return -1;
+	p = png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
+	if (p != NULL)
+		info = png_create_info_struct(p);
+	if (p != NULL && info != NULL && setjmp(png_jmpbuf(p)) == 0) {
+		png_init_io(p, f);
+		png_set_IHDR(p, info, (png_uint_32)w, (png_uint_32)h, 8,
+		    c == 3 ? PNG_COLOR_TYPE_RGB : PNG_COLOR_TYPE_GRAY,
+		    PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT,
+		    PNG_FILTER_TYPE_DEFAULT);
+		png_write_info(p, info);
+		for (int64_t y = 0; y < h; y++)
+			png_write_row(p, (png_const_bytep)(pixels + y * w * c));
+		png_write_end(p, info);
+		ok = 1;
+	}
+	png_destroy_write_struct(&p, &info);
+	if (fclose(f) != 0)
+		ok = 0;
+	return ok ? 0 : -1;
+}
+
+/* --png: the record's image x [C, H, W] (or [H, W]) as 8-bit pixels, float
+ * images scaled from their range, with the masked patches of each copy
+ * greyed out; a record without a mask gives one plain picture. */
+static void
+write_pngs(const d2v_record *rec)
+{
+	const d2v_tensor *x = d2v_record_tensor(rec, "x");
+	const d2v_tensor *mask = d2v_record_tensor(rec, "mask");
+	const char *mod = d2v_header_modality(header);
+	int64_t h, w, c, rows = 1, n = 0, gh = 0, gw = 0;
+	uint8_t *img, *pic;
+	char id[65], path[4096];
+	double lo = 0, hi = 255;
+	size_t k = 0;
+
+	if (mod == NULL || strcmp(mod, "image") != 0 || x == NULL ||
+	    x->rank < 2 || x->rank > 3)
+		return;
+	c = x->rank == 3 ? x->shape[0] : 1;
+	h = x->shape[x->rank - 2];
+	w = x->shape[x->rank - 1];
+	if (h < 1 || w < 1 || c < 1 || h > 1 << 15 || w > 1 << 15)
+		return;
+	if (mask != NULL && mask->rank == 2 && mask->dtype == D2V_DTYPE_U8) {
+		rows = mask->shape[0];
+		n = mask->shape[1];
+		if (!mask_grid(rec, n, &gh, &gw) || h % gh || w % gw) {
+			d2v_warn("record %lld: the mask of %lld tokens fits no "
+			    "patch grid of the %lldx%lld image; no PNG",
+			    (long long)rec->index, (long long)n, (long long)h,
+			    (long long)w);
+			return;
+		}
+	}
+	if (x->dtype != D2V_DTYPE_U8) {
+		d2v_stats s;
+
+		d2v_tensor_stats(x, &s);
+		lo = s.n > 0 ? s.min : 0;
+		hi = s.n > 0 && s.max > s.min ? s.max : lo + 1;
+	}
+	c = c == 3 ? 3 : 1;   /* RGB, or the first channel as grey */
+	img = malloc((size_t)(h * w * c));
+	pic = malloc((size_t)(h * w * c));
+	if (img == NULL || pic == NULL)
+		d2v_fatal(1, "out of memory");
+	for (int64_t y = 0; y < h; y++)
+		for (int64_t xx = 0; xx < w; xx++)
+			for (int64_t ch = 0; ch < c; ch++) {
+				double v = d2v_tensor_get(x, (ch * h + y) * w + xx);
+
+				v = (v - lo) / (hi - lo) * 255.0;
+				img[(y * w + xx) * c + ch] = (uint8_t)(v < 0 ? 0 :
+				    v > 255 ? 255 : v + 0.5);
+			}
+	for (const char *s = rec->id; *s && k < sizeof id - 1; s++, k++)
+		id[k] = (*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
+		    (*s >= '0' && *s <= '9') || *s == '.' || *s == '-' ||
+		    *s == '_' ? *s : '_';
+	id[k] = '\0';
+	for (int64_t r = 0; r < rows; r++) {
+		memcpy(pic, img, (size_t)(h * w * c));
+		if (n > 0) {
+			const uint8_t *m = (const uint8_t *)mask->data + r * n;
+			int64_t ph = h / gh, pw = w / gw;
+
+			for (int64_t y = 0; y < h; y++)
+				for (int64_t xx = 0; xx < w; xx++) {
+					uint8_t *p = pic + (y * w + xx) * c;
+
+					if (!m[(y / ph) * gw + xx / pw])
+						continue;
+					for (int64_t ch = 0; ch < c; ch++)
+						p[ch] = (uint8_t)(128 +
+						    (p[ch] - 128) / 4);
+				}
+			snprintf(path, sizeof path, "%s/%lld-%s-%lld.png",
+			    opt.png, (long long)rec->index, id, (long long)r);
+		} else {
+			snprintf(path, sizeof path, "%s/%lld-%s.png", opt.png,
+			    (long long)rec->index, id);
+		}
+		if (png_write(path, pic, h, w, (int)c) < 0)
+			d2v_fatal(1, "write %s: %s", path, errno ? strerror(errno)
+			    : "libpng error");
+	}
+	free(img);
+	free(pic);
 }
 
 int
@@ -273,6 +501,8 @@ main(int argc, char **argv)
 			break;
 		case OPT_JSON: opt.json = 1; break;
 		case OPT_CHECK: opt.check = 1; break;
+		case OPT_MASKS: opt.masks = 1; break;
+		case OPT_PNG: opt.png = optarg; break;
 		case 'o': opt.output = optarg; break;
 		case 'q': opt.quiet = 1; break;
 		case 'h': fputs(usage_text, stdout); return 0;
@@ -282,6 +512,11 @@ main(int argc, char **argv)
 	}
 	if (opt.json && opt.check)
 		d2v_usage("--json and --check cannot be used together");
+	if (opt.masks && (opt.json || opt.check))
+		d2v_usage("--masks draws text; it cannot be used with --json or "
+		    "--check");
+	if (opt.png != NULL && mkdir(opt.png, 0777) < 0 && errno != EEXIST)
+		d2v_fatal(1, "mkdir %s: %s", opt.png, strerror(errno));
 	files = argc > optind ? (const char **)argv + optind : stdin_only;
 	nfiles = argc > optind ? argc - optind : 1;
 	d2v_out_open(&o, opt.output, 0);
@@ -301,6 +536,7 @@ main(int argc, char **argv)
 
 			if (first == NULL) {
 				first = json_incref(h);
+				header = first;
 				if (!opt.check)
 					show_header(h);
 			} else if (d2v_header_compatible(first, h, &err) < 0) {
@@ -319,6 +555,8 @@ main(int argc, char **argv)
 			rec.index = records++;
 			if (!opt.check)
 				show_record(&rec);
+			if (opt.png != NULL)
+				write_pngs(&rec);
 			rc = 0;
 		}
 		streams += d2v_reader_streams(r);
