@@ -98,13 +98,13 @@ out.flush()   # no trailer: the writer is still "running"
 mkfifo "$T/fifo"
 d2v-train $MODEL --steps 20 --save-every 5 -c "$T/cut.safetensors" --log "$T/cut.log" < "$T/fifo" 2>/dev/null &
 pid=$!
-exec 3> "$T/fifo"
-cat "$T/part.d2v" >&3
+exec 7> "$T/fifo"
+cat "$T/part.d2v" >&7
 i=0
 while [ "$(cat "$T/cut.log" 2>/dev/null | wc -l)" -lt 12 ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
 kill -9 $pid
 wait $pid 2>/dev/null
-exec 3>&-
+exec 7>&-
 check "the killed run got to step 12 and saved step 10" $PY -c '
 import json, struct, sys
 b = open(sys.argv[1], "rb").read(); n = struct.unpack("<Q", b[:8])[0]
