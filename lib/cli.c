@@ -9,6 +9,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 const char *d2v_prog = "d2v";
@@ -125,6 +126,8 @@ d2v_parse_double(const char *opt, const char *s, double lo, double hi)
 void
 d2v_out_open(d2v_out *o, const char *path, int binary)
 {
+	struct stat st;
+
 	memset(o, 0, sizeof *o);
 	if (path == NULL || strcmp(path, "-") == 0) {
 		o->fd = 1;
@@ -136,10 +139,22 @@ d2v_out_open(d2v_out *o, const char *path, int binary)
 		return;
 	}
 	o->path = strdup(path);
-	if (o->path == NULL || asprintf(&o->tmp, "%s.tmp.%ld", path,
-	    (long)getpid()) < 0)
+	if (o->path == NULL)
 		d2v_fatal(1, "out of memory");
 	o->name = o->path;
+	if (stat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
+		/* a device or a FIFO (-o /dev/null, a named pipe): written in
+		 * place, since renaming a file over it would replace it */
+		o->fd = open(path, O_WRONLY | O_CLOEXEC);
+		if (o->fd < 0)
+			d2v_fatal(1, "open %s: %s", path, strerror(errno));
+		if (binary && isatty(o->fd))
+			d2v_usage("refusing to write a binary stream to the "
+			    "terminal %s", path);
+		return;
+	}
+	if (asprintf(&o->tmp, "%s.tmp.%ld", path, (long)getpid()) < 0)
+		d2v_fatal(1, "out of memory");
 	o->fd = open(o->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
 	if (o->fd < 0) {
 		int e = errno;

@@ -13,6 +13,8 @@
  *
  * An output file is written under a temporary name beside it and renamed only
  * on success; d2v_fatal() removes it, so no half-written file is left behind.
+ * An existing path that is not a regular file (/dev/null, a FIFO) is written
+ * in place instead: a rename would replace the device or the pipe.
  */
 #ifndef D2V_CLI_H
 #define D2V_CLI_H

@@ -239,6 +239,14 @@ st 1 $? "a full disk is an error"
 contains "$T/err" "No space left on device" "the full disk is reported"
 d2v-mask -o "$T/o.d2v" "$T/img.d2v" && d2v-mask "$T/img.d2v" > "$T/o2.d2v"
 check "-o FILE and a FILE argument write what stdout gets" cmp -s "$T/o.d2v" "$T/o2.d2v"
+# -o onto a FIFO (as onto /dev/null): written in place, never renamed over
+mkfifo "$T/fifo"
+timeout 30 cat "$T/fifo" > "$T/o3.d2v" &
+d2v-mask -o "$T/fifo" "$T/img.d2v" 2> "$T/err"
+st 0 $? "-o FIFO writes into the pipe"
+wait
+check "... which stays a FIFO and carried the whole stream" sh -c "[ -p '$T/fifo' ] && cmp -s '$T/o.d2v' '$T/o3.d2v'"
+check "... and no temporary file is left beside it" sh -c "! ls '$T' | grep -q 'fifo.tmp'"
 d2v-mask --help > "$T/out"
 st 0 $? "--help"
 contains "$T/out" "inverse-block" "--help lists the strategies"
