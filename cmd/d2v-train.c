@@ -213,6 +213,10 @@ parse_args(int argc, char **argv)
 		d2v_usage("--epochs needs -i FILE (standard input is one pass)");
 }
 
+/* Image channels of the first record, for a stream whose header leaves
+ * them to the source (d2v-tokenize of JPEGs without --channels). */
+static int first_channels;
+
 #define SET(field, v) do { if ((v) >= 0) c->field = (v); } while (0)
 #define SETD(field, v) do { if (!isnan(v)) c->field = (v); } while (0)
 
@@ -229,6 +233,8 @@ make_config(d2v_config *c, const json_t *hdr, long steps)
 		d2v_usage("--preset: %s", err.msg);
 	c->image_size = (int)json_integer_value(json_object_get(tok, "size"));
 	c->channels = (int)json_integer_value(json_object_get(tok, "channels"));
+	if (c->channels == 0) /* "as decoded": the first record's */
+		c->channels = first_channels;
 	json_array_foreach(json_object_get(tok, "mean"), i, v)
 		if (i < 3)
 			c->mean[i] = json_number_value(v);
@@ -288,8 +294,10 @@ batch_add(batch *b, const d2v_record *rec, const d2v_config *c)
 	if (x == NULL || x->dtype != D2V_DTYPE_U8 || x->rank != 3 ||
 	    x->shape[0] != C || x->shape[1] != S || x->shape[2] != S)
 		d2v_fatal(1, "%s: record %lld (%s): x must be u8 [%d,%d,%d], the "
-		    "model's image size", in_name, (long long)rec->index, rec->id,
-		    C, S, S);
+		    "model's image size and channels%s", in_name,
+		    (long long)rec->index, rec->id, C, S, S, x != NULL &&
+		    x->rank == 3 && x->shape[0] != C ? " (mixed grey and colour "
+		    "sources: d2v-tokenize --channels 1 or 3)" : "");
 	if (mk == NULL)
 		d2v_fatal(1, "%s: record %lld (%s): no mask; run d2v-mask first",
 		    in_name, (long long)rec->index, rec->id);
@@ -425,7 +433,7 @@ main(int argc, char **argv)
 	batch b = {0};
 	FILE *log = NULL;
 	long step = 0, skip = 0, steps, saved_step = -1, seen = 0;
-	int progress, fd, rc = 1, stop = 0;
+	int progress, fd, rc = 1, stop = 0, pending = 0;
 	double tlast;
 
 	d2v_cli_init("d2v-train", 1);
@@ -440,6 +448,24 @@ main(int argc, char **argv)
 	    d2v_reader_begin(r, &err) < 0)
 		d2v_fatal(1, "%s", err.msg);
 	check_header(d2v_reader_header(r), NULL);
+	d2v_record_init(&rec);
+	if (!opt.resume && json_integer_value(json_object_get(d2v_header_meta(
+	    d2v_reader_header(r), "tokenize"), "channels")) == 0) {
+		d2v_tensor *x;
+
+		/* the header leaves the channels to the images: read the first
+		 * record now and train on it first */
+		if ((rc = d2v_reader_next(r, &rec, &err)) < 0)
+			d2v_fatal(1, "%s", err.msg);
+		if (rc == 0)
+			d2v_fatal(1, "%s: no records to train on", in_name);
+		x = d2v_record_tensor(&rec, "x");
+		if (x == NULL || x->rank != 3)
+			d2v_fatal(1, "%s: record %lld (%s): x must be u8 [C,H,W]",
+			    in_name, (long long)rec.index, rec.id);
+		first_channels = (int)x->shape[0];
+		pending = 1;
+	}
 	steps = opt.steps;
 	if (steps < 0) {
 		long bs = opt.batch > 0 ? opt.batch : 16;
@@ -482,7 +508,6 @@ main(int argc, char **argv)
 	}
 	if (opt.log != NULL && (log = fopen(opt.log, opt.resume ? "a" : "w")) == NULL)
 		d2v_fatal(1, "open %s: %s", opt.log, strerror(errno));
-	d2v_record_init(&rec);
 	tlast = now();
 	for (long epoch = 0; epoch < opt.epochs && !stop; epoch++) {
 		if (epoch > 0) {
@@ -495,7 +520,8 @@ main(int argc, char **argv)
 			d2v_step_out o;
 			double lr, tau, gnorm, t;
 
-			rc = d2v_reader_next(r, &rec, &err);
+			rc = pending ? 1 : d2v_reader_next(r, &rec, &err);
+			pending = 0;
 			if (rc > 0) {
 				batch_add(&b, &rec, &cfg); /* checks every record */
 				if (seen++ < skip) {

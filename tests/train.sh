@@ -129,3 +129,21 @@ b[8 + n + a:8 + n + a + 4] = np.array([np.nan], np.float32).tobytes()
 open(sys.argv[2], "wb").write(b)' "$T/ck.safetensors" "$T/nan.safetensors"
 status 1 "a NaN loss stops training" d2v-train --resume -i "$T/m.d2v" --epochs 2 --steps 60 -c "$T/nan.safetensors" 2> "$T/err"
 contains "$T/err" "loss is nan.*last good checkpoint is $T/nan.safetensors (step 50)" "... naming the step and the last good checkpoint"
+
+# JPEG photos tokenized without --channels: the header leaves the channels
+# to the images, and the model takes them from the first record.
+for i in 1 2 3 4; do gen-media jpeg "$T/p$i.jpg" 96 80 -p photo -r $i; done
+gen-media jpeg "$T/grey.jpg" 96 80 -s gray
+d2v-tokenize --size 32 "$T"/p[1-4].jpg 2>/dev/null | d2v-mask --patch 8 --copies 2 > "$T/jpg.d2v"
+status 0 "a JPEG stream with channels 0 in its header trains" d2v-train --dim 24 --heads 2 --depth 1 --prenet 0 \
+	--decoder-dim 8 --decoder-layers 1 --decoder-groups 2 -b 2 -i "$T/jpg.d2v" -c "$T/jpg.safetensors" 2> "$T/err"
+check "... with a model of 3 channels" $PY -c '
+import json, struct, sys
+b = open(sys.argv[1], "rb").read(); n = struct.unpack("<Q", b[:8])[0]
+m = json.loads(b[8:8 + n])["__metadata__"]; c = json.loads(m["config"])
+assert c["channels"] == 3 and c["image_size"] == 32, c
+' "$T/jpg.safetensors"
+d2v-tokenize --size 32 "$T/p1.jpg" "$T/grey.jpg" 2>/dev/null | d2v-mask --patch 8 --copies 2 > "$T/mixed.d2v"
+status 1 "grey and colour JPEGs mixed in one stream are refused" d2v-train --dim 24 --heads 2 --depth 1 --prenet 0 \
+	--decoder-dim 8 --decoder-layers 1 --decoder-groups 2 -b 2 -i "$T/mixed.d2v" -c "$T/mixed.safetensors" 2> "$T/err"
+contains "$T/err" "record 1 .*grey.jpg.*d2v-tokenize --channels 1 or 3" "... naming the record and the fix"
