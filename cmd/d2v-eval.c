@@ -36,7 +36,9 @@ static const char usage_text[] =
 "      --layer L          block whose output is the feature (0-based over\n"
 "                         all blocks, -1 = last; default -1)\n"
 "      --pool P           mean (over the patch tokens, default) or cls\n"
-"      --student          the student's weights instead of the teacher's\n"
+"      --student          the student's weights (the default: the\n"
+"                         reference fine-tunes and probes the student)\n"
+"      --teacher          the EMA teacher's weights instead\n"
 "      --baseline B       also evaluate B: random (the same architecture,\n"
 "                         randomly initialised) or input (the normalised\n"
 "                         pixels, flattened); repeatable, or random,input\n"
@@ -60,7 +62,7 @@ static const char usage_text[] =
 "  -q, --quiet  -h, --help  --version\n";
 
 enum {
-	O_TRAIN = 256, O_TEST, O_LAYER, O_POOL, O_STUDENT, O_BASELINE,
+	O_TRAIN = 256, O_TEST, O_LAYER, O_POOL, O_STUDENT, O_TEACHER, O_BASELINE,
 	O_MASKED, O_LIMIT, O_LIMIT_TRAIN, O_LIMIT_TEST, O_L2, O_HOLDOUT, O_MAXITER, O_TOL, O_KNN, O_TEMP, O_SEED,
 	O_JSON, O_PROGRESS, O_NO_PROGRESS, O_VERSION
 };
@@ -72,6 +74,7 @@ static const struct option longopts[] = {
 	{"layer", required_argument, NULL, O_LAYER},
 	{"pool", required_argument, NULL, O_POOL},
 	{"student", no_argument, NULL, O_STUDENT},
+	{"teacher", no_argument, NULL, O_TEACHER},
 	{"baseline", required_argument, NULL, O_BASELINE},
 	{"masked", required_argument, NULL, O_MASKED},
 	{"limit", required_argument, NULL, O_LIMIT},
@@ -97,11 +100,12 @@ static const struct option longopts[] = {
 
 static struct {
 	const char *ckpt, *train, *test, *masked, *json, *output;
-	int layer, cls, student, random, input, progress, quiet, knn;
+	int layer, cls, student, weights_given, random, input, progress, quiet;
+	int knn;
 	long limit, limit_train, limit_test, batch, max_iter, seed;
 	double l2, holdout, temperature, tol;
 } opt = {
-	.tol = 1e-5,
+	.tol = 1e-5, .student = 1,
 	.layer = -1, .progress = -1, .knn = 20, .batch = 64,
 	.limit = -1, .limit_train = -1, .limit_test = -1,
 	.max_iter = 1000, .seed = 1, .holdout = 0.1, .temperature = 0.07,
@@ -178,7 +182,8 @@ parse_args(int argc, char **argv)
 			else
 				d2v_usage("--pool: '%s' is not mean or cls", optarg);
 			break;
-		case O_STUDENT: opt.student = 1; break;
+		case O_STUDENT: opt.student = 1; opt.weights_given = 1; break;
+		case O_TEACHER: opt.student = 0; opt.weights_given = 1; break;
 		case O_BASELINE: parse_baseline(optarg); break;
 		case O_MASKED: opt.masked = optarg; break;
 		case O_LIMIT: opt.limit = d2v_parse_long("--limit", optarg, 1, LONG_MAX); break;
@@ -209,10 +214,10 @@ parse_args(int argc, char **argv)
 	if (!strcmp(opt.train, "-") + !strcmp(opt.test, "-") +
 	    (opt.masked && !strcmp(opt.masked, "-")) > 1)
 		d2v_usage("standard input can feed one stream only");
-	if (opt.ckpt == NULL && (opt.random || opt.masked || opt.student ||
+	if (opt.ckpt == NULL && (opt.random || opt.masked || opt.weights_given ||
 	    opt.layer != -1 || opt.cls))
-		d2v_usage("--baseline random, --masked, --student, --layer and "
-		    "--pool need a checkpoint (-c)");
+		d2v_usage("--baseline random, --masked, --student, --teacher, "
+		    "--layer and --pool need a checkpoint (-c)");
 	if (opt.json && opt.output && !strcmp(opt.json, "-") &&
 	    !strcmp(opt.output, "-"))
 		d2v_usage("--json - and -o - both want standard output");
@@ -234,11 +239,12 @@ check_header(const char *name, const json_t *hdr)
 		d2v_fatal(1, "%s: a%s %s stream; d2v-eval evaluates image models",
 		    name, mod && strchr("aeiou", mod[0]) ? "n" : "",
 		    mod ? mod : "untyped");
-	if (tok == NULL || size <= 0 || ch <= 0)
+	if (tok == NULL || size <= 0 || ch < 0)
 		d2v_fatal(1, "%s: no tokenize stage with the image size and "
 		    "channels in the header (make streams with d2v-tokenize)",
 		    name);
-	if (have_model && (size != m.cfg.image_size || ch != m.cfg.channels))
+	if (have_model && (size != m.cfg.image_size ||
+	    (ch != 0 && ch != m.cfg.channels)))
 		d2v_fatal(1, "%s: images of size %ld with %ld channels; the "
 		    "checkpoint's model takes size %d with %d", name, size, ch,
 		    m.cfg.image_size, m.cfg.channels);
@@ -247,7 +253,9 @@ check_header(const char *name, const json_t *hdr)
 		size_t i;
 
 		S = (int)size;
-		C = (int)ch;
+		/* 0: as decoded (JPEGs without --channels); the model's, or the
+		 * first record's (read_stream) */
+		C = ch == 0 && have_model ? m.cfg.channels : (int)ch;
 		if (C > 3)
 			d2v_fatal(1, "%s: %d channels; images have 1 to 3", name, C);
 		for (int c = 0; c < 3; c++) {
@@ -262,9 +270,9 @@ check_header(const char *name, const json_t *hdr)
 				if (i < 3 && json_number_value(v) > 0)
 					std_[i] = json_number_value(v);
 		}
-		if (opt.input) /* its width is known now */
+		if (opt.input) /* its width is known once C is */
 			rows[nrows++] = (row){.name = "input", .dim = C * S * S};
-	} else if (size != S || ch != C) {
+	} else if (size != S || (ch != 0 && ch != C)) {
 		d2v_fatal(1, "%s: images of size %ld with %ld channels; the other "
 		    "stream has size %d with %d", name, size, ch, S, C);
 	}
@@ -326,7 +334,7 @@ read_stream(const char *path, int test)
 	const char *name = strcmp(path, "-") ? path : "stdin";
 	size_t npix;
 	long n = 0, cap = 0;
-	int fd = d2v_open_in(path), rc, nb = 0;
+	int fd = d2v_open_in(path), rc, nb = 0, pending = 0;
 	int **labels = test ? &yte : &ytr;
 	d2v_reader *r;
 	d2v_record rec;
@@ -343,16 +351,37 @@ read_stream(const char *path, int test)
 		d2v_fatal(1, "%s", err.msg);
 	}
 	check_header(name, d2v_reader_header(r));
+	d2v_record_init(&rec);
+	if (C == 0) {
+		d2v_tensor *x;
+
+		/* channels left to the images: the first record's */
+		if ((rc = d2v_reader_next(r, &rec, &err)) < 0)
+			d2v_fatal(1, "%s", err.msg);
+		if (rc == 0)
+			d2v_fatal(1, "%s: no records", name);
+		x = d2v_record_tensor(&rec, "x");
+		if (x == NULL || x->rank != 3 || x->shape[0] < 1 ||
+		    x->shape[0] > 3)
+			d2v_fatal(1, "%s: record %lld (%s): x must be u8 [C,%d,%d] "
+			    "with C 1 to 3", name, (long long)rec.index, rec.id, S,
+			    S);
+		C = (int)x->shape[0];
+		for (int i = 0; i < nrows; i++)
+			if (rows[i].params == NULL)
+				rows[i].dim = C * S * S;
+		pending = 1;
+	}
 	npix = (size_t)C * S * S;
 	img = malloc((size_t)opt.batch * npix);
 	if (have_model)
 		blk = malloc((size_t)opt.batch * (m.N + 1) * m.D * sizeof *blk);
 	if (img == NULL || (have_model && blk == NULL))
 		d2v_fatal(1, "out of memory");
-	d2v_record_init(&rec);
 	for (;;) {
-		rc = limit > 0 && n + nb >= limit ? 0 :
+		rc = pending ? 1 : limit > 0 && n + nb >= limit ? 0 :
 		    d2v_reader_next(r, &rec, &err);
+		pending = 0;
 		if (rc > 0) {
 			d2v_tensor *x = d2v_record_tensor(&rec, "x");
 			int64_t label;
@@ -360,8 +389,10 @@ read_stream(const char *path, int test)
 			if (x == NULL || x->dtype != D2V_DTYPE_U8 || x->rank != 3 ||
 			    x->shape[0] != C || x->shape[1] != S || x->shape[2] != S)
 				d2v_fatal(1, "%s: record %lld (%s): x must be u8 "
-				    "[%d,%d,%d]", name, (long long)rec.index, rec.id, C,
-				    S, S);
+				    "[%d,%d,%d]%s", name, (long long)rec.index, rec.id,
+				    C, S, S, x != NULL && x->rank == 3 &&
+				    x->shape[0] != C ? " (mixed grey and colour sources: "
+				    "d2v-tokenize --channels 1 or 3)" : "");
 			if (!d2v_record_int(&rec, "label", &label))
 				d2v_fatal(1, "%s: record %lld (%s): no label; d2v-eval "
 				    "needs labelled streams (d2v-tokenize --idx-labels)",

@@ -84,13 +84,19 @@ st 0 $? "--baseline input needs no checkpoint"
 js "$T/in.json" '[r["features"] for r in j["rows"]] == ["input"] and j["train"]["records"] == 1000 and "checkpoint" not in j' \
 	"... and --json - writes only the JSON report"
 d2v-eval -q -c "$T/ck.safetensors" --train "$T/train.d2v" --test "$T/test.d2v" --limit 1000 \
-	--layer 0 --pool cls --student --l2 1e-3 --json "$T/opt.json" -o "$T/opt.table" 2> "$T/err"
-st 0 $? "--layer 0 --pool cls --student --l2 1e-3 runs"
-js "$T/opt.json" 'j["layer"] == 0 and j["pool"] == "cls" and j["weights"] == "student" and R["pretrained"]["linear"]["l2"] == 1e-3 and R["pretrained"]["linear"]["grid"] == []' \
+	--layer 0 --pool cls --teacher --l2 1e-3 --json "$T/opt.json" -o "$T/opt.table" 2> "$T/err"
+st 0 $? "--layer 0 --pool cls --teacher --l2 1e-3 runs"
+js "$T/opt.json" 'j["layer"] == 0 and j["pool"] == "cls" and j["weights"] == "teacher" and R["pretrained"]["linear"]["l2"] == 1e-3 and R["pretrained"]["linear"]["grid"] == []' \
 	"... and the report says so"
-contains "$T/opt.table" "block 1 of 3, CLS pooling" "-o writes the table to a file"
+contains "$T/opt.table" "teacher weights, block 1 of 3, CLS pooling" "-o writes the table to a file"
+js "$T/r.json" 'j["weights"] == "student" and j["layer"] == 2 and j["pool"] == "mean"' \
+	"by default the student's last block, mean-pooled (as the reference fine-tunes)"
+d2v-eval -q -c "$T/ck.safetensors" --train "$T/train.d2v" --test "$T/test.d2v" --limit 1000 \
+	--layer 0 --pool cls --student --l2 1e-3 -o "$T/opt3.table" 2> "$T/err"
+contains "$T/opt3.table" "student weights, block 1 of 3" "--student says so in the table"
+check "... and its features differ from the teacher's" sh -c "! cmp -s '$T/opt.table' '$T/opt3.table'"
 check "the same run gives the same report" sh -c "d2v-eval -q -c '$T/ck.safetensors' --train '$T/train.d2v' \
-	--test '$T/test.d2v' --limit 1000 --layer 0 --pool cls --student --l2 1e-3 -o '$T/opt2.table' && cmp -s '$T/opt.table' '$T/opt2.table'"
+	--test '$T/test.d2v' --limit 1000 --layer 0 --pool cls --teacher --l2 1e-3 -o '$T/opt2.table' && cmp -s '$T/opt.table' '$T/opt2.table'"
 head -c 200000 "$T/test.d2v" > "$T/cut.d2v"
 d2v-eval --baseline input --train "$T/train.d2v" --test - --limit 2000 < "$T/cut.d2v" > /dev/null 2> "$T/err"
 st 1 $? "a truncated test stream on standard input is an error"
@@ -130,3 +136,12 @@ d2v-eval --train "$T/train.d2v" --test "$T/test.d2v" --baseline random > /dev/nu
 st 2 $? "--baseline random without a checkpoint is a usage error"
 d2v-eval -c "$T/missing.safetensors" --train "$T/train.d2v" --test "$T/test.d2v" > /dev/null 2> "$T/err"
 st 1 $? "a missing checkpoint is an error"
+
+# Labelled JPEGs tokenized without --channels (channels 0 in the header):
+# the raw-input baseline takes them from the first record.
+for i in 1 2 3 4; do gen-media jpeg "$T/p$i.jpg" 64 64 -p photo -r $i; done
+printf '%s\t0\n%s\t1\n%s\t0\n%s\t1\n' "$T/p1.jpg" "$T/p2.jpg" "$T/p3.jpg" "$T/p4.jpg" |
+	d2v-tokenize --size 16 --crop center 2>/dev/null > "$T/jpg.d2v"
+d2v-eval --baseline input --train "$T/jpg.d2v" --test "$T/jpg.d2v" --l2 1e-3 --json "$T/jpg.json" > /dev/null 2> "$T/err"
+st 0 $? "a JPEG stream with channels 0 in its header evaluates"
+js "$T/jpg.json" 'R["input"]["dim"] == 3 * 16 * 16 and j["train"]["records"] == 4' "... as 3 x 16 x 16 pixels"
