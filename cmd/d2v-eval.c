@@ -130,14 +130,6 @@ static int *ytr, *yte;
 static long ntr, nte;
 static int progress;
 
-static double
-now(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static void
 parse_baseline(const char *s)
@@ -342,7 +334,7 @@ read_stream(const char *path, int test)
 	uint8_t *img;
 	float *blk = NULL;
 	long limit = test ? opt.limit_test : opt.limit_train;
-	double t0 = now(), tshow = 0;
+	double t0 = d2v_now(), tshow = 0;
 
 	if (d2v_reader_open_fd(&r, fd, name, &err) < 0 ||
 	    d2v_reader_begin(r, &err) < 0) {
@@ -427,8 +419,8 @@ read_stream(const char *path, int test)
 			embed_batch(img, nb, n, test, blk);
 			n += nb;
 			nb = 0;
-			if (progress && now() - tshow > 0.5) {
-				tshow = now();
+			if (progress && d2v_now() - tshow > 0.5) {
+				tshow = d2v_now();
 				fprintf(stderr, "\rd2v-eval: %s: %ld images, %.0f/s", name,
 				    n, n / fmax(tshow - t0, 1e-9));
 			}
@@ -438,7 +430,7 @@ read_stream(const char *path, int test)
 	}
 	if (progress)
 		fprintf(stderr, "\rd2v-eval: %s: %ld images, %.0f/s\n", name, n,
-		    n / fmax(now() - t0, 1e-9));
+		    n / fmax(d2v_now() - t0, 1e-9));
 	if (n == 0)
 		d2v_fatal(1, "%s: no records", name);
 	if (test)
@@ -541,8 +533,8 @@ masked_loss(const char *path)
 			res.records += nb;
 			batches++;
 			nb = 0;
-			if (progress && now() - tshow > 0.5) {
-				tshow = now();
+			if (progress && d2v_now() - tshow > 0.5) {
+				tshow = d2v_now();
 				fprintf(stderr, "\rd2v-eval: %s: %ld images, loss %.4f",
 				    name, res.records, (res.loss_reg + res.loss_cls * bs) /
 				    res.records);
@@ -571,7 +563,7 @@ evaluate(row *rw, int k)
 {
 	d2v_probe_opts po;
 	d2v_err err;
-	double t0 = now();
+	double t0 = d2v_now();
 
 	d2v_probe_opts_default(&po);
 	po.l2 = opt.l2;
@@ -600,7 +592,7 @@ evaluate(row *rw, int k)
 	else if (d2v_features_effective_rank(rw->te, nte, rw->dim, &rw->erank,
 	    &err) < 0)
 		d2v_fatal(1, "%s: effective rank: %s", rw->name, err.msg);
-	rw->secs = now() - t0;
+	rw->secs = d2v_now() - t0;
 }
 
 static json_t *
@@ -704,7 +696,7 @@ main(int argc, char **argv)
 	long step = 0;
 	int k = 0;
 	masked_result mr, *mrp = NULL;
-	double t0 = now();
+	double t0 = d2v_now();
 	d2v_err err;
 
 	d2v_cli_init("d2v-eval", 0);
@@ -750,7 +742,7 @@ main(int argc, char **argv)
 		mrp = &mr;
 	}
 	{
-		json_t *j = report_json(k, step, mrp, now() - t0);
+		json_t *j = report_json(k, step, mrp, d2v_now() - t0);
 		int json_stdout = opt.json && !strcmp(opt.json, "-");
 		d2v_out out;
 

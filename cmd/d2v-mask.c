@@ -610,14 +610,6 @@ fail:
 	return rc;
 }
 
-static double
-now(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 int
 main(int argc, char **argv)
@@ -682,8 +674,8 @@ main(int argc, char **argv)
 		}
 		if (d2v_writer_record(w, &rec, &err) < 0)
 			d2v_fatal(1, "%s", err.msg);
-		if (progress && (rec.index & 255) == 0 && now() - last > 0.5) {
-			last = now();
+		if (progress && (rec.index & 255) == 0 && d2v_now() - last > 0.5) {
+			last = d2v_now();
 			fprintf(stderr, "\rd2v-mask: %lld records",
 			    (long long)rec.index + 1);
 		}

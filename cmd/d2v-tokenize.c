@@ -767,14 +767,6 @@ typedef struct output {
 	double last_progress;
 } output;
 
-static double
-now(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static void
 show_progress(output *o, int final)
@@ -783,7 +775,7 @@ show_progress(output *o, int final)
 
 	if (!o->progress)
 		return;
-	t = now();
+	t = d2v_now();
 	if (!final && t - o->last_progress < 0.25)
 		return;
 	o->last_progress = t;

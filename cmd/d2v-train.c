@@ -348,14 +348,6 @@ count_records(const char *path)
 	return n;
 }
 
-static double
-now(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static void
 save(const d2v_model *m, long step, const d2v_rng *rng)
@@ -508,7 +500,7 @@ main(int argc, char **argv)
 	}
 	if (opt.log != NULL && (log = fopen(opt.log, opt.resume ? "a" : "w")) == NULL)
 		d2v_fatal(1, "open %s: %s", opt.log, strerror(errno));
-	tlast = now();
+	tlast = d2v_now();
 	for (long epoch = 0; epoch < opt.epochs && !stop; epoch++) {
 		if (epoch > 0) {
 			d2v_reader_free(r);
@@ -552,7 +544,7 @@ main(int argc, char **argv)
 			}
 			gnorm = d2v_train_update(&m, step, &lr, &tau);
 			step++;
-			t = now();
+			t = d2v_now();
 			if (log && (step % opt.log_every == 0 || step == 1))
 				log_step(log, step, &o, lr, tau, gnorm,
 				    (double)b.n * cfg.clone * d2v_config_tokens(&cfg) /

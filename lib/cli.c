@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 const char *d2v_prog = "d2v";
@@ -227,4 +228,13 @@ d2v_out_abort(d2v_out *o)
 	}
 	if (active_out == o)
 		active_out = NULL;
+}
+
+double
+d2v_now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }

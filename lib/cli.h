@@ -41,6 +41,8 @@ __attribute__((noreturn)) void d2v_version(void);
 int d2v_open_in(const char *path);
 /* Whether to draw a progress line: flag 1/0 forces, -1 means stderr is a tty. */
 int d2v_progress_enabled(int flag);
+/* Seconds on the monotonic clock, for rates and progress lines. */
+double d2v_now(void);
 
 /* Parsers for option values; a bad value is a usage error naming opt. */
 long d2v_parse_long(const char *opt, const char *s, long lo, long hi);
