@@ -130,7 +130,6 @@ static int *ytr, *yte;
 static long ntr, nte;
 static int progress;
 
-
 static void
 parse_baseline(const char *s)
 {

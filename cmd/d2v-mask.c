@@ -610,7 +610,6 @@ fail:
 	return rc;
 }
 
-
 int
 main(int argc, char **argv)
 {

@@ -767,7 +767,6 @@ typedef struct output {
 	double last_progress;
 } output;
 
-
 static void
 show_progress(output *o, int final)
 {

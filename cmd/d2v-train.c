@@ -348,7 +348,6 @@ count_records(const char *path)
 	return n;
 }
 
-
 static void
 save(const d2v_model *m, long step, const d2v_rng *rng)
 {
