@@ -579,17 +579,7 @@ d2v_probe_linear(const float *xtr, const int *ytr, long n,
 	}
 
 	/* standardise with the training rows' statistics */
-	for (long i = 0; i < n; i++)
-		for (int j = 0; j < d; j++)
-			mean[j] += xtr[TEN(i) * d + j];
-	for (int j = 0; j < d; j++)
-		mean[j] /= (double)n;
-	for (long i = 0; i < n; i++)
-		for (int j = 0; j < d; j++) {
-			double v = xtr[TEN(i) * d + j] - mean[j];
-
-			sd[j] += v * v;
-		}
+	d2v_features_moments(xtr, n, d, mean, sd);
 	for (int j = 0; j < d; j++) {
 		sd[j] = sqrt(sd[j] / (double)n);
 		sd[j] = sd[j] > 1e-12 * (1 + fabs(mean[j])) ? 1.0 / sd[j] : 1.0;

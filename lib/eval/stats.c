@@ -14,6 +14,28 @@
 /* Rows per block of the covariance accumulation. */
 #define COV_BLOCK 512
 
+void
+d2v_features_moments(const float *x, long n, int d, double *mean,
+    double *ss)
+{
+	memset(mean, 0, TEN(d) * sizeof *mean);
+	memset(ss, 0, TEN(d) * sizeof *ss);
+	if (n < 1)
+		return;
+	/* two passes over the rows, in memory order */
+	for (long i = 0; i < n; i++)
+		for (int j = 0; j < d; j++)
+			mean[j] += x[TEN(i) * d + j];
+	for (int j = 0; j < d; j++)
+		mean[j] /= (double)n;
+	for (long i = 0; i < n; i++)
+		for (int j = 0; j < d; j++) {
+			double v = x[TEN(i) * d + j] - mean[j];
+
+			ss[j] += v * v;
+		}
+}
+
 double
 d2v_features_std(const float *x, long n, int d)
 {
@@ -27,18 +49,7 @@ d2v_features_std(const float *x, long n, int d)
 		free(mean); free(ss);
 		return NAN;
 	}
-	/* two passes over the rows, in memory order */
-	for (long i = 0; i < n; i++)
-		for (int j = 0; j < d; j++)
-			mean[j] += x[TEN(i) * d + j];
-	for (int j = 0; j < d; j++)
-		mean[j] /= (double)n;
-	for (long i = 0; i < n; i++)
-		for (int j = 0; j < d; j++) {
-			double v = x[TEN(i) * d + j] - mean[j];
-
-			ss[j] += v * v;
-		}
+	d2v_features_moments(x, n, d, mean, ss);
 	for (int j = 0; j < d; j++)
 		acc += sqrt(ss[j] / (double)(n - 1));
 	free(mean); free(ss);

@@ -18,6 +18,12 @@
 
 #include "err.h"
 
+/* mean (d) = the column means of x and ss (d) = the sums of squared
+ * deviations from them, in double (two passes over the rows); zeros for
+ * n < 1. */
+void d2v_features_moments(const float *x, long n, int d, double *mean,
+    double *ss);
+
 /* The standard deviation of each feature over the rows (n-1 in the
  * denominator), averaged over the d features: the target_var / pred_var of
  * d2v-train.  0 when n < 2, NaN when out of memory. */
