@@ -344,20 +344,8 @@ read_stream(const char *path, int test)
 	check_header(name, d2v_reader_header(r));
 	d2v_record_init(&rec);
 	if (C == 0) {
-		d2v_tensor *x;
-
 		/* channels left to the images: the first record's */
-		if ((rc = d2v_reader_next(r, &rec, &err)) < 0)
-			d2v_fatal(1, "%s", err.msg);
-		if (rc == 0)
-			d2v_fatal(1, "%s: no records", name);
-		x = d2v_record_tensor(&rec, "x");
-		if (x == NULL || x->rank != 3 || x->shape[0] < 1 ||
-		    x->shape[0] > 3)
-			d2v_fatal(1, "%s: record %lld (%s): x must be u8 [C,%d,%d] "
-			    "with C 1 to 3", name, (long long)rec.index, rec.id, S,
-			    S);
-		C = (int)x->shape[0];
+		C = d2v_first_channels(r, &rec, name);
 		for (int i = 0; i < nrows; i++)
 			if (rows[i].params == NULL)
 				rows[i].dim = C * S * S;
@@ -381,9 +369,7 @@ read_stream(const char *path, int test)
 			    x->shape[0] != C || x->shape[1] != S || x->shape[2] != S)
 				d2v_fatal(1, "%s: record %lld (%s): x must be u8 "
 				    "[%d,%d,%d]%s", name, (long long)rec.index, rec.id,
-				    C, S, S, x != NULL && x->rank == 3 &&
-				    x->shape[0] != C ? " (mixed grey and colour sources: "
-				    "d2v-tokenize --channels 1 or 3)" : "");
+				    C, S, S, d2v_channels_hint(x, C));
 			if (!d2v_record_int(&rec, "label", &label))
 				d2v_fatal(1, "%s: record %lld (%s): no label; d2v-eval "
 				    "needs labelled streams (d2v-tokenize --idx-labels)",

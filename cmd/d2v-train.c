@@ -295,9 +295,8 @@ batch_add(batch *b, const d2v_record *rec, const d2v_config *c)
 	    x->shape[0] != C || x->shape[1] != S || x->shape[2] != S)
 		d2v_fatal(1, "%s: record %lld (%s): x must be u8 [%d,%d,%d], the "
 		    "model's image size and channels%s", in_name,
-		    (long long)rec->index, rec->id, C, S, S, x != NULL &&
-		    x->rank == 3 && x->shape[0] != C ? " (mixed grey and colour "
-		    "sources: d2v-tokenize --channels 1 or 3)" : "");
+		    (long long)rec->index, rec->id, C, S, S,
+		    d2v_channels_hint(x, C));
 	if (mk == NULL)
 		d2v_fatal(1, "%s: record %lld (%s): no mask; run d2v-mask first",
 		    in_name, (long long)rec->index, rec->id);
@@ -442,19 +441,9 @@ main(int argc, char **argv)
 	d2v_record_init(&rec);
 	if (!opt.resume && json_integer_value(json_object_get(d2v_header_meta(
 	    d2v_reader_header(r), "tokenize"), "channels")) == 0) {
-		d2v_tensor *x;
-
 		/* the header leaves the channels to the images: read the first
 		 * record now and train on it first */
-		if ((rc = d2v_reader_next(r, &rec, &err)) < 0)
-			d2v_fatal(1, "%s", err.msg);
-		if (rc == 0)
-			d2v_fatal(1, "%s: no records to train on", in_name);
-		x = d2v_record_tensor(&rec, "x");
-		if (x == NULL || x->rank != 3)
-			d2v_fatal(1, "%s: record %lld (%s): x must be u8 [C,H,W]",
-			    in_name, (long long)rec.index, rec.id);
-		first_channels = (int)x->shape[0];
+		first_channels = d2v_first_channels(r, &rec, in_name);
 		pending = 1;
 	}
 	steps = opt.steps;

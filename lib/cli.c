@@ -238,3 +238,28 @@ d2v_now(void)
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
+
+int
+d2v_first_channels(d2v_reader *r, d2v_record *rec, const char *name)
+{
+	d2v_tensor *x;
+	d2v_err err;
+	int rc = d2v_reader_next(r, rec, &err);
+
+	if (rc < 0)
+		d2v_fatal(1, "%s", err.msg);
+	if (rc == 0)
+		d2v_fatal(1, "%s: no records", name);
+	x = d2v_record_tensor(rec, "x");
+	if (x == NULL || x->rank != 3 || x->shape[0] < 1 || x->shape[0] > 3)
+		d2v_fatal(1, "%s: record %lld (%s): x must be u8 [C,H,W] with C "
+		    "1 to 3", name, (long long)rec->index, rec->id);
+	return (int)x->shape[0];
+}
+
+const char *
+d2v_channels_hint(const d2v_tensor *x, int c)
+{
+	return x != NULL && x->rank == 3 && x->shape[0] != c ? " (mixed grey "
+	    "and colour sources: d2v-tokenize --channels 1 or 3)" : "";
+}

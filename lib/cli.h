@@ -21,6 +21,8 @@
 
 #include <stdio.h>
 
+#include "stream.h"
+
 #define D2V_VERSION "0.1.0"
 
 extern const char *d2v_prog;
@@ -43,6 +45,16 @@ int d2v_open_in(const char *path);
 int d2v_progress_enabled(int flag);
 /* Seconds on the monotonic clock, for rates and progress lines. */
 double d2v_now(void);
+
+/* For an image stream whose header leaves the channels to the images
+ * (tokenize meta "channels": 0, JPEGs tokenized without --channels): reads
+ * the first record into rec and returns the channels of its x, 1 to 3.
+ * Exits 1 on a read error, an empty stream or a record without such an x;
+ * the caller then treats rec as its first record. */
+int d2v_first_channels(d2v_reader *r, d2v_record *rec, const char *name);
+/* The suffix for a message about a record whose x (rank 3) has other
+ * channels than c: the fix for mixed grey and colour sources, else "". */
+const char *d2v_channels_hint(const d2v_tensor *x, int c);
 
 /* Parsers for option values; a bad value is a usage error naming opt. */
 long d2v_parse_long(const char *opt, const char *s, long lo, long hi);
