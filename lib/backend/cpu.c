@@ -146,7 +146,8 @@ gelu_backward(float *din, const float *in, const float *dout, size_t n)
 
 static void
 attention_forward(float *out, float *probs, const float *qkv,
-    const float *drop, int R, int T, int D, int H)
+    const float *drop, const float *slope, const int *pos, int R, int T,
+    int D, int H)
 {
 	int hd = D / H;
 	float scale = 1.0f / sqrtf((float)hd);
@@ -163,6 +164,7 @@ attention_forward(float *out, float *probs, const float *qkv,
 				float *o = out + ((size_t)r * T + i) * D + h * hd;
 				const float *dm = drop ? drop + ((size_t)r * H + h) * T * T +
 				    (size_t)i * T : NULL;
+				const int *ps = slope ? pos + (size_t)r * T : NULL;
 
 				for (int j = 0; j < T; j++) {
 					const float *k = base + (size_t)j * 3 * D + D + h * hd;
@@ -172,6 +174,8 @@ attention_forward(float *out, float *probs, const float *qkv,
 					for (int e = 0; e < hd; e++)
 						d += q[e] * k[e];
 					p[j] = d * scale;
+					if (ps)
+						p[j] -= slope[h] * (float)abs(ps[i] - ps[j]);
 					mx = p[j] > mx ? p[j] : mx;
 				}
 				for (int j = 0; j < T; j++) {
@@ -195,8 +199,9 @@ attention_forward(float *out, float *probs, const float *qkv,
 }
 
 static void
-attention_backward(float *dqkv, const float *dout, const float *qkv,
-    const float *probs, const float *drop, int R, int T, int D, int H)
+attention_backward(float *dqkv, float *dslope, const float *dout,
+    const float *qkv, const float *probs, const float *drop, const int *pos,
+    int R, int T, int D, int H)
 {
 	int hd = D / H;
 	float scale = 1.0f / sqrtf((float)hd);
@@ -211,6 +216,8 @@ attention_backward(float *dqkv, const float *dout, const float *qkv,
 				const float *base = qkv + (size_t)r * T * 3 * D;
 				float *dbase = dqkv + (size_t)r * T * 3 * D;
 				const float *P = probs + ((size_t)r * H + h) * T * T;
+				const int *ps = pos ? pos + (size_t)r * T : NULL;
+				double gs = 0;
 
 				for (int i = 0; i < T; i++) {
 					const float *p = P + (size_t)i * T;
@@ -239,14 +246,21 @@ attention_backward(float *dqkv, const float *dout, const float *qkv,
 					for (int j = 0; j < T; j++) {
 						const float *k = base + (size_t)j * 3 * D + D + h * hd;
 						float *dk = dbase + (size_t)j * 3 * D + D + h * hd;
-						float ds = p[j] * (dp[j] - dot) * scale;
+						float dl = p[j] * (dp[j] - dot);
+						float ds = dl * scale;
 
+						if (ps)
+							gs -= (double)dl * abs(ps[i] - ps[j]);
 #pragma omp simd
 						for (int e = 0; e < hd; e++) {
 							dq[e] += ds * k[e];
 							dk[e] += ds * q[e];
 						}
 					}
+				}
+				if (ps && dslope) {
+#pragma omp atomic
+					dslope[h] += (float)gs;
 				}
 			}
 		}
@@ -366,6 +380,119 @@ conv2d_backward(float *din, float *dw, float *db, float *col, float *dcol,
 	}
 }
 
+/* col ((R*To), Cg*k) for group g of in (R, Ti, Ci). */
+static void
+im2col1d(float *col, const float *in, int R, int Ti, int To, int Ci, int k,
+    int st, int pad, int Cg, int g)
+{
+	int Kc = Cg * k;
+
+#pragma omp parallel for collapse(2) schedule(static)
+	for (int r = 0; r < R; r++) {
+		for (int t = 0; t < To; t++) {
+			float *c = col + ((size_t)r * To + t) * Kc;
+
+			for (int ci = 0; ci < Cg; ci++) {
+				const float *src = in + (size_t)r * Ti * Ci + g * Cg + ci;
+
+				for (int kk = 0; kk < k; kk++) {
+					int s = t * st + kk - pad;
+
+					*c++ = s < 0 || s >= Ti ? 0.0f : src[(size_t)s * Ci];
+				}
+			}
+		}
+	}
+}
+
+static void
+col2im1d_add(float *din, const float *col, int R, int Ti, int To, int Ci,
+    int k, int st, int pad, int Cg, int g)
+{
+	int Kc = Cg * k;
+
+	/* one thread per sequence: outputs t overlap in the input */
+#pragma omp parallel for schedule(static)
+	for (int r = 0; r < R; r++) {
+		for (int t = 0; t < To; t++) {
+			const float *c = col + ((size_t)r * To + t) * Kc;
+
+			for (int ci = 0; ci < Cg; ci++) {
+				float *dst = din + (size_t)r * Ti * Ci + g * Cg + ci;
+
+				for (int kk = 0; kk < k; kk++, c++) {
+					int s = t * st + kk - pad;
+
+					if (s >= 0 && s < Ti)
+						dst[(size_t)s * Ci] += *c;
+				}
+			}
+		}
+	}
+}
+
+static int
+conv1d_len(int Ti, int k, int st, int pad)
+{
+	return (Ti + 2 * pad - k) / st + 1;
+}
+
+static void
+conv1d_forward(float *out, float *col, const float *in, const float *w,
+    const float *b, int R, int Ti, int Ci, int Co, int k, int st, int pad,
+    int G)
+{
+	int Cig = Ci / G, Cog = Co / G, Kc = Cig * k;
+	int To = conv1d_len(Ti, k, st, pad), M = R * To;
+
+	for (int g = 0; g < G; g++) {
+		im2col1d(col, in, R, Ti, To, Ci, k, st, pad, Cig, g);
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, Cog, Kc,
+		    1.0f, col, Kc, w + (size_t)g * Cog * Kc, Kc, 0.0f,
+		    out + g * Cog, Co);
+	}
+	if (b != NULL) {
+#pragma omp parallel for schedule(static)
+		for (int i = 0; i < M; i++)
+			for (int c = 0; c < Co; c++)
+				out[(size_t)i * Co + c] += b[c];
+	}
+}
+
+static void
+conv1d_backward(float *din, float *dw, float *db, float *col, float *dcol,
+    const float *dout, const float *in, const float *w, int R, int Ti,
+    int Ci, int Co, int k, int st, int pad, int G)
+{
+	int Cig = Ci / G, Cog = Co / G, Kc = Cig * k;
+	int To = conv1d_len(Ti, k, st, pad), M = R * To;
+
+	for (int g = 0; g < G; g++) {
+		if (dw != NULL) {
+			im2col1d(col, in, R, Ti, To, Ci, k, st, pad, Cig, g);
+			cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Cog, Kc,
+			    M, 1.0f, dout + g * Cog, Co, col, Kc, 1.0f,
+			    dw + (size_t)g * Cog * Kc, Kc);
+		}
+		if (din != NULL) {
+			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, Kc,
+			    Cog, 1.0f, dout + g * Cog, Co, w + (size_t)g * Cog * Kc,
+			    Kc, 0.0f, dcol, Kc);
+			col2im1d_add(din, dcol, R, Ti, To, Ci, k, st, pad, Cig, g);
+		}
+	}
+	if (db != NULL) {
+#pragma omp parallel for schedule(static)
+		for (int c = 0; c < Co; c++) {
+			double s = 0;
+
+			for (int i = 0; i < M; i++)
+				s += dout[(size_t)i * Co + c];
+			db[c] += (float)s;
+		}
+	}
+}
+
 static void
 add(float *a, const float *b, size_t n)
 {
@@ -425,6 +552,8 @@ static const d2v_ops cpu_ops = {
 	.attention_backward = attention_backward,
 	.conv2d_forward = conv2d_forward,
 	.conv2d_backward = conv2d_backward,
+	.conv1d_forward = conv1d_forward,
+	.conv1d_backward = conv1d_backward,
 	.add = add,
 	.mul = mul,
 	.instancenorm_forward = instancenorm_forward,

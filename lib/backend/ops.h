@@ -40,12 +40,17 @@ typedef struct d2v_ops {
 	/* Multi-head self-attention core: qkv (R,T,3D) laid out as
 	 * (3, H, D/H) per token -> out (R,T,D); probs (R,H,T,T) saved before
 	 * dropout; drop (R,H,T,T) scales the probabilities (attention dropout:
-	 * 0 or 1/(1-p)), NULL for none. */
+	 * 0 or 1/(1-p)), NULL for none.  ALiBi when slope is set: the logit
+	 * of (i, j) in head h gets -slope[h] * |pos[r,i] - pos[r,j]| added
+	 * after the 1/sqrt(D/H) scaling; slope (H), pos (R,T) original token
+	 * positions.  The backward adds to dslope (H, may be NULL) the
+	 * gradient of the loss with respect to slope. */
 	void (*attention_forward)(float *out, float *probs, const float *qkv,
-	    const float *drop, int R, int T, int D, int H);
-	void (*attention_backward)(float *dqkv, const float *dout,
-	    const float *qkv, const float *probs, const float *drop, int R,
+	    const float *drop, const float *slope, const int *pos, int R,
 	    int T, int D, int H);
+	void (*attention_backward)(float *dqkv, float *dslope,
+	    const float *dout, const float *qkv, const float *probs,
+	    const float *drop, const int *pos, int R, int T, int D, int H);
 
 	/* Grouped 2-D convolution, 'same' padding k/2, stride 1, channels-last:
 	 * in (R, Hh*Ww, Ci), w (Co, Ci/G, k, k), b (Co) -> out (R, Hh*Ww, Co).
@@ -57,6 +62,17 @@ typedef struct d2v_ops {
 	void (*conv2d_backward)(float *din, float *dw, float *db, float *col,
 	    float *dcol, const float *dout, const float *in, const float *w,
 	    int R, int Hh, int Ww, int Ci, int Co, int k, int G);
+
+	/* Grouped 1-D convolution, channels-last, stride s, zero padding pad
+	 * on each side: in (R, Ti, Ci), w (Co, Ci/G, k), b (Co) or NULL ->
+	 * out (R, To, Co) with To = (Ti + 2 pad - k) / s + 1.  col is scratch
+	 * of (R*To, (Ci/G)*k) floats, dcol the same size. */
+	void (*conv1d_forward)(float *out, float *col, const float *in,
+	    const float *w, const float *b, int R, int Ti, int Ci, int Co,
+	    int k, int s, int pad, int G);
+	void (*conv1d_backward)(float *din, float *dw, float *db, float *col,
+	    float *dcol, const float *dout, const float *in, const float *w,
+	    int R, int Ti, int Ci, int Co, int k, int s, int pad, int G);
 
 	/* a (n) += b (n) */
 	void (*add)(float *a, const float *b, size_t n);

@@ -19,6 +19,13 @@ d2v_config_preset(d2v_config *c, const char *name, d2v_err *err)
 	c->decoder_layers = 6;
 	c->decoder_groups = 16;
 	c->decoder_residual = 1;
+	c->decoder_proj_layers = 1;
+	c->conv_dim = 512;
+	c->pos_conv_depth = 5;
+	c->pos_conv_kernel = 19;
+	c->pos_conv_groups = 16;
+	c->max_positions = 512;
+	snprintf(c->target_final_norm, sizeof c->target_final_norm, "ln");
 	c->clone = 16;
 	c->mask_noise_std = 0.01;
 	c->cls_loss = 0.01;
@@ -61,9 +68,91 @@ d2v_config_preset(d2v_config *c, const char *name, d2v_err *err)
 }
 
 int
+d2v_config_is_image(const d2v_config *c)
+{
+	return strcmp(c->modality, "image") == 0;
+}
+
+int
+d2v_config_modality(d2v_config *c, const char *mod, d2v_err *err)
+{
+	int large = c->dim >= 1024;
+
+	if (strcmp(mod, "image") == 0)
+		return 0;
+	if (strcmp(mod, "audio") != 0 && strcmp(mod, "text") != 0)
+		return d2v_err_set(err, D2V_EINVAL, "unknown modality '%s' "
+		    "(image, audio, text)", mod);
+	snprintf(c->modality, sizeof c->modality, "%s", mod);
+	snprintf(c->target_final_norm, sizeof c->target_final_norm, "none");
+	c->norm_eps = 1e-5;
+	c->cls_loss = 0;
+	c->beta2 = 0.98;
+	c->eps = 1e-6;
+	c->weight_decay = 0.01;
+	/* audio and text blocks: dropout 0.1, attention 0.1, post-MLP 0.1 */
+	c->encoder_dropout = 0.1;
+	c->attention_dropout = 0.1;
+	c->post_mlp_drop = 0.1;
+	c->input_dropout = 0.1;
+	/* no prenet (audio large: 8 of 24, DATA2VEC.md §3.2) */
+	c->depth += c->prenet_depth;
+	c->prenet_depth = 0;
+	if (strcmp(mod, "audio") == 0) {
+		if (large) {
+			c->prenet_depth = 8;
+			c->depth = 16;
+		}
+		c->top_k = large ? 16 : (c->depth * 2 + 2) / 3;
+		c->decoder_dim = large ? c->dim : c->dim / 2;
+		c->decoder_kernel = 7;
+		c->decoder_layers = 4;
+		c->decoder_groups = 16;
+		c->decoder_residual = 1;
+		c->alibi = 1;
+		c->clone = large ? 12 : 8;
+		c->loss_scale = 0;
+		c->context_dropout = 0.1;
+		c->layerdrop = large ? 0 : 0.05;
+		c->lr = large ? 4e-4 : 7.5e-4;
+		c->clip_norm = large ? 1 : 0;
+		c->warmup = large ? 10000 : 8000;
+		c->max_update = large ? 600000 : 400000;
+		c->ema_decay = large ? 0.9997 : 0.999;
+		c->ema_end_decay = large ? 1.0 : 0.99999;
+		c->ema_anneal_end_step = large ? 300000 : 75000;
+		c->batch = 8;
+	} else {
+		c->top_k = c->depth;
+		c->decoder_dim = c->dim;
+		c->decoder_kernel = 9;
+		c->decoder_layers = 5;
+		c->decoder_groups = 1;
+		c->decoder_residual = 0;
+		c->decoder_proj_layers = 2;
+		c->clone = 8;
+		c->loss_scale = 1;
+		c->embed_dropout = 0.1;
+		c->lr = large ? 1e-4 : 2e-4;
+		c->clip_norm = 1;
+		c->warmup = 4000;
+		c->max_update = large ? 600000 : 1000000;
+		c->ema_decay = 0.9999;
+		c->ema_end_decay = 0.99999;
+		c->ema_anneal_end_step = 100000;
+		c->batch = 64;
+	}
+	return 0;
+}
+
+int
 d2v_config_tokens(const d2v_config *c)
 {
-	int g = c->patch > 0 ? c->image_size / c->patch : 0;
+	int g;
+
+	if (!d2v_config_is_image(c))
+		return 0;
+	g = c->patch > 0 ? c->image_size / c->patch : 0;
 
 	return g * g;
 }
@@ -71,20 +160,38 @@ d2v_config_tokens(const d2v_config *c)
 int
 d2v_config_check(const d2v_config *c, d2v_err *err)
 {
-	if (strcmp(c->modality, "image") != 0 || strcmp(c->objective, "v2") != 0)
-		return d2v_err_set(err, D2V_EINVAL, "only the data2vec 2.0 image "
-		    "model is implemented (got %s %s)", c->objective, c->modality);
-	if (c->patch <= 0 || c->image_size <= 0 || c->image_size % c->patch)
+	int image = d2v_config_is_image(c);
+
+	if (strcmp(c->objective, "v2") != 0)
+		return d2v_err_set(err, D2V_EINVAL, "objective %s: only the "
+		    "data2vec 2.0 objective (v2) is implemented", c->objective);
+	if (!image && strcmp(c->modality, "audio") != 0 &&
+	    strcmp(c->modality, "text") != 0)
+		return d2v_err_set(err, D2V_EINVAL, "unknown modality '%s' "
+		    "(image, audio, text)", c->modality);
+	if (image && (c->patch <= 0 || c->image_size <= 0 ||
+	    c->image_size % c->patch))
 		return d2v_err_set(err, D2V_EINVAL, "image size %d is not a "
 		    "multiple of the patch size %d", c->image_size, c->patch);
-	if (c->channels < 1 || c->channels > 3)
+	if (image && (c->channels < 1 || c->channels > 3))
 		return d2v_err_set(err, D2V_EINVAL, "channels must be 1 to 3");
 	if (c->dim <= 0 || c->heads <= 0 || c->dim % c->heads)
 		return d2v_err_set(err, D2V_EINVAL, "%d heads do not divide "
 		    "width %d", c->heads, c->dim);
-	if (c->dim % 4)
+	if (image && c->dim % 4)
 		return d2v_err_set(err, D2V_EINVAL, "width %d is not a multiple "
 		    "of 4 (2-D sin-cos positions)", c->dim);
+	if (strcmp(c->modality, "audio") == 0 && (c->conv_dim < 1 ||
+	    c->pos_conv_depth < 0 || c->pos_conv_kernel < 1 ||
+	    c->pos_conv_kernel % 2 == 0 || c->pos_conv_groups < 1 ||
+	    c->dim % c->pos_conv_groups))
+		return d2v_err_set(err, D2V_EINVAL, "audio: conv width must be "
+		    ">= 1, the positional conv kernel odd and its %d groups must "
+		    "divide width %d", c->pos_conv_groups, c->dim);
+	if (strcmp(c->modality, "text") == 0 && (c->vocab < 1 ||
+	    c->max_positions < 1))
+		return d2v_err_set(err, D2V_EINVAL, "text: vocabulary %d and "
+		    "positions %d must be >= 1", c->vocab, c->max_positions);
 	if (c->mlp_dim <= 0 || c->depth <= 0 || c->prenet_depth < 0)
 		return d2v_err_set(err, D2V_EINVAL, "bad depth or MLP size");
 	if (c->top_k < 1 || c->top_k > c->depth)
@@ -97,20 +204,31 @@ d2v_config_check(const d2v_config *c, d2v_err *err)
 		return d2v_err_set(err, D2V_EINVAL, "decoder: groups %d must "
 		    "divide widths %d and %d, kernel must be odd",
 		    c->decoder_groups, c->dim, c->decoder_dim);
+	if (c->decoder_proj_layers < 1 || c->decoder_proj_layers > 2)
+		return d2v_err_set(err, D2V_EINVAL, "decoder projection: 1 or 2 "
+		    "layers");
+	if (strcmp(c->target_final_norm, "ln") != 0 &&
+	    strcmp(c->target_final_norm, "none") != 0)
+		return d2v_err_set(err, D2V_EINVAL, "target_final_norm '%s': ln "
+		    "or none", c->target_final_norm);
 	if (c->clone < 1 || c->batch < 1)
 		return d2v_err_set(err, D2V_EINVAL, "clone and batch must be >= 1");
-	for (int i = 0; i < c->channels; i++)
+	for (int i = 0; image && i < c->channels; i++)
 		if (!(c->std[i] > 0))
 			return d2v_err_set(err, D2V_EINVAL, "std must be > 0");
 	if (c->beta1 < 0 || c->beta1 >= 1 || c->beta2 < 0 || c->beta2 >= 1)
 		return d2v_err_set(err, D2V_EINVAL, "Adam betas must be in [0,1)");
-	if (c->encoder_dropout < 0 || c->encoder_dropout >= 1 ||
-	    c->attention_dropout < 0 || c->attention_dropout >= 1 ||
-	    c->activation_dropout < 0 || c->activation_dropout >= 1 ||
-	    c->post_mlp_drop < 0 || c->post_mlp_drop >= 1 ||
-	    c->drop_path < 0 || c->drop_path >= 1)
-		return d2v_err_set(err, D2V_EINVAL, "dropout rates must be in "
-		    "[0, 1)");
+	{
+		const double p[] = {c->encoder_dropout, c->attention_dropout,
+		    c->activation_dropout, c->post_mlp_drop, c->drop_path,
+		    c->embed_dropout, c->context_dropout, c->input_dropout,
+		    c->layerdrop};
+
+		for (size_t i = 0; i < sizeof p / sizeof p[0]; i++)
+			if (!(p[i] >= 0 && p[i] < 1))
+				return d2v_err_set(err, D2V_EINVAL, "dropout rates "
+				    "must be in [0, 1)");
+	}
 	if (c->max_update < 1 || c->warmup < 0)
 		return d2v_err_set(err, D2V_EINVAL, "max_update must be >= 1");
 	return 0;
@@ -165,6 +283,29 @@ add_dropout(json_t *j, const d2v_config *c)
 	json_object_set_new(j, "activation_dropout", json_real(c->activation_dropout));
 	json_object_set_new(j, "post_mlp_drop", json_real(c->post_mlp_drop));
 	json_object_set_new(j, "drop_path", json_real(c->drop_path));
+	json_object_set_new(j, "embed_dropout", json_real(c->embed_dropout));
+	json_object_set_new(j, "context_dropout", json_real(c->context_dropout));
+	json_object_set_new(j, "input_dropout", json_real(c->input_dropout));
+	json_object_set_new(j, "layerdrop", json_real(c->layerdrop));
+	json_object_set_new(j, "decoder_proj_layers",
+	    json_integer(c->decoder_proj_layers));
+	json_object_set_new(j, "target_final_norm",
+	    json_string(c->target_final_norm));
+	if (strcmp(c->modality, "audio") == 0) {
+		json_object_set_new(j, "conv_dim", json_integer(c->conv_dim));
+		json_object_set_new(j, "pos_conv_depth",
+		    json_integer(c->pos_conv_depth));
+		json_object_set_new(j, "pos_conv_kernel",
+		    json_integer(c->pos_conv_kernel));
+		json_object_set_new(j, "pos_conv_groups",
+		    json_integer(c->pos_conv_groups));
+		json_object_set_new(j, "alibi", json_boolean(c->alibi));
+	}
+	if (strcmp(c->modality, "text") == 0) {
+		json_object_set_new(j, "vocab", json_integer(c->vocab));
+		json_object_set_new(j, "max_positions",
+		    json_integer(c->max_positions));
+	}
 }
 
 static int
@@ -219,6 +360,16 @@ d2v_config_from_json(d2v_config *c, const json_t *j, d2v_err *err)
 	NUM(encoder_dropout, double); NUM(attention_dropout, double);
 	NUM(activation_dropout, double); NUM(post_mlp_drop, double);
 	NUM(drop_path, double);
+	NUM(embed_dropout, double); NUM(context_dropout, double);
+	NUM(input_dropout, double); NUM(layerdrop, double);
+	NUM(decoder_proj_layers, int); NUM(conv_dim, int);
+	NUM(pos_conv_depth, int); NUM(pos_conv_kernel, int);
+	NUM(pos_conv_groups, int); NUM(vocab, int); NUM(max_positions, int);
+	if ((v = json_object_get(j, "alibi")) != NULL)
+		c->alibi = json_is_true(v) ||
+		    (json_is_integer(v) && json_integer_value(v) != 0);
+	if ((s = json_string_value(json_object_get(j, "target_final_norm"))) != NULL)
+		snprintf(c->target_final_norm, sizeof c->target_final_norm, "%s", s);
 	a = json_object_get(j, "mean");
 	json_array_foreach(a, i, v)
 		if (i < 3 && json_is_number(v))

@@ -19,7 +19,7 @@
 
 typedef struct d2v_config {
 	/* model */
-	char modality[16];      /* "image" */
+	char modality[16];      /* "image", "audio" or "text" */
 	char objective[8];      /* "v2" */
 	int image_size;         /* H = W */
 	int patch;              /* P */
@@ -36,6 +36,17 @@ typedef struct d2v_config {
 	int decoder_layers;
 	int decoder_groups;
 	int decoder_residual;
+	int decoder_proj_layers; /* 1: Linear(Dd, D); 2: Linear(Dd, 2Dd), GELU, Linear(2Dd, D) */
+	/* audio: the conv feature encoder (wav2vec 2.0 kernels and strides, C
+	 * channels), the conv positional encoder, ALiBi */
+	int conv_dim;           /* C */
+	int pos_conv_depth, pos_conv_kernel, pos_conv_groups;
+	int alibi;
+	/* text: token and position tables */
+	int vocab;              /* V */
+	int max_positions;      /* position table rows - 2 */
+	/* targets: final norm after averaging, "ln" (images) or "none" */
+	char target_final_norm[8];
 	int clone;              /* M masked copies per sample */
 	double mask_noise_std;
 	double cls_loss;
@@ -47,6 +58,10 @@ typedef struct d2v_config {
 	double activation_dropout; /* after the GELU and after fc2 */
 	double post_mlp_drop;      /* on the FFN output before its residual */
 	double drop_path;          /* stochastic depth, 0 -> this over blocks */
+	double embed_dropout;      /* text: after the embedding LayerNorm */
+	double context_dropout;    /* audio: after the context LayerNorm */
+	double input_dropout;      /* on the encoder output entering the decoder */
+	double layerdrop;          /* probability of skipping a main block */
 	/* training */
 	double lr, min_lr;
 	long warmup, max_update;
@@ -58,12 +73,19 @@ typedef struct d2v_config {
 	unsigned long long seed;
 } d2v_config;
 
-/* Fills cfg with a preset ("tiny", "small", "base", "large"); D2V_EINVAL
- * for an unknown name. */
+/* Fills cfg with a preset ("tiny", "small", "base", "large") of the image
+ * recipe; D2V_EINVAL for an unknown name. */
 int d2v_config_preset(d2v_config *cfg, const char *name, d2v_err *err);
+/* Switches cfg (fresh from d2v_config_preset) to the v2 recipe of modality
+ * "image", "audio" or "text" (DATA2VEC.md §§2-9): block counts, top-K,
+ * decoder, dropouts, optimiser, EMA.  D2V_EINVAL for another modality. */
+int d2v_config_modality(d2v_config *cfg, const char *modality, d2v_err *err);
+/* 1 for images (CLS token, 2-D decoder), 0 for audio and text. */
+int d2v_config_is_image(const d2v_config *cfg);
 /* Checks sizes agree (heads divide dim, patch divides size...). */
 int d2v_config_check(const d2v_config *cfg, d2v_err *err);
-/* Tokens per sample: (image_size / patch)^2. */
+/* Tokens per sample: (image_size / patch)^2 for images; 0 for audio and
+ * text, whose length is the sample's. */
 int d2v_config_tokens(const d2v_config *cfg);
 json_t *d2v_config_to_json(const d2v_config *cfg);
 /* Reads every key present in j over the values already in cfg. */

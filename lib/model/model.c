@@ -29,6 +29,7 @@ acts_free(d2v_enc_acts *a, int nb)
 	freev(a->m2, nb); freev(a->s2, nb); freev(a->out, nb);
 	freev(a->drop_att, nb); freev(a->drop_ao, nb); freev(a->drop_act, nb);
 	freev(a->drop_f, nb);
+	free(a->drop_ctx); free(a->skip); free(a->pos); free(a->slope);
 	memset(a, 0, sizeof *a);
 }
 
@@ -51,7 +52,20 @@ static int
 has_dropout(const d2v_config *c)
 {
 	return c->encoder_dropout > 0 || c->attention_dropout > 0 ||
-	    c->activation_dropout > 0 || c->post_mlp_drop > 0 || c->drop_path > 0;
+	    c->activation_dropout > 0 || c->post_mlp_drop > 0 ||
+	    c->drop_path > 0 || c->context_dropout > 0;
+}
+
+static int
+is_audio(const d2v_model *m)
+{
+	return strcmp(m->cfg.modality, "audio") == 0;
+}
+
+static int
+is_text(const d2v_model *m)
+{
+	return strcmp(m->cfg.modality, "text") == 0;
 }
 
 static int
@@ -83,12 +97,21 @@ acts_alloc(d2v_enc_acts *a, const d2v_model *m, int R, int T, int with_drop)
 	a->m2 = allocv(nb, RT);
 	a->s2 = allocv(nb, RT);
 	a->out = allocv(nb, RT * D);
+	a->skip = calloc((size_t)nb, sizeof *a->skip);
+	a->pos = malloc(RT * sizeof *a->pos);
+	a->slope = calloc((size_t)m->H, sizeof *a->slope);
+	if (!a->skip || !a->pos || !a->slope) {
+		acts_free(a, nb);
+		return -1;
+	}
 	if (with_drop) {
+		a->drop_ctx = malloc(RT * D * sizeof(float));
 		a->drop_att = allocv(nb, TEN(R) * m->H * T * T);
 		a->drop_ao = allocv(nb, RT * D);
 		a->drop_act = allocv(nb, RT * F);
 		a->drop_f = allocv(nb, RT * D);
-		if (!a->drop_att || !a->drop_ao || !a->drop_act || !a->drop_f) {
+		if (!a->drop_att || !a->drop_ao || !a->drop_act || !a->drop_f ||
+		    !a->drop_ctx) {
 			acts_free(a, nb);
 			return -1;
 		}
@@ -125,6 +148,24 @@ sincos_init(float *pos, int grid, int D)
 	}
 }
 
+
+/* ALiBi slopes of H heads (fairseq get_slopes, DATA2VEC.md §2.2): for a
+ * power of two, start = 2^(-8/H) and slope_h = start^(h+1); otherwise the
+ * slopes of the largest power of two H' < H, then every other slope of 2H'
+ * heads, the first H - H'. */
+static void
+alibi_slopes(double *out, int H)
+{
+	int p = 1;
+
+	while (p * 2 <= H)
+		p *= 2;
+	for (int h = 0; h < p; h++)
+		out[h] = pow(2.0, -8.0 / p * (h + 1));
+	for (int h = p, j = 0; h < H; h++, j += 2)
+		out[h] = pow(2.0, -8.0 / (2 * p) * (j + 1));
+}
+
 int
 d2v_model_init(d2v_model *m, const d2v_config *cfg, const d2v_ops *ops,
     d2v_err *err)
@@ -137,6 +178,7 @@ d2v_model_init(d2v_model *m, const d2v_config *cfg, const d2v_ops *ops,
 		return rc;
 	m->cfg = *cfg;
 	m->ops = ops;
+	m->E = d2v_config_is_image(cfg) ? 1 : 0;
 	m->N = d2v_config_tokens(cfg);
 	m->D = cfg->dim;
 	m->F = cfg->mlp_dim;
@@ -150,21 +192,90 @@ d2v_model_init(d2v_model *m, const d2v_config *cfg, const d2v_ops *ops,
 	m->m = calloc(n, sizeof(float));
 	m->v = calloc(n, sizeof(float));
 	m->teacher = calloc(n, sizeof(float));
-	m->sincos = malloc(TEN(m->N) * m->D * sizeof(float));
+	m->sincos = malloc((m->N > 0 ? TEN(m->N) * m->D : 1) * sizeof(float));
+	m->alibi0 = malloc(TEN(m->H) * sizeof(float));
 	if (!m->params || !m->grads || !m->m || !m->v || !m->teacher ||
-	    !m->sincos) {
+	    !m->sincos || !m->alibi0) {
 		d2v_model_free(m);
 		return d2v_err_set(err, D2V_ENOMEM, "out of memory for a model "
 		    "of %zu parameters", n);
 	}
-	sincos_init(m->sincos, cfg->image_size / cfg->patch, m->D);
+	if (m->E)
+		sincos_init(m->sincos, cfg->image_size / cfg->patch, m->D);
+	{
+		double sl[1024];
+
+		alibi_slopes(sl, m->H < 1024 ? m->H : 1024);
+		for (int h = 0; h < m->H && h < 1024; h++)
+			m->alibi0[h] = (float)sl[h];
+	}
 	return 0;
+}
+
+int
+d2v_model_set_length(d2v_model *m, int len, d2v_err *err)
+{
+	const d2v_config *c = &m->cfg;
+
+	if (m->E)
+		return 0;
+	if (is_audio(m)) {
+		int l = len;
+
+		for (int i = 0; i < D2V_CONV_LAYERS; i++) {
+			if (l < d2v_conv_kernel[i])
+				return d2v_err_set(err, D2V_EINVAL, "audio of %d "
+				    "samples is shorter than the feature encoder's "
+				    "receptive field (400 samples, 25 ms at 16 kHz)",
+				    len);
+			l = (l - d2v_conv_kernel[i]) / d2v_conv_stride[i] + 1;
+		}
+		m->N = l;
+	} else {
+		if (len < 1)
+			return d2v_err_set(err, D2V_EINVAL, "empty text sample");
+		if (len > c->max_positions)
+			return d2v_err_set(err, D2V_EINVAL, "text of %d tokens is "
+			    "longer than the position table (%d positions)", len,
+			    c->max_positions);
+		m->N = len;
+	}
+	m->len = len;
+	return 0;
+}
+
+int
+d2v_model_tokens(const d2v_model *m)
+{
+	return m->N;
+}
+
+static void
+pos_free(d2v_pos_acts *p, int n)
+{
+	free(p->z);
+	freev(p->c, n); freev(p->m, n); freev(p->s, n); freev(p->l, n);
+	freev(p->g, n);
+	memset(p, 0, sizeof *p);
+}
+
+static int
+pos_alloc(d2v_pos_acts *p, int n, size_t RN, int D)
+{
+	p->z = malloc(RN * D * sizeof(float));
+	p->c = allocv(n, RN * D);
+	p->m = allocv(n, RN);
+	p->s = allocv(n, RN);
+	p->l = allocv(n, RN * D);
+	p->g = allocv(n, RN * D);
+	return p->z && (n == 0 || (p->c && p->m && p->s && p->l && p->g)) ?
+	    0 : -1;
 }
 
 static void
 step_free(d2v_model *m)
 {
-	int L = m->cfg.decoder_layers;
+	int L = m->cfg.decoder_layers, np = m->cfg.pos_conv_depth;
 
 	free(m->pix); free(m->tok); free(m->dtok); free(m->keep);
 	free(m->y); free(m->ycls); free(m->dec_in);
@@ -173,13 +284,27 @@ step_free(d2v_model *m)
 	free(m->pred); free(m->col); free(m->dcol);
 	free(m->gA); free(m->gB); free(m->gC); free(m->gF); free(m->gF2);
 	free(m->gQKV); free(m->gdec); free(m->gdec2);
+	for (int i = 0; i < D2V_CONV_LAYERS; i++) {
+		free(m->cv[i]); free(m->cm[i]); free(m->cs[i]); free(m->cl[i]);
+		free(m->cg[i]);
+		m->cv[i] = m->cm[i] = m->cs[i] = m->cl[i] = m->cg[i] = NULL;
+	}
+	free(m->fm); free(m->fs); free(m->fl);
+	pos_free(&m->spos, np);
+	pos_free(&m->tpos, np);
+	free(m->gslope);
+	free(m->esum); free(m->em); free(m->es); free(m->eln);
+	free(m->drop_emb); free(m->drop_in); free(m->ph); free(m->pg);
+	m->fm = m->fs = m->fl = m->gslope = NULL;
+	m->esum = m->em = m->es = m->eln = m->drop_emb = m->drop_in = NULL;
+	m->ph = m->pg = NULL;
 	m->pix = m->tok = m->dtok = m->y = m->ycls = m->dec_in = NULL;
 	m->dc = m->dm = m->ds = m->dl = m->dout = NULL;
 	m->pred = m->col = m->dcol = NULL;
 	m->gA = m->gB = m->gC = m->gF = m->gF2 = m->gQKV = NULL;
 	m->gdec = m->gdec2 = NULL;
 	m->keep = NULL;
-	m->B = m->V = 0;
+	m->B = m->V = m->alen = 0;
 }
 
 void
@@ -189,7 +314,7 @@ d2v_model_free(d2v_model *m)
 	acts_free(&m->st, m->nb);
 	acts_free(&m->te, m->nb);
 	free(m->params); free(m->grads); free(m->m); free(m->v);
-	free(m->teacher); free(m->sincos);
+	free(m->teacher); free(m->sincos); free(m->alibi0);
 	d2v_layout_free(&m->lay);
 	memset(m, 0, sizeof *m);
 }
@@ -200,36 +325,101 @@ d2v_model_sync_teacher(d2v_model *m)
 	memcpy(m->teacher, m->params, m->lay.teacher_end * sizeof(float));
 }
 
-/* Buffers of a step with B images and V visible tokens per row. */
+static size_t
+maxz(size_t a, size_t b)
+{
+	return a > b ? a : b;
+}
+
+/* Buffers of a step with B samples and V visible tokens per row at the
+ * current length. */
 static int
 step_alloc(d2v_model *m, int B, int V, d2v_err *err)
 {
 	const d2v_config *c = &m->cfg;
 	int M = c->clone, R = B * M, N = m->N, D = m->D, L = c->decoder_layers;
-	int Dd = c->decoder_dim, T = V + 1, wide = D > Dd ? D : Dd;
-	size_t CPP = TEN(c->channels) * c->patch * c->patch;
-	size_t cmax = TEN(R) * N * (TEN(wide / c->decoder_groups) *
-	    c->decoder_kernel * c->decoder_kernel);
-	size_t RT = TEN(R) * (T > N + 1 ? T : N + 1);
+	int Dd = c->decoder_dim, E = m->E, T = V + E;
+	int wide = D > Dd * c->decoder_proj_layers ? D : Dd * c->decoder_proj_layers;
+	int k = c->decoder_kernel, np = is_audio(m) ? c->pos_conv_depth : 0;
+	size_t RN = TEN(R) * N, BN = TEN(B) * N;
+	size_t cmax = RN * (TEN(wide / c->decoder_groups) * k * (E ? k : 1));
+	size_t RT = TEN(R) * (T > N + E ? T : N + E), abuf = 0;
+	int bad = 0;
 
-	if (m->B == B && m->V == V)
+	if (m->B == B && m->V == V && m->alen == m->len && m->tok != NULL)
 		return 0;
 	step_free(m);
 	m->B = B;
 	m->V = V;
-	m->pix = malloc(TEN(B) * N * CPP * sizeof(float));
-	m->tok = malloc(TEN(B) * N * D * sizeof(float));
-	m->dtok = malloc(TEN(B) * N * D * sizeof(float));
+	m->alen = m->len;
+	if (E) {
+		size_t CPP = TEN(c->channels) * c->patch * c->patch;
+
+		m->pix = malloc(BN * CPP * sizeof(float));
+		bad |= m->pix == NULL;
+	}
+	if (is_audio(m)) {
+		int C = c->conv_dim;
+
+		m->ct[0] = m->len;
+		for (int i = 0; i < D2V_CONV_LAYERS; i++) {
+			int cin = i ? C : 1;
+			size_t o;
+
+			m->ct[i + 1] = (m->ct[i] - d2v_conv_kernel[i]) /
+			    d2v_conv_stride[i] + 1;
+			o = TEN(B) * m->ct[i + 1];
+			cmax = maxz(cmax, o * cin * d2v_conv_kernel[i]);
+			abuf = maxz(abuf, o * C);
+			m->cv[i] = malloc(o * C * sizeof(float));
+			m->cm[i] = malloc(o * sizeof(float));
+			m->cs[i] = malloc(o * sizeof(float));
+			m->cl[i] = malloc(o * C * sizeof(float));
+			m->cg[i] = malloc(o * C * sizeof(float));
+			bad |= !m->cv[i] || !m->cm[i] || !m->cs[i] || !m->cl[i] ||
+			    !m->cg[i];
+		}
+		m->fm = malloc(BN * sizeof(float));
+		m->fs = malloc(BN * sizeof(float));
+		m->fl = malloc(BN * C * sizeof(float));
+		m->gslope = malloc(TEN(m->H) * sizeof(float));
+		cmax = maxz(cmax, RN * (TEN(D / c->pos_conv_groups) *
+		    c->pos_conv_kernel));
+		bad |= !m->fm || !m->fs || !m->fl || !m->gslope ||
+		    pos_alloc(&m->spos, np, RN, D) < 0 ||
+		    pos_alloc(&m->tpos, np, BN, D) < 0;
+	}
+	if (is_text(m)) {
+		m->esum = malloc(BN * D * sizeof(float));
+		m->em = malloc(BN * sizeof(float));
+		m->es = malloc(BN * sizeof(float));
+		m->eln = malloc(BN * D * sizeof(float));
+		m->drop_emb = malloc(BN * D * sizeof(float));
+		bad |= !m->esum || !m->em || !m->es || !m->eln || !m->drop_emb;
+	}
+	if (c->input_dropout > 0) {
+		m->drop_in = malloc(TEN(R) * (V > 0 ? V : 1) * D * sizeof(float));
+		bad |= m->drop_in == NULL;
+	}
+	if (c->decoder_proj_layers == 2) {
+		m->ph = malloc(RN * 2 * Dd * sizeof(float));
+		m->pg = malloc(RN * 2 * Dd * sizeof(float));
+		bad |= !m->ph || !m->pg;
+	}
+	/* the audio feature encoder's backward runs through gdec and gdec2 */
+	abuf = maxz(abuf, RN * wide);
+	m->tok = malloc(BN * D * sizeof(float));
+	m->dtok = malloc(BN * D * sizeof(float));
 	m->keep = malloc(TEN(R) * (V > 0 ? V : 1) * sizeof(int));
-	m->y = malloc(TEN(B) * N * D * sizeof(float));
+	m->y = malloc(BN * D * sizeof(float));
 	m->ycls = malloc(TEN(B) * D * sizeof(float));
-	m->dec_in = malloc(TEN(R) * N * D * sizeof(float));
-	m->dc = allocv(L, TEN(R) * N * Dd);
-	m->dm = allocv(L, TEN(R) * N);
-	m->ds = allocv(L, TEN(R) * N);
-	m->dl = allocv(L, TEN(R) * N * Dd);
-	m->dout = allocv(L, TEN(R) * N * Dd);
-	m->pred = malloc(TEN(R) * N * D * sizeof(float));
+	m->dec_in = malloc(RN * D * sizeof(float));
+	m->dc = allocv(L, RN * Dd);
+	m->dm = allocv(L, RN);
+	m->ds = allocv(L, RN);
+	m->dl = allocv(L, RN * Dd);
+	m->dout = allocv(L, RN * Dd);
+	m->pred = malloc(RN * D * sizeof(float));
 	m->col = malloc(cmax * sizeof(float));
 	m->dcol = malloc(cmax * sizeof(float));
 	m->gA = malloc(RT * wide * sizeof(float));
@@ -238,17 +428,17 @@ step_alloc(d2v_model *m, int B, int V, d2v_err *err)
 	m->gF = malloc(RT * m->F * sizeof(float));
 	m->gF2 = malloc(RT * m->F * sizeof(float));
 	m->gQKV = malloc(RT * 3 * D * sizeof(float));
-	m->gdec = malloc(TEN(R) * N * wide * sizeof(float));
-	m->gdec2 = malloc(TEN(R) * N * wide * sizeof(float));
-	if (!m->pix || !m->tok || !m->dtok || !m->keep || !m->y || !m->ycls ||
+	m->gdec = malloc(abuf * sizeof(float));
+	m->gdec2 = malloc(abuf * sizeof(float));
+	if (bad || !m->tok || !m->dtok || !m->keep || !m->y || !m->ycls ||
 	    !m->dec_in || !m->dc || !m->dm || !m->ds || !m->dl || !m->dout ||
 	    !m->pred || !m->col || !m->dcol || !m->gA || !m->gB || !m->gC ||
 	    !m->gF || !m->gF2 || !m->gQKV || !m->gdec || !m->gdec2 ||
 	    acts_alloc(&m->st, m, R, T, has_dropout(c)) < 0 ||
-	    acts_alloc(&m->te, m, B, N + 1, 0) < 0) {
+	    acts_alloc(&m->te, m, B, N + E, 0) < 0) {
 		step_free(m);
 		return d2v_err_set(err, D2V_ENOMEM, "out of memory for a batch "
-		    "of %d images", B);
+		    "of %d samples", B);
 	}
 	return 0;
 }
@@ -295,7 +485,230 @@ embed(d2v_model *m, const float *P, int B, float *tok)
 			tok[TEN(i) * D + d] += m->sincos[TEN(i % N) * D + d];
 }
 
-/* Runs the context LayerNorm and every block over a->x_in (R,T,D). */
+/* Fills scale buffer buf (rows, per) with 0 or 1/(1-p) per element,
+ * times 0 or 1/(1-dp) per row (drop path); keyed by (seed, kind, row). */
+static void
+fill_drop(float *buf, int rows, size_t per, double p, double dp,
+    uint64_t seed, uint64_t kind)
+{
+	float keep = p > 0 ? (float)(1.0 / (1.0 - p)) : 1.0f;
+	float kpath = dp > 0 ? (float)(1.0 / (1.0 - dp)) : 1.0f;
+
+#pragma omp parallel for schedule(static)
+	for (int r = 0; r < rows; r++) {
+		d2v_rng g;
+		float *row = buf + TEN(r) * per;
+		float s;
+
+		d2v_rng_seed(&g, seed, kind, (uint64_t)r);
+		s = dp > 0 && d2v_rng_uniform(&g) < dp ? 0.0f : kpath;
+		for (size_t i = 0; i < per; i++)
+			row[i] = p > 0 && d2v_rng_uniform(&g) < p ? 0.0f : keep * s;
+	}
+}
+
+/*
+ * Audio feature encoder (DATA2VEC.md §2.2): x (B,S) -> seven Conv1d (no
+ * bias, no padding) each with a LayerNorm over channels and GELU ->
+ * feature LayerNorm -> projection: tok (B,N,D).
+ */
+static void
+audio_local_forward(d2v_model *m, const float *P, const float *x, int B)
+{
+	const d2v_ops *o = m->ops;
+	const d2v_layout *l = &m->lay;
+	int C = m->cfg.conv_dim, N = m->N;
+	const float *in = x;
+
+	for (int i = 0; i < D2V_CONV_LAYERS; i++) {
+		int rows = B * m->ct[i + 1];
+
+		o->conv1d_forward(m->cv[i], m->col, in, P + l->conv_w[i], NULL, B,
+		    m->ct[i], i ? C : 1, C, d2v_conv_kernel[i], d2v_conv_stride[i],
+		    0, 1);
+		o->layernorm_forward(m->cl[i], m->cm[i], m->cs[i], m->cv[i],
+		    P + l->conv_nw[i], P + l->conv_nb[i], rows, C, 1e-5f);
+		o->gelu_forward(m->cg[i], m->cl[i], TEN(rows) * C);
+		in = m->cg[i];
+	}
+	o->layernorm_forward(m->fl, m->fm, m->fs, in, P + l->fnorm_w,
+	    P + l->fnorm_b, B * N, C, 1e-5f);
+	o->matmul_forward(m->tok, m->fl, P + l->fproj_w, P + l->fproj_b, B * N,
+	    C, m->D);
+}
+
+/* dtok (B,N,D), the gradient of tok, into the feature encoder's weights;
+ * x (B,S) the input; uses gdec and gdec2 as scratch. */
+static void
+audio_local_backward(d2v_model *m, const float *x, const float *dtok, int B)
+{
+	const d2v_ops *o = m->ops;
+	const d2v_layout *l = &m->lay;
+	const float *P = m->params;
+	float *G = m->grads, *cur = m->gdec, *tmp = m->gdec2;
+	int C = m->cfg.conv_dim, N = m->N;
+	size_t n;
+
+	n = TEN(B) * N * C;
+	memset(tmp, 0, n * sizeof(float));
+	o->matmul_backward(tmp, G + l->fproj_w, G + l->fproj_b, dtok, m->fl,
+	    P + l->fproj_w, B * N, C, m->D);
+	memset(cur, 0, n * sizeof(float));
+	o->layernorm_backward(cur, G + l->fnorm_w, G + l->fnorm_b, tmp,
+	    m->cg[D2V_CONV_LAYERS - 1], m->fm, m->fs, P + l->fnorm_w, B * N, C);
+	/* cur: gradient of the last GELU output */
+	for (int i = D2V_CONV_LAYERS - 1; i >= 0; i--) {
+		int rows = B * m->ct[i + 1];
+
+		n = TEN(rows) * C;
+		memset(tmp, 0, n * sizeof(float));
+		o->gelu_backward(tmp, m->cl[i], cur, n);
+		memset(cur, 0, n * sizeof(float));
+		o->layernorm_backward(cur, G + l->conv_nw[i], G + l->conv_nb[i],
+		    tmp, m->cv[i], m->cm[i], m->cs[i], P + l->conv_nw[i], rows, C);
+		/* cur: gradient of conv i's output; tmp gets its input's */
+		if (i > 0)
+			memset(tmp, 0, TEN(B) * m->ct[i] * C * sizeof(float));
+		o->conv1d_backward(i > 0 ? tmp : NULL, G + l->conv_w[i], NULL,
+		    m->col, m->dcol, cur, i > 0 ? m->cg[i - 1] : x,
+		    P + l->conv_w[i], B, m->ct[i], i ? C : 1, C,
+		    d2v_conv_kernel[i], d2v_conv_stride[i], 0, 1);
+		if (i > 0) {
+			float *t = cur;
+
+			cur = tmp;
+			tmp = t;
+		}
+	}
+}
+
+/* Text embedding (DATA2VEC.md §2.3): tok (B,N,D) = dropout(LN(tokens[x] +
+ * positions[n + 2])); drop_emb holds the dropout scales when `drop`. */
+static void
+text_local_forward(d2v_model *m, const float *P, const int32_t *ids, int B,
+    int drop)
+{
+	const d2v_layout *l = &m->lay;
+	int N = m->N, D = m->D;
+
+#pragma omp parallel for schedule(static)
+	for (int i = 0; i < B * N; i++) {
+		const float *te = P + l->emb_tok + TEN(ids[i]) * D;
+		const float *pe = P + l->emb_pos + TEN(i % N + 2) * D;
+		float *o = m->esum + TEN(i) * D;
+
+		for (int d = 0; d < D; d++)
+			o[d] = te[d] + pe[d];
+	}
+	m->ops->layernorm_forward(m->eln, m->em, m->es, m->esum,
+	    P + l->emb_nw, P + l->emb_nb, B * N, D, (float)m->cfg.norm_eps);
+	memcpy(m->tok, m->eln, TEN(B) * N * D * sizeof(float));
+	if (drop)
+		m->ops->mul(m->tok, m->drop_emb, TEN(B) * N * D);
+}
+
+static void
+text_local_backward(d2v_model *m, const int32_t *ids, float *dtok, int B,
+    int drop)
+{
+	const d2v_layout *l = &m->lay;
+	float *G = m->grads, *de = m->gdec;
+	int N = m->N, D = m->D;
+
+	if (drop)
+		m->ops->mul(dtok, m->drop_emb, TEN(B) * N * D);
+	memset(de, 0, TEN(B) * N * D * sizeof(float));
+	m->ops->layernorm_backward(de, G + l->emb_nw, G + l->emb_nb, dtok,
+	    m->esum, m->em, m->es, m->params + l->emb_nw, B * N, D);
+	/* scatter-add: rows repeat, so one thread */
+	for (int i = 0; i < B * N; i++) {
+		float *gt = G + l->emb_tok + TEN(ids[i]) * D;
+		float *gp = G + l->emb_pos + TEN(i % N + 2) * D;
+		const float *g = de + TEN(i) * D;
+
+		for (int d = 0; d < D; d++) {
+			gt[d] += g[d];
+			gp[d] += g[d];
+		}
+	}
+}
+
+/* Audio position encoder over R sequences of N frames: p->z (R,N,D) in;
+ * out (R,N,D) = z + pos(z), pos = depth x (Conv1d k, groups g -> LN without
+ * affine -> GELU). */
+static void
+pos_forward(d2v_model *m, const float *P, d2v_pos_acts *p, int R, float *out)
+{
+	const d2v_config *c = &m->cfg;
+	const d2v_ops *o = m->ops;
+	int N = m->N, D = m->D, k = c->pos_conv_kernel;
+	size_t n = TEN(R) * N * D;
+	const float *in = p->z;
+
+	for (int j = 0; j < c->pos_conv_depth; j++) {
+		o->conv1d_forward(p->c[j], m->col, in, P + m->lay.pos_w[j],
+		    P + m->lay.pos_b[j], R, N, D, D, k, 1, k / 2,
+		    c->pos_conv_groups);
+		o->layernorm_forward(p->l[j], p->m[j], p->s[j], p->c[j], NULL, NULL,
+		    R * N, D, 1e-5f);
+		o->gelu_forward(p->g[j], p->l[j], n);
+		in = p->g[j];
+	}
+	memcpy(out, p->z, n * sizeof(float));
+	if (c->pos_conv_depth > 0)
+		o->add(out, in, n);
+}
+
+/* dout (R,N,D), the gradient of pos_forward's out: dz (R,N,D) gets the
+ * gradient of z (overwritten).  Scratch: gA, gC, gdec, gdec2. */
+static void
+pos_backward(d2v_model *m, d2v_pos_acts *p, int R, const float *dout,
+    float *dz)
+{
+	const d2v_config *c = &m->cfg;
+	const d2v_ops *o = m->ops;
+	float *G = m->grads, *cur = m->gdec, *nxt = m->gdec2;
+	int N = m->N, D = m->D, k = c->pos_conv_kernel;
+	size_t n = TEN(R) * N * D;
+
+	memcpy(dz, dout, n * sizeof(float));
+	if (c->pos_conv_depth == 0)
+		return;
+	memcpy(cur, dout, n * sizeof(float));
+	for (int j = c->pos_conv_depth - 1; j >= 0; j--) {
+		memset(m->gA, 0, n * sizeof(float));
+		o->gelu_backward(m->gA, p->l[j], cur, n);
+		memset(m->gC, 0, n * sizeof(float));
+		o->layernorm_backward(m->gC, NULL, NULL, m->gA, p->c[j], p->m[j],
+		    p->s[j], NULL, R * N, D);
+		if (j > 0)
+			memset(nxt, 0, n * sizeof(float));
+		o->conv1d_backward(j > 0 ? nxt : dz, G + m->lay.pos_w[j],
+		    G + m->lay.pos_b[j], m->col, m->dcol, m->gC,
+		    j > 0 ? p->g[j - 1] : p->z, m->params + m->lay.pos_w[j], R, N,
+		    D, D, k, 1, k / 2, c->pos_conv_groups);
+		{
+			float *t = cur;
+
+			cur = nxt;
+			nxt = t;
+		}
+	}
+}
+
+/* The ALiBi slopes of a pass with parameters P: m_h max(scale_h, 0). */
+static void
+set_slopes(d2v_model *m, const float *P, d2v_enc_acts *a)
+{
+	for (int h = 0; h < m->H; h++) {
+		float s = P[m->lay.alibi + h];
+
+		a->slope[h] = m->alibi0[h] * (s > 0 ? s : 0.0f);
+	}
+}
+
+/* Runs the context LayerNorm (if any) and every block over a->x_in
+ * (R,T,D), with ALiBi when the model has it (a->slope, a->pos set). */
 static void
 encoder_forward(d2v_model *m, const float *P, d2v_enc_acts *a)
 {
@@ -303,16 +716,28 @@ encoder_forward(d2v_model *m, const float *P, d2v_enc_acts *a)
 	int R = a->R, T = a->T, D = m->D, F = m->F, RT = R * T;
 	float eps = (float)m->cfg.norm_eps;
 	const float *x = a->x0;
+	const float *sl = m->cfg.alibi ? a->slope : NULL;
 
-	o->layernorm_forward(a->x0, a->ctx_mean, a->ctx_rstd, a->x_in,
-	    P + m->lay.ctx_w, P + m->lay.ctx_b, RT, D, eps);
+	if (m->lay.has_ctx)
+		o->layernorm_forward(a->x0, a->ctx_mean, a->ctx_rstd, a->x_in,
+		    P + m->lay.ctx_w, P + m->lay.ctx_b, RT, D, eps);
+	else
+		memcpy(a->x0, a->x_in, TEN(RT) * D * sizeof(float));
+	if (a->drop && m->cfg.context_dropout > 0)
+		o->mul(a->x0, a->drop_ctx, TEN(RT) * D);
 	for (int l = 0; l < m->nb; l++) {
 		const d2v_block_off *b = &m->lay.blocks[l];
 
+		if (a->drop && a->skip[l]) {
+			/* layerdrop: the block is the identity this pass */
+			memcpy(a->out[l], x, TEN(RT) * D * sizeof(float));
+			x = a->out[l];
+			continue;
+		}
 		o->matmul_forward(a->qkv[l], x, P + b->qkv_w, P + b->qkv_b, RT, D,
 		    3 * D);
 		o->attention_forward(a->att[l], a->probs[l], a->qkv[l],
-		    a->drop ? a->drop_att[l] : NULL, R, T, D, m->H);
+		    a->drop ? a->drop_att[l] : NULL, sl, a->pos, R, T, D, m->H);
 		o->matmul_forward(a->x1[l], a->att[l], P + b->proj_w,
 		    P + b->proj_b, RT, D, D);
 		if (a->drop)
@@ -343,7 +768,8 @@ encoder_forward(d2v_model *m, const float *P, d2v_enc_acts *a)
 
 /* Backward through the blocks and the context LN: dout (R,T,D) is the
  * gradient of the last block's output (overwritten); the gradient of
- * a->x_in is left in dx (R,T,D). */
+ * a->x_in is left in dx (R,T,D).  With ALiBi, the gradient of the slopes
+ * goes to m->gslope and on to alibi_scale. */
 static void
 encoder_backward(d2v_model *m, d2v_enc_acts *a, float *dout, float *dx)
 {
@@ -353,11 +779,16 @@ encoder_backward(d2v_model *m, d2v_enc_acts *a, float *dout, float *dx)
 	int R = a->R, T = a->T, D = m->D, F = m->F, RT = R * T;
 	size_t nD = TEN(RT) * D;
 	float *d_x2 = m->gC;
+	float *gsl = m->cfg.alibi ? m->gslope : NULL;
 
+	if (gsl)
+		memset(gsl, 0, TEN(m->H) * sizeof(float));
 	for (int l = m->nb - 1; l >= 0; l--) {
 		const d2v_block_off *b = &m->lay.blocks[l];
 		const float *xin = l > 0 ? a->out[l - 1] : a->x0;
 
+		if (a->drop && a->skip[l])
+			continue; /* identity: dout passes through */
 		/* out = LN2(x2), x2 = r + f */
 		memset(d_x2, 0, nD * sizeof(float));
 		o->layernorm_backward(d_x2, G + b->norm2_w, G + b->norm2_b, dout,
@@ -400,8 +831,9 @@ encoder_backward(d2v_model *m, d2v_enc_acts *a, float *dout, float *dx)
 			    a->att[l], P + b->proj_w, RT, D, D);
 		}
 		memset(m->gQKV, 0, nD * 3 * sizeof(float));
-		o->attention_backward(m->gQKV, m->gA, a->qkv[l], a->probs[l],
-		    a->drop ? a->drop_att[l] : NULL, R, T, D, m->H);
+		o->attention_backward(m->gQKV, gsl, m->gA, a->qkv[l], a->probs[l],
+		    a->drop ? a->drop_att[l] : NULL, gsl ? a->pos : NULL, R, T, D,
+		    m->H);
 		o->matmul_backward(dout, G + b->qkv_w, G + b->qkv_b, m->gQKV, xin,
 		    P + b->qkv_w, RT, D, 3 * D);
 		/* The key bias adds q.b_k to every score of a row, which the
@@ -410,38 +842,85 @@ encoder_backward(d2v_model *m, d2v_enc_acts *a, float *dout, float *dx)
 		 * steps of size lr; keep it exact. */
 		memset(G + b->qkv_b + D, 0, TEN(D) * sizeof(float));
 	}
-	memset(dx, 0, nD * sizeof(float));
-	o->layernorm_backward(dx, G + m->lay.ctx_w, G + m->lay.ctx_b, dout,
-	    a->x_in, a->ctx_mean, a->ctx_rstd, P + m->lay.ctx_w, RT, D);
+	if (gsl) {
+		/* slope_h = m_h max(scale_h, 0) */
+		for (int h = 0; h < m->H; h++)
+			if (P[m->lay.alibi + h] > 0)
+				G[m->lay.alibi + h] += gsl[h] * m->alibi0[h];
+	}
+	if (a->drop && m->cfg.context_dropout > 0)
+		o->mul(dout, a->drop_ctx, nD);
+	if (m->lay.has_ctx) {
+		memset(dx, 0, nD * sizeof(float));
+		o->layernorm_backward(dx, G + m->lay.ctx_w, G + m->lay.ctx_b, dout,
+		    a->x_in, a->ctx_mean, a->ctx_rstd, P + m->lay.ctx_w, RT, D);
+	} else {
+		memcpy(dx, dout, nD * sizeof(float));
+	}
 }
 
-/* Teacher pass over B unmasked images with parameters P into m->te. */
+/* The student's local encoder on B samples x into m->tok (and m->pix for
+ * images); `drop` applies the text embedding dropout of this step. */
 static void
-teacher_forward(d2v_model *m, const float *P, const uint8_t *img, int B,
-    float *tok)
+local_forward(d2v_model *m, const float *P, const void *x, int B, int drop)
+{
+	if (m->E) {
+		patchify(m, x, B, m->pix);
+		embed(m, P, B, m->tok);
+	} else if (is_audio(m)) {
+		audio_local_forward(m, P, x, B);
+	} else {
+		text_local_forward(m, P, x, B, drop);
+	}
+}
+
+/*
+ * Teacher pass over B unmasked samples with parameters P into m->te.
+ * Images re-embed x with P (the teacher has its own patch embedding); audio
+ * and text take the student's local encoder output already in m->tok
+ * (DATA2VEC.md §5.2).
+ */
+static void
+teacher_forward(d2v_model *m, const float *P, const void *x, int B)
 {
 	int N = m->N, D = m->D;
 	d2v_enc_acts *a = &m->te;
 
-	patchify(m, img, B, m->pix);
-	embed(m, P, B, tok);
+	if (m->E) {
+		patchify(m, x, B, m->pix);
+		embed(m, P, B, m->tok);
 #pragma omp parallel for schedule(static)
-	for (int b = 0; b < B; b++) {
-		float *row = a->x_in + TEN(b) * (N + 1) * D;
+		for (int b = 0; b < B; b++) {
+			float *row = a->x_in + TEN(b) * (N + 1) * D;
 
-		memcpy(row, P + m->lay.cls, TEN(D) * sizeof(float));
-		memcpy(row + D, tok + TEN(b) * N * D, TEN(N) * D * sizeof(float));
+			memcpy(row, P + m->lay.cls, TEN(D) * sizeof(float));
+			memcpy(row + D, m->tok + TEN(b) * N * D,
+			    TEN(N) * D * sizeof(float));
+		}
+	} else if (is_audio(m)) {
+		memcpy(m->tpos.z, m->tok, TEN(B) * N * D * sizeof(float));
+		pos_forward(m, P, &m->tpos, B, a->x_in);
+	} else {
+		memcpy(a->x_in, m->tok, TEN(B) * N * D * sizeof(float));
 	}
+	if (m->cfg.alibi) {
+		for (int b = 0; b < B; b++)
+			for (int n = 0; n < N; n++)
+				a->pos[TEN(b) * N + n] = n;
+		set_slopes(m, P, a);
+	}
+	a->drop = 0;
 	encoder_forward(m, P, a);
 }
 
 /* y (B,N,D): IN over positions of each of the top-K main blocks' FFN
- * outputs (CLS dropped), averaged, then LayerNorm per token; ycls (B,D). */
+ * outputs (CLS dropped), averaged, then (images) LayerNorm per token;
+ * ycls (B,D) the mean of y over positions, for images. */
 static void
 make_targets(d2v_model *m, int B, float *y, float *ycls)
 {
 	d2v_enc_acts *a = &m->te;
-	int N = m->N, D = m->D, K = m->cfg.top_k;
+	int N = m->N, D = m->D, K = m->cfg.top_k, E = m->E;
 	float *tmp = m->gA; /* (B,N,D) scratch */
 
 	memset(y, 0, TEN(B) * N * D * sizeof(float));
@@ -449,12 +928,16 @@ make_targets(d2v_model *m, int B, float *y, float *ycls)
 		const float *f = a->f[m->nb - K + k];
 
 		for (int b = 0; b < B; b++)
-			memcpy(tmp + TEN(b) * N * D, f + (TEN(b) * (N + 1) + 1) * D,
+			memcpy(tmp + TEN(b) * N * D, f + (TEN(b) * (N + E) + E) * D,
 			    TEN(N) * D * sizeof(float));
 		m->ops->instancenorm_forward(y, tmp, B, N, D, 1e-5f, 1,
 		    1.0f / (float)K);
 	}
-	m->ops->layernorm_forward(y, NULL, NULL, y, NULL, NULL, B * N, D, 1e-5f);
+	if (strcmp(m->cfg.target_final_norm, "ln") == 0)
+		m->ops->layernorm_forward(y, NULL, NULL, y, NULL, NULL, B * N, D,
+		    1e-5f);
+	if (ycls == NULL || !E)
+		return;
 	for (int b = 0; b < B; b++) {
 		for (int d = 0; d < D; d++) {
 			double s = 0;
@@ -467,20 +950,22 @@ make_targets(d2v_model *m, int B, float *y, float *ycls)
 }
 
 int
-d2v_model_targets(d2v_model *m, const float *params, const uint8_t *img,
+d2v_model_targets(d2v_model *m, const float *params, const void *x,
     int B, float *y, float *ycls, d2v_err *err)
 {
 	int rc = step_alloc(m, B, m->V > 0 ? m->V : 1, err);
 
 	if (rc < 0)
 		return rc;
-	teacher_forward(m, params, img, B, m->tok);
+	if (!m->E)
+		local_forward(m, m->params, x, B, 0);
+	teacher_forward(m, params, x, B);
 	make_targets(m, B, y, ycls);
 	return 0;
 }
 
 int
-d2v_model_features(d2v_model *m, const float *params, const uint8_t *img,
+d2v_model_features(d2v_model *m, const float *params, const void *x,
     int B, int layer, float *out, d2v_err *err)
 {
 	int rc = step_alloc(m, B, m->V > 0 ? m->V : 1, err);
@@ -492,8 +977,10 @@ d2v_model_features(d2v_model *m, const float *params, const uint8_t *img,
 	if (layer >= m->nb)
 		return d2v_err_set(err, D2V_EINVAL, "layer %d: the model has %d "
 		    "blocks", layer, m->nb);
-	teacher_forward(m, params, img, B, m->tok);
-	memcpy(out, m->te.out[layer], TEN(B) * (m->N + 1) * m->D *
+	if (!m->E)
+		local_forward(m, m->params, x, B, 0);
+	teacher_forward(m, params, x, B);
+	memcpy(out, m->te.out[layer], TEN(B) * (m->N + m->E) * m->D *
 	    sizeof(float));
 	return 0;
 }
@@ -521,39 +1008,23 @@ mean_std(const float *x, long rows, int D)
 	return acc / D;
 }
 
-/* Fills scale buffer buf (rows, per) with 0 or 1/(1-p) per element,
- * times 0 or 1/(1-dp) per row (drop path); keyed by (seed, kind, row). */
-static void
-fill_drop(float *buf, int rows, size_t per, double p, double dp,
-    uint64_t seed, uint64_t kind)
-{
-	float keep = p > 0 ? (float)(1.0 / (1.0 - p)) : 1.0f;
-	float kpath = dp > 0 ? (float)(1.0 / (1.0 - dp)) : 1.0f;
-
-#pragma omp parallel for schedule(static)
-	for (int r = 0; r < rows; r++) {
-		d2v_rng g;
-		float *row = buf + TEN(r) * per;
-		float s;
-
-		d2v_rng_seed(&g, seed, kind, (uint64_t)r);
-		s = dp > 0 && d2v_rng_uniform(&g) < dp ? 0.0f : kpath;
-		for (size_t i = 0; i < per; i++)
-			row[i] = p > 0 && d2v_rng_uniform(&g) < p ? 0.0f : keep * s;
-	}
-}
-
-/* Draws this step's dropout and drop-path scales for every block. */
+/* Draws this step's dropout, drop-path and layerdrop for every block of
+ * the student pass a. */
 static void
 make_dropout(d2v_model *m, d2v_enc_acts *a, uint64_t seed)
 {
 	const d2v_config *c = &m->cfg;
 	int R = a->R, T = a->T, D = m->D, F = m->F, H = m->H;
+	d2v_rng g;
 
+	d2v_rng_seed(&g, seed, 0x1a7e, 0);
 	for (int l = 0; l < m->nb; l++) {
 		double dp = m->nb > 1 ? c->drop_path * l / (m->nb - 1) : c->drop_path;
 		uint64_t k = 0xd0000 + (uint64_t)l * 8;
 
+		/* layerdrop on the main blocks (fairseq: per pass) */
+		a->skip[l] = l >= c->prenet_depth && c->layerdrop > 0 &&
+		    d2v_rng_uniform(&g) < c->layerdrop;
 		fill_drop(a->drop_att[l], R * H, TEN(T) * T, c->attention_dropout,
 		    0, seed, k);
 		fill_drop(a->drop_ao[l], R, TEN(T) * D, c->encoder_dropout, dp,
@@ -568,24 +1039,130 @@ make_dropout(d2v_model *m, d2v_enc_acts *a, uint64_t seed)
 			fill_drop(a->drop_f[l], R, TEN(T) * D, p, dp, seed, k + 3);
 		}
 	}
+	fill_drop(a->drop_ctx, R, TEN(T) * D, c->context_dropout, 0, seed, 0xc0);
+}
+
+/* Decoder forward from m->dec_in (R,N,D) to m->pred (R,N,D): 2-D
+ * convolutions on the image grid, 1-D over the sequence otherwise. */
+static void
+decoder_forward(d2v_model *m, int R)
+{
+	const d2v_config *c = &m->cfg;
+	const d2v_ops *o = m->ops;
+	const float *P = m->params, *in = m->dec_in;
+	int N = m->N, D = m->D, Dd = c->decoder_dim, k = c->decoder_kernel;
+	int g = m->E ? c->image_size / c->patch : 0, cin = D;
+	size_t n = TEN(R) * N * Dd;
+
+	for (int j = 0; j < c->decoder_layers; j++) {
+		if (m->E)
+			o->conv2d_forward(m->dc[j], m->col, in, P + m->lay.dec_w[j],
+			    P + m->lay.dec_b[j], R, g, g, cin, Dd, k,
+			    c->decoder_groups);
+		else
+			o->conv1d_forward(m->dc[j], m->col, in, P + m->lay.dec_w[j],
+			    P + m->lay.dec_b[j], R, N, cin, Dd, k, 1, k / 2,
+			    c->decoder_groups);
+		o->layernorm_forward(m->dl[j], m->dm[j], m->ds[j], m->dc[j],
+		    NULL, NULL, R * N, Dd, 1e-5f);
+		o->gelu_forward(m->dout[j], m->dl[j], n);
+		if (c->decoder_residual && cin == Dd)
+			o->add(m->dout[j], in, n);
+		in = m->dout[j];
+		cin = Dd;
+	}
+	if (c->decoder_proj_layers == 2) {
+		o->matmul_forward(m->ph, in, P + m->lay.dproj_w, P + m->lay.dproj_b,
+		    R * N, Dd, 2 * Dd);
+		o->gelu_forward(m->pg, m->ph, 2 * n);
+		o->matmul_forward(m->pred, m->pg, P + m->lay.dproj2_w,
+		    P + m->lay.dproj2_b, R * N, 2 * Dd, D);
+	} else {
+		o->matmul_forward(m->pred, in, P + m->lay.dproj_w,
+		    P + m->lay.dproj_b, R * N, Dd, D);
+	}
+}
+
+/* Decoder backward: dpred (R,N,D) in gdec; returns the buffer (gdec or
+ * gdec2) holding the gradient of dec_in (R,N,D). */
+static float *
+decoder_backward(d2v_model *m, int R)
+{
+	const d2v_config *c = &m->cfg;
+	const d2v_ops *o = m->ops;
+	const float *P = m->params;
+	float *Gr = m->grads, *dcur = m->gdec, *dprev = m->gdec2;
+	int N = m->N, D = m->D, Dd = c->decoder_dim, L = c->decoder_layers;
+	int k = c->decoder_kernel, g = m->E ? c->image_size / c->patch : 0;
+	size_t n = TEN(R) * N * Dd;
+	const float *last = L > 0 ? m->dout[L - 1] : m->dec_in;
+
+	memset(dprev, 0, n * sizeof(float));
+	if (c->decoder_proj_layers == 2) {
+		memset(m->gA, 0, 2 * n * sizeof(float));
+		o->matmul_backward(m->gA, Gr + m->lay.dproj2_w, Gr + m->lay.dproj2_b,
+		    dcur, m->pg, P + m->lay.dproj2_w, R * N, 2 * Dd, D);
+		memset(m->gC, 0, 2 * n * sizeof(float));
+		o->gelu_backward(m->gC, m->ph, m->gA, 2 * n);
+		o->matmul_backward(dprev, Gr + m->lay.dproj_w, Gr + m->lay.dproj_b,
+		    m->gC, last, P + m->lay.dproj_w, R * N, Dd, 2 * Dd);
+	} else {
+		o->matmul_backward(dprev, Gr + m->lay.dproj_w, Gr + m->lay.dproj_b,
+		    dcur, last, P + m->lay.dproj_w, R * N, Dd, D);
+	}
+	/* dprev: gradient of the last decoder layer output */
+	for (int j = L - 1; j >= 0; j--) {
+		int cin = j == 0 ? D : Dd;
+		const float *in = j == 0 ? m->dec_in : m->dout[j - 1];
+		float *dl = m->gA, *dc = m->gC;
+
+		memset(dl, 0, n * sizeof(float));
+		o->gelu_backward(dl, m->dl[j], dprev, n);
+		memset(dc, 0, n * sizeof(float));
+		o->layernorm_backward(dc, NULL, NULL, dl, m->dc[j], m->dm[j],
+		    m->ds[j], NULL, R * N, Dd);
+		/* gradient of the layer input: residual part first */
+		if (c->decoder_residual && cin == Dd)
+			memcpy(dcur, dprev, n * sizeof(float));
+		else
+			memset(dcur, 0, TEN(R) * N * cin * sizeof(float));
+		if (m->E)
+			o->conv2d_backward(dcur, Gr + m->lay.dec_w[j],
+			    Gr + m->lay.dec_b[j], m->col, m->dcol, dc, in,
+			    P + m->lay.dec_w[j], R, g, g, cin, Dd, k,
+			    c->decoder_groups);
+		else
+			o->conv1d_backward(dcur, Gr + m->lay.dec_w[j],
+			    Gr + m->lay.dec_b[j], m->col, m->dcol, dc, in,
+			    P + m->lay.dec_w[j], R, N, cin, Dd, k, 1, k / 2,
+			    c->decoder_groups);
+		{
+			float *t = dcur;
+
+			dcur = dprev;
+			dprev = t;
+		}
+	}
+	return dprev;
 }
 
 int
-d2v_model_step(d2v_model *m, const uint8_t *img, const uint8_t *mask,
+d2v_model_step(d2v_model *m, const void *x, const uint8_t *mask,
     const float *noise, const float *y, const float *ycls, int B,
     uint64_t rng_seed, d2v_step_out *out, d2v_err *err)
 {
 	const d2v_config *c = &m->cfg;
 	const d2v_ops *o = m->ops;
-	int M = c->clone, R = B * M, N = m->N, D = m->D, Dd = c->decoder_dim;
-	int L = c->decoder_layers, g = c->image_size / c->patch, V, T, rc;
+	int M = c->clone, R = B * M, N = m->N, D = m->D, E = m->E, V, T, rc;
 	double s = c->loss_scale > 0 ? c->loss_scale : 1.0 / sqrt((double)D);
 	double reg = 0, cls = 0;
 	long nmask;
 	float *P = m->params, *Gr = m->grads;
 	d2v_enc_acts *a = &m->st;
-	float *dcur, *dprev;
+	int drop = has_dropout(c), edrop = c->embed_dropout > 0 && is_text(m);
 
+	if (N < 1)
+		return d2v_err_set(err, D2V_EINVAL, "no sample length set");
 	/* visible count: equal in every row */
 	V = 0;
 	for (int n = 0; n < N; n++)
@@ -603,7 +1180,7 @@ d2v_model_step(d2v_model *m, const uint8_t *img, const uint8_t *mask,
 	if (V == 0 || V == N)
 		return d2v_err_set(err, D2V_EINVAL, "masks keep %d of %d tokens: "
 		    "need at least one kept and one masked", V, N);
-	T = V + 1;
+	T = V + E;
 	nmask = (long)R * (N - V);
 	if ((rc = step_alloc(m, B, V, err)) < 0)
 		return rc;
@@ -615,39 +1192,82 @@ d2v_model_step(d2v_model *m, const uint8_t *img, const uint8_t *mask,
 				m->keep[TEN(r) * V + j++] = n;
 	}
 
+	/* the student's local encoder first: audio and text teachers read it */
+	if (edrop)
+		fill_drop(m->drop_emb, B, TEN(N) * D, c->embed_dropout, 0,
+		    rng_seed, 0xe0);
+	if (!E)
+		local_forward(m, P, x, B, edrop);
 	/* targets: given, or from the EMA teacher */
 	if (y != NULL) {
 		memcpy(m->y, y, TEN(B) * N * D * sizeof(float));
-		memcpy(m->ycls, ycls, TEN(B) * D * sizeof(float));
-		patchify(m, img, B, m->pix);
+		if (E)
+			memcpy(m->ycls, ycls, TEN(B) * D * sizeof(float));
 	} else {
-		teacher_forward(m, m->teacher, img, B, m->tok);
+		teacher_forward(m, m->teacher, x, B);
 		make_targets(m, B, m->y, m->ycls);
 	}
+	if (E)
+		local_forward(m, P, x, B, 0);
 
-	/* student: embed (pix is already filled above) */
-	embed(m, P, B, m->tok);
+	/* student rows: [CLS,] the kept tokens of sample r/M */
+	if (is_audio(m)) {
+		/* masked frames zeroed, the position encoder over all N, then
+		 * the kept frames (DATA2VEC.md §2.2) */
+		float *z = m->spos.z, *xz = m->gdec;
+
 #pragma omp parallel for schedule(static)
-	for (int r = 0; r < R; r++) {
-		float *row = a->x_in + TEN(r) * T * D;
-		const float *src = m->tok + TEN(r / M) * N * D;
+		for (int r = 0; r < R; r++)
+			for (int n = 0; n < N; n++) {
+				float *dst = z + (TEN(r) * N + n) * D;
 
-		memcpy(row, P + m->lay.cls, TEN(D) * sizeof(float));
-		for (int j = 0; j < V; j++)
-			memcpy(row + TEN(1 + j) * D,
-			    src + TEN(m->keep[TEN(r) * V + j]) * D,
-			    TEN(D) * sizeof(float));
+				if (mask[TEN(r) * N + n])
+					memset(dst, 0, TEN(D) * sizeof(float));
+				else
+					memcpy(dst, m->tok + (TEN(r / M) * N + n) * D,
+					    TEN(D) * sizeof(float));
+			}
+		pos_forward(m, P, &m->spos, R, xz);
+#pragma omp parallel for schedule(static)
+		for (int r = 0; r < R; r++)
+			for (int j = 0; j < V; j++)
+				memcpy(a->x_in + (TEN(r) * T + j) * D,
+				    xz + (TEN(r) * N + m->keep[TEN(r) * V + j]) * D,
+				    TEN(D) * sizeof(float));
+	} else {
+#pragma omp parallel for schedule(static)
+		for (int r = 0; r < R; r++) {
+			float *row = a->x_in + TEN(r) * T * D;
+			const float *src = m->tok + TEN(r / M) * N * D;
+
+			if (E)
+				memcpy(row, P + m->lay.cls, TEN(D) * sizeof(float));
+			for (int j = 0; j < V; j++)
+				memcpy(row + TEN(E + j) * D,
+				    src + TEN(m->keep[TEN(r) * V + j]) * D,
+				    TEN(D) * sizeof(float));
+		}
 	}
-	a->drop = has_dropout(c);
+	if (c->alibi) {
+		for (int r = 0; r < R; r++)
+			for (int j = 0; j < V; j++)
+				a->pos[TEN(r) * T + E + j] = m->keep[TEN(r) * V + j];
+		set_slopes(m, P, a);
+	}
+	a->drop = drop;
 	if (a->drop)
 		make_dropout(m, a, rng_seed);
 	encoder_forward(m, P, a);
-	a->drop = 0;
 
-	/* decoder input: encoder outputs back in place, noise elsewhere */
+	/* decoder input: encoder outputs (after the input dropout) back in
+	 * place, noise elsewhere */
+	if (m->drop_in != NULL)
+		fill_drop(m->drop_in, R, TEN(V) * D, c->input_dropout, 0, rng_seed,
+		    0x1d);
 	{
 		const float *h = a->out[m->nb - 1];
 
+#pragma omp parallel for schedule(static)
 		for (int r = 0; r < R; r++) {
 			float *di = m->dec_in + TEN(r) * N * D;
 			d2v_rng rng;
@@ -662,48 +1282,42 @@ d2v_model_step(d2v_model *m, const uint8_t *img, const uint8_t *mask,
 					    (float)(c->mask_noise_std *
 					    d2v_rng_normal(&rng));
 			}
-			for (int j = 0; j < V; j++)
-				memcpy(di + TEN(m->keep[TEN(r) * V + j]) * D,
-				    h + (TEN(r) * T + 1 + j) * D,
-				    TEN(D) * sizeof(float));
-		}
-	}
-	{
-		const float *in = m->dec_in;
-		int cin = D;
+			for (int j = 0; j < V; j++) {
+				float *dst = di + TEN(m->keep[TEN(r) * V + j]) * D;
+				const float *src = h + (TEN(r) * T + E + j) * D;
 
-		for (int j = 0; j < L; j++) {
-			o->conv2d_forward(m->dc[j], m->col, in, P + m->lay.dec_w[j],
-			    P + m->lay.dec_b[j], R, g, g, cin, Dd,
-			    c->decoder_kernel, c->decoder_groups);
-			o->layernorm_forward(m->dl[j], m->dm[j], m->ds[j], m->dc[j],
-			    NULL, NULL, R * N, Dd, 1e-5f);
-			o->gelu_forward(m->dout[j], m->dl[j], TEN(R) * N * Dd);
-			if (c->decoder_residual && cin == Dd)
-				o->add(m->dout[j], in, TEN(R) * N * Dd);
-			in = m->dout[j];
-			cin = Dd;
+				if (m->drop_in != NULL) {
+					const float *dm = m->drop_in + (TEN(r) * V + j) * D;
+
+					for (int d = 0; d < D; d++)
+						dst[d] = src[d] * dm[d];
+				} else {
+					memcpy(dst, src, TEN(D) * sizeof(float));
+				}
+			}
 		}
-		o->matmul_forward(m->pred, in, P + m->lay.dproj_w,
-		    P + m->lay.dproj_b, R * N, Dd, D);
 	}
+	decoder_forward(m, R);
 
 	/* loss and its gradient at the predictions and the CLS outputs */
 	memset(Gr, 0, m->lay.total * sizeof(float));
-	dcur = m->gdec;
-	memset(dcur, 0, TEN(R) * N * D * sizeof(float));
-	for (int r = 0; r < R; r++) {
-		const float *yb = m->y + TEN(r / M) * N * D;
+	{
+		float *dp = m->gdec;
 
-		for (int n = 0; n < N; n++) {
-			if (mask[TEN(r) * N + n] == 0)
-				continue;
-			for (int d = 0; d < D; d++) {
-				size_t i = (TEN(r) * N + n) * D + d;
-				double e = m->pred[i] - yb[TEN(n) * D + d];
+		memset(dp, 0, TEN(R) * N * D * sizeof(float));
+		for (int r = 0; r < R; r++) {
+			const float *yb = m->y + TEN(r / M) * N * D;
 
-				reg += s * e * e;
-				dcur[i] = (float)(2 * s * e / nmask);
+			for (int n = 0; n < N; n++) {
+				if (mask[TEN(r) * N + n] == 0)
+					continue;
+				for (int d = 0; d < D; d++) {
+					size_t i = (TEN(r) * N + n) * D + d;
+					double e = m->pred[i] - yb[TEN(n) * D + d];
+
+					reg += s * e * e;
+					dp[i] = (float)(2 * s * e / nmask);
+				}
 			}
 		}
 	}
@@ -713,7 +1327,7 @@ d2v_model_step(d2v_model *m, const uint8_t *img, const uint8_t *mask,
 		float *dh = m->gB;
 
 		memset(dh, 0, TEN(R) * T * D * sizeof(float));
-		for (int r = 0; r < R; r++) {
+		for (int r = 0; E && r < R; r++) {
 			for (int d = 0; d < D; d++) {
 				double e = h[TEN(r) * T * D + d] -
 				    m->ycls[TEN(r / M) * D + d];
@@ -742,78 +1356,73 @@ d2v_model_step(d2v_model *m, const uint8_t *img, const uint8_t *mask,
 		out->pred_var = mean_std(tmp, k, D);
 	}
 
-	/* backward: projection, decoder */
-	dprev = m->gdec2;
-	memset(dprev, 0, TEN(R) * N * Dd * sizeof(float));
-	o->matmul_backward(dprev, Gr + m->lay.dproj_w, Gr + m->lay.dproj_b, dcur,
-	    L > 0 ? m->dout[L - 1] : m->dec_in, P + m->lay.dproj_w, R * N, Dd, D);
-	/* dprev: gradient of the last decoder layer output */
-	for (int j = L - 1; j >= 0; j--) {
-		int cin = j == 0 ? D : Dd;
-		const float *in = j == 0 ? m->dec_in : m->dout[j - 1];
-		float *dl = m->gA, *dc = m->gC;
-
-		memset(dl, 0, TEN(R) * N * Dd * sizeof(float));
-		o->gelu_backward(dl, m->dl[j], dprev, TEN(R) * N * Dd);
-		memset(dc, 0, TEN(R) * N * Dd * sizeof(float));
-		o->layernorm_backward(dc, NULL, NULL, dl, m->dc[j], m->dm[j],
-		    m->ds[j], NULL, R * N, Dd);
-		/* gradient of the layer input: residual part first */
-		if (c->decoder_residual && cin == Dd)
-			memcpy(dcur, dprev, TEN(R) * N * Dd * sizeof(float));
-		else
-			memset(dcur, 0, TEN(R) * N * cin * sizeof(float));
-		o->conv2d_backward(dcur, Gr + m->lay.dec_w[j], Gr + m->lay.dec_b[j],
-		    m->col, m->dcol, dc, in, P + m->lay.dec_w[j], R, g, g, cin, Dd,
-		    c->decoder_kernel, c->decoder_groups);
-		{
-			float *t = dcur;
-
-			dcur = dprev;
-			dprev = t;
-		}
-	}
-	/* dprev: gradient of dec_in (R,N,D); back to the encoder output rows */
+	/* backward: decoder, then back to the encoder output rows */
 	{
+		const float *ddec = decoder_backward(m, R);
 		float *dh = m->gB;
 
 		for (int r = 0; r < R; r++)
 			for (int j = 0; j < V; j++) {
-				float *dst = dh + (TEN(r) * T + 1 + j) * D;
-				const float *src = dprev +
+				float *dst = dh + (TEN(r) * T + E + j) * D;
+				const float *src = ddec +
 				    (TEN(r) * N + m->keep[TEN(r) * V + j]) * D;
+				const float *dm = m->drop_in ? m->drop_in +
+				    (TEN(r) * V + j) * D : NULL;
 
 				for (int d = 0; d < D; d++)
-					dst[d] += src[d];
+					dst[d] += dm ? src[d] * dm[d] : src[d];
 			}
 		/* the encoder backward uses gA, gC, gF, gQKV as scratch; pass
 		 * gB as dout and get d(x_in) in gdec */
-		a->drop = has_dropout(c);
 		encoder_backward(m, a, dh, m->gdec);
 		a->drop = 0;
 	}
-	/* x_in rows: CLS at 0, tokens of image r/M at keep[] */
-	{
-		const float *dx = m->gdec;
-		float *gcls = Gr + m->lay.cls;
+	/* x_in rows back to the local encoder output: dtok (B,N,D) */
+	memset(m->dtok, 0, TEN(B) * N * D * sizeof(float));
+	if (is_audio(m)) {
+		float *dxz = m->gdec2, *dz = m->gB;
 
-		memset(m->dtok, 0, TEN(B) * N * D * sizeof(float));
+		memset(dxz, 0, TEN(R) * N * D * sizeof(float));
+		for (int r = 0; r < R; r++)
+			for (int j = 0; j < V; j++)
+				memcpy(dxz + (TEN(r) * N + m->keep[TEN(r) * V + j]) * D,
+				    m->gdec + (TEN(r) * T + j) * D,
+				    TEN(D) * sizeof(float));
+		pos_backward(m, &m->spos, R, dxz, dz);
+		for (int r = 0; r < R; r++)
+			for (int n = 0; n < N; n++) {
+				float *dst = m->dtok + (TEN(r / M) * N + n) * D;
+				const float *src = dz + (TEN(r) * N + n) * D;
+
+				if (mask[TEN(r) * N + n])
+					continue; /* zeroed frames */
+				for (int d = 0; d < D; d++)
+					dst[d] += src[d];
+			}
+		audio_local_backward(m, x, m->dtok, B);
+	} else {
+		const float *dx = m->gdec;
+		float *gcls = E ? Gr + m->lay.cls : NULL;
+
 		for (int r = 0; r < R; r++) {
 			const float *row = dx + TEN(r) * T * D;
 			float *dt = m->dtok + TEN(r / M) * N * D;
 
-			for (int d = 0; d < D; d++)
+			for (int d = 0; gcls && d < D; d++)
 				gcls[d] += row[d];
 			for (int j = 0; j < V; j++) {
 				float *dst = dt + TEN(m->keep[TEN(r) * V + j]) * D;
 
 				for (int d = 0; d < D; d++)
-					dst[d] += row[TEN(1 + j) * D + d];
+					dst[d] += row[TEN(E + j) * D + d];
 			}
 		}
-		o->matmul_backward(NULL, Gr + m->lay.patch_w, Gr + m->lay.patch_b,
-		    m->dtok, m->pix, P + m->lay.patch_w, B * N,
-		    c->channels * c->patch * c->patch, D);
+		if (E)
+			o->matmul_backward(NULL, Gr + m->lay.patch_w,
+			    Gr + m->lay.patch_b, m->dtok, m->pix, P + m->lay.patch_w,
+			    B * N, c->channels * c->patch * c->patch, D);
+		else
+			text_local_backward(m, x, m->dtok, B, edrop);
 	}
 	return 0;
 }

@@ -1,10 +1,17 @@
 /*
- * model.h - the data2vec 2.0 image model on one backend (DATA2VEC.md §14).
+ * model.h - the data2vec 2.0 models (image, audio, text) on one backend
+ * (DATA2VEC.md §14 and §§2.2, 2.3).
  *
- * Dimension letters: B images, M masked copies, R = B*M student rows,
- * N tokens per image, V visible tokens per row, T sequence length (V+1 for
- * the student, N+1 for the teacher: the CLS token first), D width, F MLP
- * width, Dd decoder width, K top blocks.
+ * Dimension letters: B samples, M masked copies, R = B*M student rows,
+ * N tokens per sample (patches, frames or text tokens), V visible tokens
+ * per row, E extra tokens (1, the CLS, for images; 0 otherwise), T sequence
+ * length (V+E for the student, N+E for the teacher), D width, F MLP width,
+ * Dd decoder width, K top blocks, S audio samples, C feature-encoder
+ * channels, Lc conv layers.
+ *
+ * Inputs x: images u8 (B,C,H,W); audio f32 (B,S) normalised samples; text
+ * i32 (B,N) token ids.  Audio and text lengths vary: d2v_model_set_length
+ * sets the length of the samples that the next calls get.
  *
  *     d2v_model m;
  *     d2v_model_init(&m, &cfg, d2v_backend_cpu(), &err);
@@ -53,7 +60,18 @@ typedef struct d2v_enc_acts {
 	float **drop_ao;  /* (R,T,D) encoder dropout x drop path, attention branch */
 	float **drop_act; /* (R,T,F) activation dropout after the GELU */
 	float **drop_f;   /* (R,T,D) activation dropout x post-MLP dropout x drop path */
+	float *drop_ctx;  /* (R,T,D) dropout after the context LayerNorm */
+	int *skip;        /* (nb) layerdrop: block l skipped this pass */
+	int *pos;         /* (R,T) token positions for ALiBi */
+	float *slope;     /* (H) ALiBi slopes of this pass: m_h max(scale_h, 0) */
 } d2v_enc_acts;
+
+/* The audio position encoder's activations over R sequences of N frames. */
+typedef struct d2v_pos_acts {
+	float *z;         /* (R,N,D) input (masked frames zeroed) */
+	float **c, **m, **s, **l, **g; /* depth x: conv out (R,N,D), LN mean,
+	                  * rstd (R*N), LN out (R,N,D), GELU out (R,N,D) */
+} d2v_pos_acts;
 
 typedef struct d2v_step_out {
 	double loss;       /* the whole loss */
@@ -70,12 +88,32 @@ typedef struct d2v_model {
 	const d2v_ops *ops;
 	int N, D, F, H, nb;
 	float *params, *grads, *m, *v, *teacher; /* lay.total floats each */
-	float *sincos;     /* (N,D) fixed 2-D positions */
-	/* per-step state, (re)allocated for B images and V visible tokens */
-	int B, V;
+	float *sincos;     /* (N,D) fixed 2-D positions (images) */
+	float *alibi0;     /* (H) ALiBi base slopes (audio) */
+	int E;             /* extra tokens: 1 (CLS) for images, else 0 */
+	int len;           /* audio samples S or text tokens N per sample */
+	/* per-step state, (re)allocated for B samples, V visible tokens and
+	 * the length */
+	int B, V, alen;
 	float *pix;        /* (B, N, C*P*P) normalised patches */
-	float *tok;        /* (B,N,D) patch embedding + positions (student) */
+	float *tok;        /* (B,N,D) local encoder output (student) */
 	float *dtok;       /* (B,N,D) */
+	/* audio feature encoder: per conv layer i, T_i+1 frames */
+	int ct[D2V_CONV_LAYERS + 1]; /* lengths: ct[0] = S, ct[Lc] = N */
+	float *cv[D2V_CONV_LAYERS], *cm[D2V_CONV_LAYERS], *cs[D2V_CONV_LAYERS];
+	float *cl[D2V_CONV_LAYERS], *cg[D2V_CONV_LAYERS];
+	                   /* (B,T_i+1,C) conv out, (B*T_i+1) LN mean, rstd,
+	                    * (B,T_i+1,C) LN out, GELU out */
+	float *fm, *fs, *fl; /* (B*N), (B*N), (B,N,C) feature LayerNorm */
+	d2v_pos_acts spos, tpos; /* student (R rows), teacher (B rows) */
+	float *gslope;     /* (H) ALiBi slope gradient */
+	/* text embedding */
+	float *esum;       /* (B,N,D) token + position embedding */
+	float *em, *es;    /* (B*N) embedding LayerNorm mean, rstd */
+	float *eln;        /* (B,N,D) embedding LayerNorm output */
+	float *drop_emb;   /* (B,N,D) embedding dropout */
+	float *drop_in;    /* (R,V,D) decoder input dropout */
+	float *ph, *pg;    /* (R,N,2Dd) two-layer projection: hidden, GELU */
 	int *keep;         /* (R,V) kept token indices, ascending */
 	d2v_enc_acts st;   /* student, R x (V+1) */
 	d2v_enc_acts te;   /* teacher, B x (N+1) */
@@ -97,29 +135,36 @@ typedef struct d2v_model {
 
 int d2v_model_init(d2v_model *m, const d2v_config *cfg, const d2v_ops *ops,
     d2v_err *err);
+/* Audio: len samples per sample; text: len tokens.  D2V_EINVAL (with a
+ * message) for audio shorter than the feature encoder's receptive field or
+ * text longer than the position table.  Images: ignored. */
+int d2v_model_set_length(d2v_model *m, int len, d2v_err *err);
+/* Tokens per sample at the current length (m->N). */
+int d2v_model_tokens(const d2v_model *m);
 void d2v_model_free(d2v_model *m);
 /* teacher := student (every teacher parameter). */
 void d2v_model_sync_teacher(d2v_model *m);
 
 /*
- * One training step's forward and backward.  img (B,C,H,W) u8; mask
- * (B*M,N) u8 with the same count of ones in every row; noise (B*M,N,D) or
- * NULL to draw N(0, mask_noise_std^2) from rng_seed; y (B,N,D) and ycls
- * (B,D) given targets, or NULL to run the EMA teacher.  Zeroes m->grads and
- * fills it with the gradient of the loss.
+ * One training step's forward and backward.  x as above; mask (B*M,N) u8
+ * with the same count of ones in every row; noise (B*M,N,D) or NULL to draw
+ * N(0, mask_noise_std^2) from rng_seed; y (B,N,D) and ycls (B,D, images
+ * only) given targets, or NULL to run the EMA teacher.  Zeroes m->grads
+ * and fills it with the gradient of the loss.
  */
-int d2v_model_step(d2v_model *m, const uint8_t *img, const uint8_t *mask,
+int d2v_model_step(d2v_model *m, const void *x, const uint8_t *mask,
     const float *noise, const float *y, const float *ycls, int B,
     uint64_t rng_seed, d2v_step_out *out, d2v_err *err);
 
-/* Teacher targets only: y (B,N,D) and ycls (B,D) from the given parameter
- * buffer (m->teacher normally). */
-int d2v_model_targets(d2v_model *m, const float *params, const uint8_t *img,
+/* Teacher targets only: y (B,N,D) and ycls (B,D; images) from the given
+ * parameter buffer (m->teacher normally).  Audio and text take their shared
+ * local encoder from m->params, as the teacher does in training. */
+int d2v_model_targets(d2v_model *m, const float *params, const void *x,
     int B, float *y, float *ycls, d2v_err *err);
 
 /* Encoder features of block `layer` (0-based over all blocks; -1 for the
- * last) for B unmasked images: out (B,N+1,D), CLS first. */
-int d2v_model_features(d2v_model *m, const float *params, const uint8_t *img,
+ * last) for B unmasked samples: out (B,N+E,D), the CLS first for images. */
+int d2v_model_features(d2v_model *m, const float *params, const void *x,
     int B, int layer, float *out, d2v_err *err);
 
 #endif

@@ -27,7 +27,8 @@ add(d2v_layout *l, int rank, const int64_t *shape, const char *fmt, ...)
 	p->offset = l->total;
 	p->size = n;
 	p->decay = rank > 1 && strcmp(p->name + strlen(p->name) -
-	    (strlen(p->name) >= 5 ? 5 : 0), ".bias") != 0;
+	    (strlen(p->name) >= 5 ? 5 : 0), ".bias") != 0 &&
+	    strcmp(p->name, "alibi_scale") != 0;
 	p->teacher = strncmp(p->name, "decoder.", 8) != 0;
 	l->total += n;
 	return p->offset;
@@ -35,28 +36,75 @@ add(d2v_layout *l, int rank, const int64_t *shape, const char *fmt, ...)
 
 #define S(...) ((const int64_t[]){__VA_ARGS__})
 
+const int d2v_conv_kernel[D2V_CONV_LAYERS] = {10, 3, 3, 3, 3, 2, 2};
+const int d2v_conv_stride[D2V_CONV_LAYERS] = {5, 2, 2, 2, 2, 2, 2};
+
 int
 d2v_layout_init(d2v_layout *l, const d2v_config *c, d2v_err *err)
 {
 	int nb = c->prenet_depth + c->depth, D = c->dim, F = c->mlp_dim;
 	int Dd = c->decoder_dim, G = c->decoder_groups, k = c->decoder_kernel;
-	int max = 6 + 12 * nb + 2 * c->decoder_layers + 2;
+	int image = d2v_config_is_image(c), audio = !strcmp(c->modality, "audio");
+	int npos = audio ? c->pos_conv_depth : 0;
+	int max = 6 + 3 * D2V_CONV_LAYERS + 6 + 2 * npos + 12 * nb +
+	    2 * c->decoder_layers + 4;
 
 	memset(l, 0, sizeof *l);
 	l->p = calloc((size_t)max, sizeof *l->p);
 	l->blocks = calloc((size_t)nb, sizeof *l->blocks);
 	l->dec_w = calloc((size_t)c->decoder_layers, sizeof *l->dec_w);
 	l->dec_b = calloc((size_t)c->decoder_layers, sizeof *l->dec_b);
-	if (!l->p || !l->blocks || !l->dec_w || !l->dec_b) {
+	l->pos_w = calloc((size_t)npos + 1, sizeof *l->pos_w);
+	l->pos_b = calloc((size_t)npos + 1, sizeof *l->pos_b);
+	if (!l->p || !l->blocks || !l->dec_w || !l->dec_b || !l->pos_w ||
+	    !l->pos_b) {
 		d2v_layout_free(l);
 		return d2v_err_set(err, D2V_ENOMEM, "out of memory");
 	}
-	l->patch_w = add(l, 4, S(D, c->channels, c->patch, c->patch),
-	    "patch_embed.weight");
-	l->patch_b = add(l, 1, S(D), "patch_embed.bias");
-	l->cls = add(l, 3, S(1, 1, D), "cls_token");
-	l->ctx_w = add(l, 1, S(D), "context_norm.weight");
-	l->ctx_b = add(l, 1, S(D), "context_norm.bias");
+	if (image) {
+		l->patch_w = add(l, 4, S(D, c->channels, c->patch, c->patch),
+		    "patch_embed.weight");
+		l->patch_b = add(l, 1, S(D), "patch_embed.bias");
+		l->cls = add(l, 3, S(1, 1, D), "cls_token");
+		l->teacher_begin = 0;   /* the image teacher re-embeds */
+	} else if (audio) {
+		int C = c->conv_dim;
+
+		for (int i = 0; i < D2V_CONV_LAYERS; i++) {
+			l->conv_w[i] = add(l, 3, S(C, i ? C : 1, d2v_conv_kernel[i]),
+			    "feature_extractor.conv_layers.%d.conv.weight", i);
+			l->conv_nw[i] = add(l, 1, S(C),
+			    "feature_extractor.conv_layers.%d.norm.weight", i);
+			l->conv_nb[i] = add(l, 1, S(C),
+			    "feature_extractor.conv_layers.%d.norm.bias", i);
+		}
+		l->fnorm_w = add(l, 1, S(C), "feature_norm.weight");
+		l->fnorm_b = add(l, 1, S(C), "feature_norm.bias");
+		l->fproj_w = add(l, 2, S(D, C), "feature_proj.weight");
+		l->fproj_b = add(l, 1, S(D), "feature_proj.bias");
+		l->teacher_begin = l->total;
+		for (int j = 0; j < npos; j++) {
+			l->pos_w[j] = add(l, 3, S(D, D / c->pos_conv_groups,
+			    c->pos_conv_kernel), "pos_conv.%d.weight", j);
+			l->pos_b[j] = add(l, 1, S(D), "pos_conv.%d.bias", j);
+		}
+		if (c->alibi)
+			l->alibi = add(l, 5, S(1, 1, c->heads, 1, 1), "alibi_scale");
+	} else {
+		l->emb_tok = add(l, 2, S(c->vocab, D), "embed_tokens.weight");
+		l->emb_pos = add(l, 2, S(c->max_positions + 2, D),
+		    "embed_positions.weight");
+		l->emb_nw = add(l, 1, S(D), "embed_norm.weight");
+		l->emb_nb = add(l, 1, S(D), "embed_norm.bias");
+		l->teacher_begin = l->total;
+	}
+	/* the context LayerNorm: images and audio always, text with a prenet
+	 * (DATA2VEC.md §2.3) */
+	l->has_ctx = image || audio || c->prenet_depth > 0;
+	if (l->has_ctx) {
+		l->ctx_w = add(l, 1, S(D), "context_norm.weight");
+		l->ctx_b = add(l, 1, S(D), "context_norm.bias");
+	}
 	for (int i = 0; i < nb; i++) {
 		d2v_block_off *b = &l->blocks[i];
 
@@ -77,12 +125,23 @@ d2v_layout_init(d2v_layout *l, const d2v_config *c, d2v_err *err)
 	for (int j = 0; j < c->decoder_layers; j++) {
 		int cin = j == 0 ? D : Dd;
 
-		l->dec_w[j] = add(l, 4, S(Dd, cin / G, k, k),
-		    "decoder.layers.%d.conv.weight", j);
+		if (image)
+			l->dec_w[j] = add(l, 4, S(Dd, cin / G, k, k),
+			    "decoder.layers.%d.conv.weight", j);
+		else
+			l->dec_w[j] = add(l, 3, S(Dd, cin / G, k),
+			    "decoder.layers.%d.conv.weight", j);
 		l->dec_b[j] = add(l, 1, S(Dd), "decoder.layers.%d.conv.bias", j);
 	}
-	l->dproj_w = add(l, 2, S(D, Dd), "decoder.proj.weight");
-	l->dproj_b = add(l, 1, S(D), "decoder.proj.bias");
+	if (c->decoder_proj_layers == 2) {
+		l->dproj_w = add(l, 2, S(2 * Dd, Dd), "decoder.proj.0.weight");
+		l->dproj_b = add(l, 1, S(2 * Dd), "decoder.proj.0.bias");
+		l->dproj2_w = add(l, 2, S(D, 2 * Dd), "decoder.proj.1.weight");
+		l->dproj2_b = add(l, 1, S(D), "decoder.proj.1.bias");
+	} else {
+		l->dproj_w = add(l, 2, S(D, Dd), "decoder.proj.weight");
+		l->dproj_b = add(l, 1, S(D), "decoder.proj.bias");
+	}
 	return 0;
 }
 
@@ -93,6 +152,8 @@ d2v_layout_free(d2v_layout *l)
 	free(l->blocks);
 	free(l->dec_w);
 	free(l->dec_b);
+	free(l->pos_w);
+	free(l->pos_b);
 	memset(l, 0, sizeof *l);
 }
 
@@ -143,7 +204,27 @@ d2v_params_init(const d2v_layout *l, const d2v_config *c, float *params,
 			    c->patch * c->patch)), &r);
 		} else if (strcmp(n, "cls_token") == 0) {
 			fill_normal(w, p->size, 1.0, &r);
-		} else if (strncmp(n, "decoder.", 8) == 0) {
+		} else if (strcmp(n, "alibi_scale") == 0) {
+			for (size_t k = 0; k < p->size; k++)
+				w[k] = 1.0f;
+		} else if (strstr(n, "feature_extractor.") == n &&
+		    strstr(n, ".conv.weight") != NULL) {
+			/* kaiming_normal_: std sqrt(2 / fan_in) */
+			fill_normal(w, p->size, sqrt(2.0 / (double)(p->size /
+			    (size_t)p->shape[0])), &r);
+		} else if (strcmp(n, "embed_positions.weight") == 0) {
+			/* rows 0 and 1 (the pad row) are never used: zero */
+			fill_normal(w + 2 * p->shape[1], p->size - 2 *
+			    (size_t)p->shape[1], 0.02, &r);
+		} else if (!d2v_config_is_image(c) &&
+		    strncmp(n, "decoder.proj.", 13) == 0 &&
+		    !strcmp(c->modality, "text")) {
+			/* text keeps init_bert_params on its projection */
+			if (strstr(n, ".bias") == NULL)
+				fill_normal(w, p->size, 0.02, &r);
+		} else if (strncmp(n, "decoder.", 8) == 0 ||
+		    strncmp(n, "feature_proj.", 13) == 0 ||
+		    strncmp(n, "pos_conv.", 9) == 0) {
 			/* PyTorch defaults: kaiming_uniform(a=sqrt(5)) gives
 			 * U(+-1/sqrt(fan_in)) for weight and bias alike. */
 			const d2v_param *wp = strstr(n, ".bias") ? p - 1 : p;

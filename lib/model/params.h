@@ -22,11 +22,12 @@
 typedef struct d2v_param {
 	char name[D2V_PARAM_NAME];
 	int rank;
-	int64_t shape[4];
+	int64_t shape[8];
 	size_t offset;       /* in floats */
 	size_t size;         /* in floats */
 	int decay;           /* weight decay applies (not rank 1, not .bias) */
-	int teacher;         /* part of the EMA teacher (not decoder.*) */
+	int teacher;         /* in the teacher (not decoder.*): averaged, or
+	                      * copied when shared (before teacher_begin) */
 } d2v_param;
 
 /* Offsets (in floats) of one block's tensors. */
@@ -39,18 +40,35 @@ typedef struct d2v_block_off {
 	size_t norm2_w, norm2_b; /* [D] */
 } d2v_block_off;
 
+/* The wav2vec 2.0 feature encoder: (kernel, stride) of its 7 layers. */
+#define D2V_CONV_LAYERS 7
+extern const int d2v_conv_kernel[D2V_CONV_LAYERS];
+extern const int d2v_conv_stride[D2V_CONV_LAYERS];
+
 typedef struct d2v_layout {
 	d2v_param *p;            /* count entries */
 	int count;
 	size_t total;            /* floats */
-	/* named offsets for the model code */
-	size_t patch_w, patch_b; /* [D, C, P, P], [D] */
-	size_t cls;              /* [1, 1, D] */
+	/* named offsets for the model code (0 where the modality has none) */
+	size_t patch_w, patch_b; /* image: [D, C, P, P], [D] */
+	size_t cls;              /* image: [1, 1, D] */
+	size_t conv_w[D2V_CONV_LAYERS];  /* audio: [C, Cin, k] */
+	size_t conv_nw[D2V_CONV_LAYERS], conv_nb[D2V_CONV_LAYERS]; /* [C] */
+	size_t fnorm_w, fnorm_b; /* audio: [C] */
+	size_t fproj_w, fproj_b; /* audio: [D, C], [D] */
+	size_t *pos_w, *pos_b;   /* audio, pos_conv_depth: [D, D/g, k], [D] */
+	size_t alibi;            /* audio: [1, 1, H, 1, 1] */
+	size_t emb_tok, emb_pos; /* text: [V, D], [max_positions + 2, D] */
+	size_t emb_nw, emb_nb;   /* text: [D] */
+	int has_ctx;             /* the context LayerNorm exists */
 	size_t ctx_w, ctx_b;     /* [D] */
 	d2v_block_off *blocks;   /* prenet_depth + depth */
-	size_t *dec_w, *dec_b;   /* decoder_layers: [Dd, Cin/G, k, k], [Dd] */
-	size_t dproj_w, dproj_b; /* [D, Dd], [D] */
-	size_t teacher_end;      /* params [0, teacher_end) are the teacher's */
+	size_t *dec_w, *dec_b;   /* decoder_layers: [Dd, Cin/G, k(, k)], [Dd] */
+	size_t dproj_w, dproj_b; /* [D, Dd], [D]; or [2Dd, Dd], [2Dd] */
+	size_t dproj2_w, dproj2_b; /* 2-layer projection: [D, 2Dd], [D] */
+	/* [0, teacher_begin): shared with the teacher (copied each update);
+	 * [teacher_begin, teacher_end): the teacher's own, averaged */
+	size_t teacher_begin, teacher_end;
 } d2v_layout;
 
 int d2v_layout_init(d2v_layout *l, const d2v_config *cfg, d2v_err *err);
@@ -58,10 +76,13 @@ void d2v_layout_free(d2v_layout *l);
 /* The entry named name, or NULL. */
 const d2v_param *d2v_layout_find(const d2v_layout *l, const char *name);
 
-/* Initialises params (total floats) as the reference does: Linear weights
- * N(0, 0.02) and zero biases (init_bert_params), the patch embedding
- * xavier-uniform on its (D, C*P*P) view, the CLS token N(0, 1), LayerNorms
- * 1 and 0, decoder convolutions and projection with PyTorch's defaults. */
+/* Initialises params (total floats) as the reference does: Linear and
+ * Embedding weights N(0, 0.02) and zero biases (init_bert_params), the patch
+ * embedding xavier-uniform on its (D, C*P*P) view, the CLS token N(0, 1),
+ * LayerNorms 1 and 0, the audio feature convolutions kaiming-normal, the
+ * audio projection, positional convolutions and the decoder convolutions
+ * with PyTorch's defaults, the decoder projection with PyTorch's defaults
+ * (images, audio) or N(0, 0.02) (text), ALiBi scales 1. */
 void d2v_params_init(const d2v_layout *l, const d2v_config *cfg,
     float *params, uint64_t seed);
 

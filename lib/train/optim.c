@@ -2,6 +2,7 @@
 #include "optim.h"
 
 #include <math.h>
+#include <string.h>
 
 double
 d2v_lr(const d2v_config *c, long k)
@@ -97,7 +98,11 @@ d2v_train_update(d2v_model *m, long k, double *lr_out, double *tau_out)
 	double norm = d2v_clip_grads(m->grads, m->lay.total, c->clip_norm);
 
 	d2v_adam_step(&m->lay, c, m->params, m->grads, m->m, m->v, lr, k + 1);
-	d2v_ema_step(m->teacher, m->params, m->lay.teacher_end, tau);
+	/* shared parameters are copied, the teacher's own averaged (§5.2) */
+	memcpy(m->teacher, m->params, m->lay.teacher_begin * sizeof(float));
+	d2v_ema_step(m->teacher + m->lay.teacher_begin,
+	    m->params + m->lay.teacher_begin,
+	    m->lay.teacher_end - m->lay.teacher_begin, tau);
 	if (lr_out)
 		*lr_out = lr;
 	if (tau_out)

@@ -132,6 +132,173 @@ test_gradients(const char *what, double drop)
 	d2v_model_free(&m);
 }
 
+/* A tiny audio or text model; with drop, every student-only dropout of
+ * the modality at 0.2 (layerdrop too). */
+static d2v_config
+tiny_seq(const char *mod, double drop)
+{
+	d2v_config c;
+
+	d2v_config_preset(&c, "tiny", NULL);
+	d2v_config_modality(&c, mod, NULL);
+	c.dim = 16; c.heads = 2; c.mlp_dim = 24;
+	c.prenet_depth = 1; c.depth = 2; c.top_k = 2;
+	c.decoder_dim = strcmp(mod, "audio") == 0 ? 8 : 16;
+	c.decoder_layers = 2; c.decoder_kernel = 3;
+	c.decoder_groups = strcmp(mod, "audio") == 0 ? 2 : 1;
+	c.clone = 2;
+	c.conv_dim = 6; c.pos_conv_depth = 2; c.pos_conv_kernel = 3;
+	c.pos_conv_groups = 4;
+	c.vocab = 23; c.max_positions = 16;
+	c.encoder_dropout = c.attention_dropout = c.post_mlp_drop = drop;
+	c.activation_dropout = drop;
+	c.embed_dropout = c.context_dropout = c.input_dropout = drop;
+	c.layerdrop = drop > 0 ? 0.5 : 0;
+	return c;
+}
+
+/*
+ * Finite differences over every parameter tensor of an audio or a text
+ * model, with the targets held fixed (the teacher runs without gradient,
+ * but its input is the student's local encoder: perturbing those weights
+ * would move the targets too).
+ */
+static void
+test_seq_gradients(const char *mod, double drop)
+{
+	d2v_config c = tiny_seq(mod, drop);
+	d2v_model m;
+	d2v_err err;
+	d2v_step_out out, o2;
+	int audio = strcmp(mod, "audio") == 0, len = audio ? 3600 : 11;
+	int N, R = 4, checked = 0, bad = 0;
+	float *x = malloc(2 * (size_t)len * sizeof(float)), *noise, *y, *g;
+	int32_t ids[22];
+	uint8_t mask[4 * 64];
+	const void *in = audio ? (const void *)x : (const void *)ids;
+	d2v_rng r;
+
+	d2v_rng_seed(&r, 11, 0, 0);
+	T_OK(d2v_model_init(&m, &c, d2v_backend_cpu(), &err) == 0 &&
+	    d2v_model_set_length(&m, len, &err) == 0, "%s model of length %d: "
+	    "%d tokens", mod, len, m.N);
+	N = m.N;
+	d2v_params_init(&m.lay, &c, m.params, 3);
+	/* audio: make the ALiBi scales differ from 1 and one negative (its
+	 * gradient is then 0, as the clamp says) */
+	if (audio) {
+		m.params[m.lay.alibi] = 0.7f;
+		m.params[m.lay.alibi + 1] = -0.2f;
+	}
+	d2v_model_sync_teacher(&m);
+	for (int i = 0; i < 2 * len; i++)
+		x[i] = (float)(sin(i * 0.05 + (i >= len) * 1.3) +
+		    0.3 * d2v_rng_normal(&r));
+	for (int i = 0; i < 22; i++)
+		ids[i] = (int32_t)d2v_rng_below(&r, 23);
+	memset(mask, 0, sizeof mask);
+	for (int row = 0; row < R; row++) {
+		int idx[64];
+
+		for (int n = 0; n < N; n++)
+			idx[n] = n;
+		d2v_rng_shuffle_int(&r, idx, N);
+		for (int n = 0; n < N / 2; n++)
+			mask[row * N + idx[n]] = 1;
+	}
+	noise = malloc((size_t)R * N * c.dim * sizeof(float));
+	y = malloc(2 * (size_t)N * c.dim * sizeof(float));
+	for (int i = 0; i < R * N * c.dim; i++)
+		noise[i] = (float)(0.01 * d2v_rng_normal(&r));
+	T_OK(d2v_model_step(&m, in, mask, noise, NULL, NULL, 2, 1, &out, &err) == 0 &&
+	    isfinite(out.loss) && out.loss > 0, "%s: a step gives a finite loss "
+	    "%.6f", mod, out.loss);
+	memcpy(y, m.y, 2 * (size_t)N * c.dim * sizeof(float));
+	d2v_model_step(&m, in, mask, noise, y, NULL, 2, 1, &out, &err);
+	g = malloc(m.lay.total * sizeof(float));
+	memcpy(g, m.grads, m.lay.total * sizeof(float));
+	for (int i = 0; i < m.lay.count; i++) {
+		const d2v_param *p = &m.lay.p[i];
+		double worst = 0;
+
+		for (int k = 0; k < 3; k++) {
+			size_t j = p->offset + (size_t)d2v_rng_below(&r, p->size);
+			float save = m.params[j];
+			double h = 5e-3, lp, lm, num, e;
+
+			if (strstr(p->name, "embed_tokens") != NULL) {
+				/* a row that the input uses */
+				j = p->offset + (size_t)ids[k] * c.dim +
+				    (size_t)d2v_rng_below(&r, c.dim);
+				save = m.params[j];
+			} else if (strstr(p->name, "embed_positions") != NULL) {
+				/* rows 2 .. N+1 are used */
+				j = p->offset + (size_t)(2 + k * 3) * c.dim +
+				    (size_t)d2v_rng_below(&r, c.dim);
+				save = m.params[j];
+			}
+			m.params[j] = save + (float)h;
+			d2v_model_step(&m, in, mask, noise, y, NULL, 2, 1, &o2, &err);
+			lp = o2.loss;
+			m.params[j] = save - (float)h;
+			d2v_model_step(&m, in, mask, noise, y, NULL, 2, 1, &o2, &err);
+			lm = o2.loss;
+			m.params[j] = save;
+			num = (lp - lm) / (2 * h);
+			e = fabs(num - g[j]) / (fabs(num) + fabs(g[j]) + 1e-3);
+			if (e > 0.03)
+				printf("# %s[%zu]: numerical %.6g analytic %.6g\n",
+				    p->name, j - p->offset, num, g[j]);
+			if (e > worst)
+				worst = e;
+			checked++;
+		}
+		if (worst > 0.03) {
+			bad++;
+			printf("# %s: worst relative error %.3g\n", p->name, worst);
+		}
+	}
+	T_OK(bad == 0, "%s%s: finite differences agree on all %d parameter "
+	    "tensors (%d coordinates)", mod, drop > 0 ? " with dropout and "
+	    "layerdrop" : "", m.lay.count, checked);
+	if (audio)
+		T_OK(g[m.lay.alibi] != 0 && g[m.lay.alibi + 1] == 0,
+		    "audio: a positive ALiBi scale has a gradient, a negative "
+		    "one (clamped to 0) none");
+	if (drop > 0) {
+		d2v_model_step(&m, in, mask, noise, y, NULL, 2, 99, &o2, &err);
+		T_OK(fabs(o2.loss - out.loss) > 1e-6, "%s: dropout changes the "
+		    "loss with the step seed", mod);
+	}
+	free(x); free(noise); free(y); free(g);
+	d2v_model_free(&m);
+}
+
+/* Lengths outside what the model takes. */
+static void
+test_lengths(void)
+{
+	d2v_config a = tiny_seq("audio", 0), t = tiny_seq("text", 0);
+	d2v_model m;
+	d2v_err err;
+
+	d2v_model_init(&m, &a, d2v_backend_cpu(), &err);
+	T_OK(d2v_model_set_length(&m, 399, &err) == D2V_EINVAL &&
+	    strstr(err.msg, "receptive field"), "audio of 399 samples is "
+	    "refused: %s", err.msg);
+	T_OK(d2v_model_set_length(&m, 400, &err) == 0 && m.N == 1,
+	    "400 samples give one frame");
+	T_OK(d2v_model_set_length(&m, 16000, &err) == 0 && m.N == 49,
+	    "16000 samples give 49 frames");
+	d2v_model_free(&m);
+	d2v_model_init(&m, &t, d2v_backend_cpu(), &err);
+	T_OK(d2v_model_set_length(&m, 17, &err) == D2V_EINVAL &&
+	    strstr(err.msg, "position table"), "text of 17 tokens with 16 "
+	    "positions is refused: %s", err.msg);
+	T_OK(d2v_model_set_length(&m, 16, &err) == 0, "16 tokens fit");
+	d2v_model_free(&m);
+}
+
 static void
 test_unequal_mask(void)
 {
@@ -218,6 +385,11 @@ main(void)
 {
 	test_gradients("no dropout", 0);
 	test_gradients("dropout 0.2 everywhere, drop path 0.4", 0.2);
+	test_seq_gradients("audio", 0);
+	test_seq_gradients("audio", 0.2);
+	test_seq_gradients("text", 0);
+	test_seq_gradients("text", 0.2);
+	test_lengths();
 	test_unequal_mask();
 	test_schedules();
 	test_checkpoint();

@@ -158,14 +158,15 @@ test_gelu(void)
 }
 
 /* ---- attention ---- */
-struct at { int R, T, D, H; float *qkv, *out, *probs, *r, *drop; };
+struct at { int R, T, D, H; float *qkv, *out, *probs, *r, *drop, *slope;
+    int *pos; };
 static double
 at_loss(void *c)
 {
 	struct at *s = c;
 
-	o->attention_forward(s->out, s->probs, s->qkv, s->drop, s->R, s->T,
-	    s->D, s->H);
+	o->attention_forward(s->out, s->probs, s->qkv, s->drop, s->slope,
+	    s->pos, s->R, s->T, s->D, s->H);
 	return dot(s->out, s->r, (size_t)s->R * s->T * s->D);
 }
 
@@ -183,7 +184,8 @@ test_attention(void)
 	for (int i = 0; i < 5; i++)
 		rowsum += s.probs[i];
 	T_OK(fabs(rowsum - 1) < 1e-5, "attention probabilities sum to 1");
-	o->attention_backward(dq, s.r, s.qkv, s.probs, NULL, 2, 5, 8, 2);
+	o->attention_backward(dq, NULL, s.r, s.qkv, s.probs, NULL, NULL, 2, 5, 8,
+	    2);
 	T_OK(fd_check(at_loss, &s, s.qkv, dq, nq, 1e-2) < 2e-3,
 	    "attention d(qkv)");
 	/* with attention dropout: probabilities scaled by 0 or 1/(1-p) */
@@ -192,9 +194,49 @@ test_attention(void)
 		s.drop[i] = d2v_rng_uniform(&rng) < 0.3 ? 0.0f : 1.0f / 0.7f;
 	memset(dq, 0, nq * sizeof(float));
 	at_loss(&s);
-	o->attention_backward(dq, s.r, s.qkv, s.probs, s.drop, 2, 5, 8, 2);
+	o->attention_backward(dq, NULL, s.r, s.qkv, s.probs, s.drop, NULL, 2, 5,
+	    8, 2);
 	T_OK(fd_check(at_loss, &s, s.qkv, dq, nq, 1e-2) < 2e-3,
 	    "attention d(qkv) with attention dropout");
+	/* ALiBi: positions with gaps (kept tokens of a masked row) */
+	{
+		int pos[10] = {0, 2, 3, 7, 8, 1, 4, 5, 6, 9};
+		float slope[2] = {0.5f, 0.125f}, dsl[2] = {0, 0};
+		double direct;
+
+		s.slope = slope;
+		s.pos = pos;
+		memset(dq, 0, nq * sizeof(float));
+		at_loss(&s);
+		/* one probability by the definition: row 1, head 1, i 2, j 4 */
+		{
+			const float *q = s.qkv + (5 + 2) * 24 + 4;
+			double lg[5], mx = -1e30, z = 0;
+
+			for (int j = 0; j < 5; j++) {
+				const float *k = s.qkv + (5 + j) * 24 + 8 + 4;
+
+				lg[j] = 0;
+				for (int e = 0; e < 4; e++)
+					lg[j] += q[e] * k[e];
+				lg[j] = lg[j] / 2 - 0.125 * abs(pos[5 + 2] - pos[5 + j]);
+				mx = lg[j] > mx ? lg[j] : mx;
+			}
+			for (int j = 0; j < 5; j++)
+				z += exp(lg[j] - mx);
+			direct = exp(lg[4] - mx) / z;
+		}
+		T_OK(fabs(direct - s.probs[((1 * 2 + 1) * 5 + 2) * 5 + 4]) < 1e-5,
+		    "ALiBi attention matches the definition at one probability");
+		o->attention_backward(dq, dsl, s.r, s.qkv, s.probs, s.drop, pos, 2,
+		    5, 8, 2);
+		T_OK(fd_check(at_loss, &s, s.qkv, dq, nq, 1e-2) < 2e-3,
+		    "ALiBi attention d(qkv)");
+		T_OK(fd_check(at_loss, &s, slope, dsl, 2, 1e-3) < 2e-3,
+		    "ALiBi attention d(slope)");
+		s.slope = NULL;
+		s.pos = NULL;
+	}
 	free(s.drop);
 	free(s.qkv); free(s.out); free(s.probs); free(s.r); free(dq);
 }
@@ -246,6 +288,78 @@ test_conv2d(void)
 	free(din); free(dw); free(db); free(dcol);
 }
 
+/* ---- grouped, strided, padded conv1d ---- */
+struct c1 { int R, Ti, Ci, Co, k, st, pad, G; float *in, *w, *b, *out, *col, *r; };
+static int
+c1_len(const struct c1 *s)
+{
+	return (s->Ti + 2 * s->pad - s->k) / s->st + 1;
+}
+
+static double
+c1_loss(void *c)
+{
+	struct c1 *s = c;
+
+	o->conv1d_forward(s->out, s->col, s->in, s->w, s->b, s->R, s->Ti, s->Ci,
+	    s->Co, s->k, s->st, s->pad, s->G);
+	return dot(s->out, s->r, (size_t)s->R * c1_len(s) * s->Co);
+}
+
+static void
+conv1d_case(int Ti, int Ci, int Co, int k, int st, int pad, int G, int bias,
+    const char *what)
+{
+	struct c1 s = {.R = 2, .Ti = Ti, .Ci = Ci, .Co = Co, .k = k, .st = st,
+	    .pad = pad, .G = G};
+	int To = c1_len(&s), Cg = Ci / G;
+	size_t nin = 2 * (size_t)Ti * Ci, nw = (size_t)Co * Cg * k;
+	size_t nout = 2 * (size_t)To * Co, ncol = 2 * (size_t)To * Cg * k;
+	float *din = zeros(nin), *dw = zeros(nw), *db = zeros(Co);
+	float *dcol = zeros(ncol);
+	double direct;
+	int r = 1, t = To - 1, co = Co - 1, g = co / (Co / G);
+
+	s.in = rnd(nin, 1); s.w = rnd(nw, 1); s.b = bias ? rnd(Co, 1) : NULL;
+	s.out = zeros(nout); s.col = zeros(ncol); s.r = rnd(nout, 1);
+	c1_loss(&s);
+	/* the last output of sequence 1 by the definition */
+	direct = bias ? s.b[co] : 0;
+	for (int ci = 0; ci < Cg; ci++)
+		for (int kk = 0; kk < k; kk++) {
+			int x = t * st + kk - pad;
+
+			if (x >= 0 && x < Ti)
+				direct += s.w[((size_t)co * Cg + ci) * k + kk] *
+				    s.in[((size_t)r * Ti + x) * Ci + g * Cg + ci];
+		}
+	T_OK(fabs(direct - s.out[((size_t)r * To + t) * Co + co]) < 1e-4,
+	    "conv1d %s matches the definition at one output", what);
+	o->conv1d_backward(din, dw, bias ? db : NULL, s.col, dcol, s.r, s.in, s.w,
+	    2, Ti, Ci, Co, k, st, pad, G);
+	T_OK(fd_check(c1_loss, &s, s.in, din, nin, 1e-2) < 1e-3,
+	    "conv1d %s d(in)", what);
+	T_OK(fd_check(c1_loss, &s, s.w, dw, nw, 1e-2) < 1e-3,
+	    "conv1d %s d(w)", what);
+	if (bias)
+		T_OK(fd_check(c1_loss, &s, s.b, db, Co, 1e-2) < 1e-3,
+		    "conv1d %s d(b)", what);
+	free(s.in); free(s.w); free(s.b); free(s.out); free(s.col); free(s.r);
+	free(din); free(dw); free(db); free(dcol);
+}
+
+static void
+test_conv1d(void)
+{
+	/* the feature encoder's first layer: 1 channel, kernel 10, stride 5 */
+	conv1d_case(37, 1, 4, 10, 5, 0, 1, 0, "k10 s5 (feature encoder)");
+	/* a later layer: kernel 2, stride 2, odd length (the last drops) */
+	conv1d_case(9, 6, 6, 2, 2, 0, 1, 0, "k2 s2");
+	/* positional / decoder conv: same padding, groups */
+	conv1d_case(7, 8, 8, 5, 1, 2, 4, 1, "k5 same, 4 groups");
+	conv1d_case(6, 8, 6, 3, 1, 1, 2, 1, "k3 same, 2 groups, 8->6");
+}
+
 static void
 test_instancenorm(void)
 {
@@ -274,6 +388,7 @@ main(void)
 	test_gelu();
 	test_attention();
 	test_conv2d();
+	test_conv1d();
 	test_instancenorm();
 	return T_DONE();
 }

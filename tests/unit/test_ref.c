@@ -1,6 +1,7 @@
 /*
  * test_ref.c - d2v against the PyTorch reference (tests/ref/v2_image.py,
- * fixture tests/ref/v2_image_tiny.safetensors): targets, predictions, loss,
+ * v2_text.py, v2_audio.py and their *_tiny.safetensors fixtures): targets,
+ * predictions, loss,
  * every gradient, and five updates of Adam and the EMA, within 1e-4
  * relative (per tensor, in the L2 norm).
  */
@@ -71,53 +72,70 @@ compare_params(const d2v_model *m, const float *buf, const char *role,
 	return worst;
 }
 
-int
-main(void)
+/* Runs one fixture: the model config and student weights from its
+ * metadata, input.x of dtype xdt. */
+static void
+run_fixture(const char *rel, const char *xdt)
 {
-	const char *path = "tests/ref/v2_image_tiny.safetensors";
+	char path[512];
 	d2v_model m;
 	d2v_err err;
 	d2v_step_out o;
-	const uint8_t *img, *mask;
-	int B = 2, N, D, R;
+	const void *x;
+	const uint8_t *mask;
+	int B = 2, N, D, R, rank = 0;
+	int64_t shape[8] = {0};
 	size_t nb;
 	char wn[96] = "";
 	double e;
 
-	if (getenv("D2V_ROOT") != NULL) {
-		static char buf[512];
-
-		snprintf(buf, sizeof buf, "%s/%s", getenv("D2V_ROOT"), path);
-		path = buf;
-	}
+	snprintf(path, sizeof path, "%s%s%s", getenv("D2V_ROOT") ?
+	    getenv("D2V_ROOT") : "", getenv("D2V_ROOT") ? "/" : "", rel);
 	if (d2v_st_load(&fx, path, &err) < 0) {
 		printf("not ok - load the fixture: %s\n", err.msg);
-		return 1;
+		exit(1);
 	}
 	T_OK(d2v_checkpoint_load(path, &m, d2v_backend_cpu(), NULL, NULL, &err) == 0,
-	    "the fixture loads as a checkpoint (config and student weights)%s%s",
-	    err.code ? ": " : "", err.code ? err.msg : "");
+	    "%s: the fixture loads as a checkpoint (config and student "
+	    "weights)%s%s", rel, err.code ? ": " : "", err.code ? err.msg : "");
+	x = d2v_st_get(&fx, "input.x", xdt, &rank, shape, &nb, &err);
+	T_OK(x != NULL && rank >= 2, "%s: input.x is %s", rel, xdt);
+	if (x == NULL)
+		exit(1);
+	T_OK(d2v_model_set_length(&m, (int)shape[1], &err) == 0,
+	    "%s: length %lld accepted", rel, (long long)shape[1]);
 	N = m.N;
 	D = m.D;
 	R = B * m.cfg.clone;
-	img = d2v_st_get(&fx, "input.x", "U8", NULL, NULL, &nb, &err);
 	mask = d2v_st_get(&fx, "input.mask", "U8", NULL, NULL, &nb, &err);
-	T_OK(img && mask && nb == (size_t)R * N, "fixture inputs present");
+	T_OK(mask && nb == (size_t)R * N, "%s: fixture mask of [%d, %d]", rel,
+	    R, N);
 
 	/* step 0 */
-	T_OK(d2v_model_step(&m, img, mask, get("input.noise.0", (size_t)R * N * D),
-	    NULL, NULL, B, 0, &o, &err) == 0, "step 0 runs");
+	T_OK(d2v_model_step(&m, x, mask, get("input.noise.0", (size_t)R * N * D),
+	    NULL, NULL, B, 0, &o, &err) == 0, "%s: step 0 runs%s%s", rel,
+	    err.code ? ": " : "", err.code ? err.msg : "");
+	if (d2v_st_get(&fx, "expect.feat", "F32", NULL, NULL, &nb, &err)) {
+		e = relerr(m.tok, get("expect.feat", (size_t)B * N * D),
+		    (size_t)B * N * D);
+		T_OK(e < TOL, "%s: feature encoder output matches (rel %.2e)",
+		    rel, e);
+	}
 	e = relerr(m.y, get("expect.y", (size_t)B * N * D), (size_t)B * N * D);
-	T_OK(e < TOL, "teacher targets y match (rel %.2e)", e);
-	e = relerr(m.ycls, get("expect.target_cls", (size_t)B * D), (size_t)B * D);
-	T_OK(e < TOL, "target_cls matches (rel %.2e)", e);
+	T_OK(e < TOL, "%s: teacher targets y match (rel %.2e)", rel, e);
+	if (m.E) {
+		e = relerr(m.ycls, get("expect.target_cls", (size_t)B * D),
+		    (size_t)B * D);
+		T_OK(e < TOL, "%s: target_cls matches (rel %.2e)", rel, e);
+	}
 	e = relerr(m.pred, get("expect.pred", (size_t)R * N * D), (size_t)R * N * D);
-	T_OK(e < TOL, "predictions match (rel %.2e)", e);
+	T_OK(e < TOL, "%s: predictions match (rel %.2e)", rel, e);
 	e = fabs(o.loss - get("expect.loss", 1)[0]) / get("expect.loss", 1)[0];
-	T_OK(e < TOL, "loss %.7f matches %.7f (rel %.2e)", o.loss,
+	T_OK(e < TOL, "%s: loss %.7f matches %.7f (rel %.2e)", rel, o.loss,
 	    get("expect.loss", 1)[0], e);
 	e = compare_params(&m, m.grads, "grad", 0, wn);
-	T_OK(e < TOL, "every gradient matches (worst rel %.2e, %s)", e, wn);
+	T_OK(e < TOL, "%s: every gradient matches (worst rel %.2e, %s)", rel, e,
+	    wn);
 
 	/* five updates, the first from the step above */
 	{
@@ -132,7 +150,7 @@ main(void)
 
 			if (k > 0) {
 				snprintf(nn, sizeof nn, "input.noise.%ld", k);
-				d2v_model_step(&m, img, mask, get(nn, (size_t)R * N * D),
+				d2v_model_step(&m, x, mask, get(nn, (size_t)R * N * D),
 				    NULL, NULL, B, 0, &o, &err);
 			}
 			wl = fmax(wl, fabs(o.loss - losses[k]) / fabs(losses[k]));
@@ -141,16 +159,26 @@ main(void)
 			wlr = fmax(wlr, fabs(lr - lrs[k]) / fmax(lrs[k], 1e-12));
 			wt = fmax(wt, fabs(tau - taus[k]));
 		}
-		T_OK(wl < TOL, "losses of 5 steps match (worst rel %.2e)", wl);
-		T_OK(wg < TOL, "gradient norms match (worst rel %.2e)", wg);
-		T_OK(wlr < 1e-6 && wt < 1e-7, "lr and tau schedules match");
+		T_OK(wl < TOL, "%s: losses of 5 steps match (worst rel %.2e)", rel,
+		    wl);
+		T_OK(wg < TOL, "%s: gradient norms match (worst rel %.2e)", rel, wg);
+		T_OK(wlr < 1e-6 && wt < 1e-7, "%s: lr and tau schedules match", rel);
 	}
 	e = compare_params(&m, m.params, "student", 0, wn);
-	T_OK(e < TOL, "student after 5 updates matches (worst rel %.2e, %s)", e, wn);
+	T_OK(e < TOL, "%s: student after 5 updates matches (worst rel %.2e, %s)",
+	    rel, e, wn);
 	e = compare_params(&m, m.teacher, "teacher", 1, wn);
-	T_OK(e < TOL, "EMA teacher after 5 updates matches (worst rel %.2e, %s)",
-	    e, wn);
+	T_OK(e < TOL, "%s: EMA teacher after 5 updates matches (worst rel %.2e, "
+	    "%s)", rel, e, wn);
 	d2v_model_free(&m);
 	d2v_st_free(&fx);
+}
+
+int
+main(void)
+{
+	run_fixture("tests/ref/v2_image_tiny.safetensors", "U8");
+	run_fixture("tests/ref/v2_text_tiny.safetensors", "I32");
+	run_fixture("tests/ref/v2_audio_tiny.safetensors", "F32");
 	return T_DONE();
 }

@@ -1,0 +1,892 @@
+#!/usr/bin/python3
+"""PyTorch reference for the tiny data2vec 2.0 audio model (tests/ref/README.md).
+
+Written from ../../../shared/DATA2VEC.md and tests/ref/README.md only, never from
+d2v's C code. Everything is computed in float64 and stored as float32 in
+v2_audio_tiny.safetensors next to this script:
+
+  student.<name>           initial weights (the teacher starts equal)
+  input.x, input.mask      f32 [B, S] waveform (normalised), u8 [B*M, N] (1 = masked)
+  input.noise.<k>          f32 [B*M, N, D], decoder noise of step k
+  expect.feat              f32 [B, N, D], feature encoder + feature_norm + feature_proj
+  expect.y, expect.pred, expect.loss                        step 0
+  expect.grad.<name>       step-0 gradients, before clipping
+  expect.grad_norm, expect.lr, expect.tau, expect.losses    [STEPS]
+  expect.student.<name>    after STEPS updates, every parameter
+  expect.teacher.<name>    after STEPS updates, every non-decoder parameter
+                           (feature_* are shared: equal to the student's)
+
+Run with /usr/bin/python3 (Debian's python3-torch). The script checks itself
+(finite-difference gradients, mask counts, ALiBi slopes, teacher == student at
+step 0, the loss recomputed term by term, independent twins of the feature
+encoder, conv-pos, ALiBi attention, decoder and norms, determinism, a read-back
+of the file) and exits non-zero when a check fails.
+"""
+
+import collections
+import json
+import math
+import os
+import struct
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+torch.set_default_dtype(torch.float64)
+torch.set_num_threads(1)  # fixed reduction order: identical bytes on every run
+
+# ---------------------------------------------------------------------------
+# Configuration (README table; stored verbatim as __metadata__["config"]).
+
+CFG = collections.OrderedDict([
+    ("modality", "audio"), ("objective", "v2"),
+    ("conv_dim", 16),
+    ("dim", 48), ("heads", 3), ("mlp_dim", 96),
+    ("prenet_depth", 1), ("depth", 2), ("top_k", 2),
+    ("norm_eps", 1e-5),
+    ("pos_conv_depth", 2), ("pos_conv_kernel", 5), ("pos_conv_groups", 4),
+    ("alibi", True),
+    ("decoder_dim", 24), ("decoder_kernel", 3), ("decoder_layers", 2),
+    ("decoder_groups", 4), ("decoder_residual", True), ("decoder_proj_layers", 1),
+    ("clone", 2),
+    ("mask_noise_std", 0.01), ("cls_loss", 0), ("loss_scale", 0),
+    ("target_final_norm", "none"),
+    ("embed_dropout", 0), ("encoder_dropout", 0), ("attention_dropout", 0),
+    ("activation_dropout", 0), ("post_mlp_drop", 0), ("input_dropout", 0),
+    ("context_dropout", 0), ("layerdrop", 0), ("drop_path", 0),
+    ("lr", 1e-3), ("min_lr", 0), ("warmup", 2), ("max_update", 5),
+    ("beta1", 0.9), ("beta2", 0.98), ("eps", 1e-6), ("weight_decay", 0.01),
+    ("clip_norm", 1.0),
+    ("ema_decay", 0.9), ("ema_end_decay", 0.99), ("ema_anneal_end_step", 4),
+])
+
+B = 2                                   # utterances per batch
+M = CFG["clone"]                        # masked copies per utterance
+S = 6400                                # samples per utterance (README)
+CONV = [(10, 5)] + [(3, 2)] * 4 + [(2, 2)] * 2   # (kernel, stride) of the 7 layers
+CC = CFG["conv_dim"]
+D = CFG["dim"]
+H = CFG["heads"]
+HD = D // H
+FF = CFG["mlp_dim"]
+NB = CFG["prenet_depth"] + CFG["depth"]
+PCD = CFG["pos_conv_depth"]
+PK = CFG["pos_conv_kernel"]
+PG = CFG["pos_conv_groups"]
+DD = CFG["decoder_dim"]
+K = CFG["decoder_kernel"]
+DG = CFG["decoder_groups"]
+NMASK_ROW = 9                           # masked frames per row (README)
+STEPS = CFG["max_update"]
+SEED = 20240611
+
+
+def conv_len(t):
+    for k, s in CONV:
+        t = (t - k) // s + 1
+    return t
+
+
+N = conv_len(S)                         # 19 frames
+
+SHARED = ("feature_extractor.", "feature_norm.", "feature_proj.")
+
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                   "v2_audio_tiny.safetensors")
+
+FAILED = []
+
+
+def check(ok, what):
+    print(("ok   " if ok else "FAIL ") + what)
+    if not ok:
+        FAILED.append(what)
+
+
+def close(a, b, rtol, atol):
+    return bool(torch.allclose(a, b, rtol=rtol, atol=atol))
+
+
+# ---------------------------------------------------------------------------
+# ALiBi slopes: fairseq's get_slopes (DATA2VEC.md §2.2), for any head count.
+
+def alibi_slopes(n):
+    def power_of_2(n):
+        start = 2 ** (-(2 ** -(math.log2(n) - 3)))              # 2^(-8/n)
+        return [start * start ** i for i in range(n)]
+    if math.log2(n).is_integer():
+        return power_of_2(n)
+    c = 2 ** math.floor(math.log2(n))
+    return power_of_2(c) + alibi_slopes(2 * c)[0::2][: n - c]
+
+
+SLOPES = torch.tensor(alibi_slopes(H))
+
+
+# ---------------------------------------------------------------------------
+# Parameters: names, shapes, layouts of the README; values drawn once.
+
+def param_shapes():
+    s = collections.OrderedDict()
+    for i, (k, _) in enumerate(CONV):
+        p = "feature_extractor.conv_layers.%d." % i
+        s[p + "conv.weight"] = (CC, 1 if i == 0 else CC, k)
+        s[p + "norm.weight"] = (CC,)
+        s[p + "norm.bias"] = (CC,)
+    s["feature_norm.weight"] = (CC,)
+    s["feature_norm.bias"] = (CC,)
+    s["feature_proj.weight"] = (D, CC)
+    s["feature_proj.bias"] = (D,)
+    for j in range(PCD):
+        s["pos_conv.%d.weight" % j] = (D, D // PG, PK)
+        s["pos_conv.%d.bias" % j] = (D,)
+    s["alibi_scale"] = (1, 1, H, 1, 1)
+    s["context_norm.weight"] = (D,)
+    s["context_norm.bias"] = (D,)
+    for i in range(NB):
+        p = "blocks.%d." % i
+        s[p + "attn.qkv.weight"] = (3 * D, D)
+        s[p + "attn.qkv.bias"] = (3 * D,)
+        s[p + "attn.proj.weight"] = (D, D)
+        s[p + "attn.proj.bias"] = (D,)
+        s[p + "norm1.weight"] = (D,)
+        s[p + "norm1.bias"] = (D,)
+        s[p + "mlp.fc1.weight"] = (FF, D)
+        s[p + "mlp.fc1.bias"] = (FF,)
+        s[p + "mlp.fc2.weight"] = (D, FF)
+        s[p + "mlp.fc2.bias"] = (D,)
+        s[p + "norm2.weight"] = (D,)
+        s[p + "norm2.bias"] = (D,)
+    for j in range(CFG["decoder_layers"]):
+        cin = D if j == 0 else DD
+        p = "decoder.layers.%d.conv." % j
+        s[p + "weight"] = (DD, cin // DG, K)
+        s[p + "bias"] = (DD,)
+    s["decoder.proj.weight"] = (D, DD)
+    s["decoder.proj.bias"] = (D,)
+    return s
+
+
+def is_shared(name):
+    return name.startswith(SHARED)
+
+
+def in_teacher(name):
+    return not name.startswith("decoder.")
+
+
+def f32(a):
+    """Round to float32 and come back: what is stored is what is computed with."""
+    return np.asarray(a, dtype=np.float32).astype(np.float64)
+
+
+def init_params(rng):
+    """Linear/conv weights N(0, 1/fan_in) so attention, GELU and the decoder
+    work away from their linear regions; biases N(0, 0.02); LayerNorm weight
+    1 + N(0, 0.1), bias N(0, 0.05); alibi_scale 1 + 0.1 N(0, 1), kept > 0
+    (so the clamp at 0 is inactive and its gradient non-trivial)."""
+    out = collections.OrderedDict()
+    for name, shape in param_shapes().items():
+        z = rng.standard_normal(shape)
+        if name == "alibi_scale":
+            v = np.abs(1.0 + 0.1 * z)
+        elif "norm" in name and name.endswith(".weight"):
+            v = 1.0 + 0.1 * z
+        elif "norm" in name and name.endswith(".bias"):
+            v = 0.05 * z
+        elif name.endswith(".bias"):
+            v = 0.02 * z
+        else:
+            fan_in = int(np.prod(shape[1:]))
+            v = z / math.sqrt(fan_in)
+        out[name] = torch.tensor(f32(v))
+    return out
+
+
+def decayed(name, t):
+    return t.dim() > 1 and not name.endswith(".bias") and name != "alibi_scale"
+
+
+# ---------------------------------------------------------------------------
+# Inputs.
+
+def runs(row):
+    """Lengths of the maximal runs of ones in a 0/1 row."""
+    out, n = [], 0
+    for v in list(row) + [0]:
+        if v:
+            n += 1
+        elif n:
+            out.append(n)
+            n = 0
+    return out
+
+
+def block_mask_row(rng):
+    """compute_block_mask_1d-like (DATA2VEC.md §4.5): floor(N (R + A) / 5) centres
+    with replacement, each masks c-2..c+2 clamped, then the exact-count step
+    clears or adds uniformly random single frames down/up to 9."""
+    n_c = int(N * (0.5 + 0.05) / 5)
+    row = np.zeros(N, dtype=np.uint8)
+    for c in rng.randint(0, N, size=n_c):
+        for o in range(-2, 3):
+            row[min(max(c + o, 0), N - 1)] = 1
+    n = int(row.sum())
+    if n > NMASK_ROW:
+        on = np.flatnonzero(row)
+        row[rng.choice(on, n - NMASK_ROW, replace=False)] = 0
+    elif n < NMASK_ROW:
+        off = np.flatnonzero(row == 0)
+        row[rng.choice(off, NMASK_ROW - n, replace=False)] = 1
+    return row
+
+
+def make_inputs(rng):
+    t = np.arange(S) / 16000.0
+    env = 0.6 + 0.4 * np.sin(2 * np.pi * 3.0 * t)
+    w0 = (np.sin(2 * np.pi * 180 * t) + 0.6 * env * np.sin(2 * np.pi * 410 * t + 0.3)
+          + 0.3 * rng.standard_normal(S))
+    w1 = (np.sin(2 * np.pi * (100 * t + 1500 * t * t)) * (1 + 0.5 * np.cos(2 * np.pi * 5 * t))
+          + 0.4 * np.sin(2 * np.pi * 60 * t) + 0.3 * rng.standard_normal(S))
+    w1[: S // 4] *= 0.3                                          # a quieter start
+    x = np.stack([w0, w1])
+    x = (x - x.mean(1, keepdims=True)) / x.std(1, keepdims=True)
+    x = x.astype(np.float32)                                     # [B, S], used as given
+
+    while True:
+        rows = []
+        while len(rows) < B * M:
+            row = block_mask_row(rng)
+            if not any((row == q).all() for q in rows):
+                rows.append(row)
+        rl = [runs(r) for r in rows]
+        if all(max(r) >= 3 for r in rl) and any(1 in r for r in rl):
+            break                                                # blocks and singles
+    mask = np.stack(rows)                                        # [B*M, N]
+
+    noise = [np.asarray(CFG["mask_noise_std"] * rng.standard_normal((B * M, N, D)),
+                        dtype=np.float32) for _ in range(STEPS)]
+    return x, mask, noise
+
+
+# ---------------------------------------------------------------------------
+# Model.
+
+def channel_ln(z):
+    """LayerNorm over channels at every frame, no affine, eps 1e-5. z [R, Ch, T]."""
+    return F.layer_norm(z.transpose(1, 2), (z.shape[1],), eps=1e-5).transpose(1, 2)
+
+
+def feature_encoder(p, x):
+    """waveform [B, S] -> feat [B, N, D]: 7 x (Conv1d, no bias -> LN(C) affine ->
+    GELU), then feature_norm LN(C) and feature_proj Linear(C -> D)."""
+    h = x.unsqueeze(1)
+    for i, (_, s) in enumerate(CONV):
+        pre = "feature_extractor.conv_layers.%d." % i
+        h = F.conv1d(h, p[pre + "conv.weight"], stride=s)
+        h = F.layer_norm(h.transpose(1, 2), (CC,), p[pre + "norm.weight"],
+                         p[pre + "norm.bias"], 1e-5).transpose(1, 2)
+        h = F.gelu(h)
+    h = F.layer_norm(h.transpose(1, 2), (CC,), p["feature_norm.weight"],
+                     p["feature_norm.bias"], 1e-5)
+    return F.linear(h, p["feature_proj.weight"], p["feature_proj.bias"])
+
+
+def pos_encode(p, z):
+    """z [R, T, D] -> z + pos(z): pos_conv layers Conv1d(k, pad k//2, groups g) ->
+    LN over channels (no affine) -> GELU."""
+    y = z.transpose(1, 2)
+    for j in range(PCD):
+        y = F.conv1d(y, p["pos_conv.%d.weight" % j], p["pos_conv.%d.bias" % j],
+                     padding=PK // 2, groups=PG)
+        y = F.gelu(channel_ln(y))
+    return z + y.transpose(1, 2)
+
+
+def alibi_bias(p, pos):
+    """pos [R, T] original frame indices -> [R, H, T, T]:
+    -m_h * max(alibi_scale_h, 0) * |p_i - p_j|."""
+    scale = p["alibi_scale"].reshape(H).clamp(min=0)
+    dist = (pos[:, :, None] - pos[:, None, :]).abs().double()   # [R, T, T]
+    return -(SLOPES * scale).view(1, H, 1, 1) * dist.unsqueeze(1)
+
+
+def attention(p, pre, x, bias):
+    """x [R, T, D], bias [R, H, T, T] -> proj(attn(qkv(x))) [R, T, D]."""
+    R, T, _ = x.shape
+    qkv = F.linear(x, p[pre + "attn.qkv.weight"], p[pre + "attn.qkv.bias"])
+    qkv = qkv.reshape(R, T, 3, H, HD).permute(2, 0, 3, 1, 4)     # [3, R, H, T, HD]
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    a = torch.softmax((q * HD ** -0.5) @ k.transpose(-2, -1) + bias, dim=-1)
+    o = (a @ v).transpose(1, 2).reshape(R, T, D)
+    return F.linear(o, p[pre + "attn.proj.weight"], p[pre + "attn.proj.bias"])
+
+
+def block(p, i, x, bias):
+    """Post-LN AltBlock. Returns (out, f) with f the FFN output before the residual."""
+    pre = "blocks.%d." % i
+    eps = CFG["norm_eps"]
+    x = x + attention(p, pre, x, bias)
+    r = F.layer_norm(x, (D,), p[pre + "norm1.weight"], p[pre + "norm1.bias"], eps)
+    f = F.linear(F.gelu(F.linear(r, p[pre + "mlp.fc1.weight"], p[pre + "mlp.fc1.bias"])),
+                 p[pre + "mlp.fc2.weight"], p[pre + "mlp.fc2.bias"])
+    out = F.layer_norm(r + f, (D,), p[pre + "norm2.weight"], p[pre + "norm2.bias"], eps)
+    return out, f
+
+
+def encoder(p, x, pos):
+    """x [R, T, D] at original frames pos [R, T] -> (h [R, T, D], FFN outputs of
+    every block): context_norm, then every block (prenet and main) with ALiBi."""
+    bias = alibi_bias(p, pos)
+    h = F.layer_norm(x, (D,), p["context_norm.weight"], p["context_norm.bias"],
+                     CFG["norm_eps"])
+    fs = []
+    for i in range(NB):
+        h, f = block(p, i, h, bias)
+        fs.append(f)
+    return h, fs
+
+
+def decoder(p, z):
+    """z [R, N, D] -> pred [R, N, D] (Decoder1d, groups 4, residual when the
+    channel counts match, projection Linear(Dd -> D))."""
+    z = z.transpose(1, 2)                                        # [R, D, N]
+    for j in range(CFG["decoder_layers"]):
+        pre = "decoder.layers.%d.conv." % j
+        y = F.conv1d(z, p[pre + "weight"], p[pre + "bias"], padding=K // 2, groups=DG)
+        y = F.gelu(channel_ln(y))
+        if CFG["decoder_residual"] and y.shape[1] == z.shape[1]:
+            y = y + z
+        z = y
+    return F.linear(z.transpose(1, 2), p["decoder.proj.weight"], p["decoder.proj.bias"])
+
+
+def keep_index(mask):
+    """mask u8 [R, N] -> ascending kept indices [R, N - 9]."""
+    return torch.stack([torch.nonzero(row == 0).flatten() for row in mask])
+
+
+def student_from_feat(p, feat, mask, noise):
+    """feat [B, N, D] -> pred [B*M, N, D], h [B*M, V, D]."""
+    mb = mask.bool().unsqueeze(-1)
+    z = feat.repeat_interleave(M, dim=0)                         # [B*M, N, D]
+    z = torch.where(mb, torch.zeros_like(z), z)                  # masked frames zeroed
+    x = pos_encode(p, z)                                         # conv-pos on the full row
+    idx = keep_index(mask)
+    idx3 = idx.unsqueeze(-1).expand(-1, -1, D)
+    h, _ = encoder(p, torch.gather(x, 1, idx3), idx)
+    placed = torch.zeros(B * M, N, D).scatter(1, idx3, h)
+    z = torch.where(mb, noise, placed)
+    return decoder(p, z), h
+
+
+def student_forward(p, wave, mask, noise):
+    return student_from_feat(p, feature_encoder(p, wave), mask, noise)
+
+
+def teacher_from_feat(tp, feat):
+    """Teacher conv-pos, context_norm, blocks (ALiBi over 0..N-1) -> y [B, N, D]."""
+    pos = torch.arange(N).expand(feat.shape[0], N)
+    _, fs = encoder(tp, pos_encode(tp, feat), pos)
+    top = fs[CFG["prenet_depth"]:][-CFG["top_k"]:]               # main blocks only
+    normed = [F.instance_norm(f.transpose(1, 2), eps=1e-5).transpose(1, 2) for f in top]
+    return sum(normed) / len(normed)                             # target_final_norm none
+
+
+def teacher_targets(tp, sp, wave):
+    """The teacher consumes the STUDENT's feature encoder output."""
+    return teacher_from_feat(tp, feature_encoder(sp, wave))
+
+
+def loss_scale():
+    return CFG["loss_scale"] if CFG["loss_scale"] else 1.0 / math.sqrt(D)
+
+
+def d2v_loss(pred, y, mask):
+    s = loss_scale()
+    mb = mask.bool()
+    n_mask = int(mb.sum())
+    per_tok = (s * (pred - y.repeat_interleave(M, 0)) ** 2).sum(-1)     # [B*M, N]
+    return (per_tok * mb).sum() / n_mask
+
+
+# ---------------------------------------------------------------------------
+# Schedules and the update.
+
+def lr_at(k):
+    lr, lo, w, T = CFG["lr"], CFG["min_lr"], CFG["warmup"], CFG["max_update"]
+    if k < w:
+        return lo + (lr - lo) * k / w
+    return lo + 0.5 * (lr - lo) * (1 + math.cos(math.pi * (k - w) / (T - w)))
+
+
+def tau_at(t):
+    a, e, n = CFG["ema_decay"], CFG["ema_end_decay"], CFG["ema_anneal_end_step"]
+    return e - (e - a) * max(0.0, 1.0 - t / n)
+
+
+def train(init, x, mask, noises):
+    """STEPS updates. Returns a dict of everything the fixture stores."""
+    names = list(init)
+    tnames = [n for n in names if in_teacher(n)]
+    sp = collections.OrderedDict((n, t.clone()) for n, t in init.items())
+    tp = collections.OrderedDict((n, init[n].clone()) for n in tnames)
+    m = {n: torch.zeros_like(t) for n, t in sp.items()}
+    v = {n: torch.zeros_like(t) for n, t in sp.items()}
+    b1, b2, eps = CFG["beta1"], CFG["beta2"], CFG["eps"]
+    wd, clip = CFG["weight_decay"], CFG["clip_norm"]
+    rec = {"losses": [], "grad_norm": [], "lr": [], "tau": [], "clipped": []}
+    for k in range(STEPS):
+        if k == 0:
+            rec["teacher_equal_at_0"] = all(torch.equal(sp[n], tp[n]) for n in tnames)
+        rec.setdefault("shared_equal", []).append(
+            all(torch.equal(sp[n], tp[n]) for n in tnames if is_shared(n)))
+        with torch.no_grad():
+            y = teacher_targets(tp, sp, x)
+        leaves = collections.OrderedDict((n, t.clone().requires_grad_(True))
+                                         for n, t in sp.items())
+        pred, _ = student_forward(leaves, x, mask, noises[k])
+        loss = d2v_loss(pred, y, mask)
+        grads = torch.autograd.grad(loss, list(leaves.values()))
+        grads = {n: g.detach() for n, g in zip(names, grads)}
+        norm = math.sqrt(sum(float((g * g).sum()) for g in grads.values()))
+        if k == 0:
+            with torch.no_grad():
+                rec["feat"] = feature_encoder(sp, x)
+            rec["y"], rec["pred"], rec["loss"] = y, pred.detach(), loss.detach()
+            rec["grad"] = {n: g.clone() for n, g in grads.items()}
+        rec["losses"].append(float(loss))
+        rec["grad_norm"].append(norm)
+        clipped = clip > 0 and norm > clip
+        rec["clipped"].append(clipped)
+        if clipped:
+            coef = clip / (norm + 1e-6)
+            grads = {n: g * coef for n, g in grads.items()}
+        lr = lr_at(k)
+        rec["lr"].append(lr)
+        t = k + 1
+        step_size = lr * math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+        for n in names:
+            g = grads[n]
+            m[n] = b1 * m[n] + (1 - b1) * g
+            v[n] = b2 * v[n] + (1 - b2) * g * g
+            denom = v[n].sqrt() + eps
+            p = sp[n]
+            if decayed(n, p):
+                p = p - lr * wd * p
+            sp[n] = p - step_size * m[n] / denom
+        tau = tau_at(t)
+        rec["tau"].append(tau)
+        for n in tnames:
+            if is_shared(n):
+                tp[n] = sp[n].clone()                            # shared: copied
+            else:
+                tp[n] = tau * tp[n] + (1 - tau) * sp[n]
+        rec.setdefault("alibi_min", []).append(
+            min(float(sp["alibi_scale"].min()), float(tp["alibi_scale"].min())))
+    rec["student"], rec["teacher"] = sp, tp
+    return rec
+
+
+# ---------------------------------------------------------------------------
+# safetensors.
+
+DTYPES = {"U8": "|u1", "I32": "<i4", "F32": "<f4"}
+
+
+def safetensors_bytes(tensors, metadata):
+    header = collections.OrderedDict()
+    header["__metadata__"] = metadata
+    blobs, off = [], 0
+    for name in sorted(tensors):
+        a = tensors[name]
+        if a.dtype == np.uint8:
+            dt = "U8"
+        elif a.dtype == np.int32:
+            dt = "I32"
+        elif a.dtype == np.float32:
+            dt = "F32"
+        else:
+            raise TypeError("%s: %s" % (name, a.dtype))
+        raw = a.astype(DTYPES[dt]).tobytes()
+        header[name] = collections.OrderedDict([
+            ("dtype", dt), ("shape", list(a.shape)), ("data_offsets", [off, off + len(raw)])])
+        blobs.append(raw)
+        off += len(raw)
+    hj = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    hj += b" " * (-len(hj) % 8)
+    return struct.pack("<Q", len(hj)) + hj + b"".join(blobs)
+
+
+def safetensors_read(buf):
+    (n,) = struct.unpack("<Q", buf[:8])
+    header = json.loads(buf[8:8 + n].decode("utf-8"))
+    meta = header.pop("__metadata__")
+    out = {}
+    for name, e in header.items():
+        b, end = e["data_offsets"]
+        out[name] = np.frombuffer(buf[8 + n + b: 8 + n + end],
+                                  dtype=DTYPES[e["dtype"]]).reshape(e["shape"])
+    return meta, out
+
+
+def to32(t):
+    return np.asarray(t.detach().numpy(), dtype=np.float32)
+
+
+def build():
+    rng = np.random.RandomState(SEED)
+    init = init_params(rng)
+    x_np, mask_np, noise_np = make_inputs(rng)
+    x = torch.from_numpy(x_np.astype(np.float64))
+    mask = torch.from_numpy(mask_np)
+    noises = [torch.from_numpy(a.astype(np.float64)) for a in noise_np]
+    rec = train(init, x, mask, noises)
+
+    t = {}
+    for n, v in init.items():
+        t["student." + n] = to32(v)
+    t["input.x"] = x_np
+    t["input.mask"] = mask_np
+    for k, a in enumerate(noise_np):
+        t["input.noise.%d" % k] = a
+    t["expect.feat"] = to32(rec["feat"])
+    t["expect.y"] = to32(rec["y"])
+    t["expect.pred"] = to32(rec["pred"])
+    t["expect.loss"] = to32(rec["loss"].reshape(1))
+    for n, g in rec["grad"].items():
+        t["expect.grad." + n] = to32(g)
+    for key in ("grad_norm", "lr", "tau", "losses"):
+        t["expect." + key] = np.asarray(rec[key], dtype=np.float32)
+    for n in init:
+        t["expect.student." + n] = to32(rec["student"][n])
+        if in_teacher(n):
+            t["expect.teacher." + n] = to32(rec["teacher"][n])
+    meta = {"config": json.dumps(CFG, separators=(",", ":"))}
+    return safetensors_bytes(t, meta), t, (init, x, mask, noises, rec)
+
+
+# ---------------------------------------------------------------------------
+# Self-checks.
+
+def gelu_ref(z):
+    return 0.5 * z * (1 + torch.erf(z / math.sqrt(2)))
+
+
+def ln_ref(z, w=None, b=None, eps=1e-5):
+    """LayerNorm over the last dim by its formula."""
+    mu = z.mean(-1, keepdim=True)
+    var = ((z - mu) ** 2).mean(-1, keepdim=True)
+    out = (z - mu) / torch.sqrt(var + eps)
+    return out if w is None else out * w + b
+
+
+def conv1d_ref(x, w, b, stride=1, pad=0, groups=1):
+    """Explicit (cross-correlation) Conv1d by windows and einsum. x [R, Cin, T]."""
+    if pad:
+        x = F.pad(x, (pad, pad))
+    k = w.shape[2]
+    win = x.unfold(2, k, stride)                                 # [R, Cin, T_out, k]
+    cin_g, cout_g = w.shape[1], w.shape[0] // groups
+    outs = []
+    for g in range(groups):
+        outs.append(torch.einsum("rctk,ock->rot", win[:, g * cin_g:(g + 1) * cin_g],
+                                 w[g * cout_g:(g + 1) * cout_g]))
+    y = torch.cat(outs, 1)
+    return y if b is None else y + b.view(1, -1, 1)
+
+
+def check_slopes():
+    s3 = alibi_slopes(3)
+    check(s3 == [2.0 ** -4, 2.0 ** -8, 2.0 ** -2], "ALiBi slopes for 3 heads = [2^-4, 2^-8, 2^-2]")
+    e12 = [1, 2, 3, 4, 5, 6, 7, 8, 0.5, 1.5, 2.5, 3.5]
+    s12 = alibi_slopes(12)
+    check(len(s12) == 12 and all(abs(a - 2.0 ** -e) <= 1e-15 * 2.0 ** -e for a, e in zip(s12, e12)),
+          "ALiBi slopes for 12 heads = [2^-1 .. 2^-8, 2^-0.5, 2^-1.5, 2^-2.5, 2^-3.5]")
+    check(alibi_slopes(8) == [2.0 ** -e for e in range(1, 9)], "ALiBi slopes for 8 heads = 2^-1 .. 2^-8")
+    check(alibi_slopes(2) == [2.0 ** -4, 2.0 ** -8] and alibi_slopes(1) == [2.0 ** -8],
+          "ALiBi slopes for 2 and 1 heads")
+
+
+def check_twins(init, x, mask):
+    # Frame count.
+    t, lens = S, []
+    for k, s in CONV:
+        t = math.floor((t - k) / s) + 1
+        lens.append(t)
+    check(N == 19 and lens[-1] == 19, "frame counts per layer %s, N = %d" % (lens, N))
+
+    # Feature encoder: explicit windows + einsum, LayerNorm and GELU formulas.
+    h = x.unsqueeze(1)
+    for i, (_, s) in enumerate(CONV):
+        pre = "feature_extractor.conv_layers.%d." % i
+        h = conv1d_ref(h, init[pre + "conv.weight"], None, stride=s)
+        h = ln_ref(h.transpose(1, 2), init[pre + "norm.weight"], init[pre + "norm.bias"])
+        h = gelu_ref(h).transpose(1, 2)
+    h = ln_ref(h.transpose(1, 2), init["feature_norm.weight"], init["feature_norm.bias"])
+    feat_ref = h @ init["feature_proj.weight"].t() + init["feature_proj.bias"]
+    feat = feature_encoder(init, x)
+    check(feat.shape == (B, N, D) and close(feat, feat_ref, 1e-11, 1e-11),
+          "feature encoder equals explicit strided conv + LN + GELU, LN, Linear")
+
+    # Conv-pos: explicit grouped conv, padding k//2, then + z.
+    z = torch.randn(3, N, D, generator=torch.Generator().manual_seed(5))
+    y = z.transpose(1, 2)
+    for j in range(PCD):
+        y = conv1d_ref(y, init["pos_conv.%d.weight" % j], init["pos_conv.%d.bias" % j],
+                       pad=PK // 2, groups=PG)
+        y = gelu_ref(ln_ref(y.transpose(1, 2))).transpose(1, 2)
+    check(close(pos_encode(init, z), z + y.transpose(1, 2), 1e-12, 1e-12),
+          "conv-pos equals explicit grouped conv + LN + GELU, added to its input")
+
+    # ALiBi: fairseq's masked_alibi (full [H, N, N] bias, rows and columns
+    # gathered at the kept frames) equals the bias built from kept positions.
+    full = torch.zeros(H, N, N)
+    sc = init["alibi_scale"].reshape(H)
+    for hh in range(H):
+        for i in range(N):
+            for j in range(N):
+                full[hh, i, j] = -SLOPES[hh] * sc[hh] * abs(i - j)
+    idx = keep_index(mask)
+    ok = True
+    got = alibi_bias(init, idx)
+    for r in range(B * M):
+        ii = idx[r]
+        ok = ok and close(got[r], full[:, ii][:, :, ii], 1e-15, 0)
+    check(ok and close(alibi_bias(init, torch.arange(N).expand(1, N))[0], full, 1e-15, 0),
+          "ALiBi of kept frames equals the gathered full-length bias")
+    neg = dict(init)
+    neg["alibi_scale"] = -init["alibi_scale"]
+    check(bool((alibi_bias(neg, idx) == 0).all()), "negative alibi_scale is clamped to 0")
+
+    # Attention with ALiBi: torch's own multi-head attention with a float mask.
+    xs = torch.randn(3, 7, D, generator=torch.Generator().manual_seed(1))
+    pos = torch.tensor([[0, 1, 2, 5, 9, 10, 18], [0, 3, 4, 5, 6, 7, 8], [2, 4, 6, 8, 10, 12, 14]])
+    bias = alibi_bias(init, pos)
+    pre = "blocks.1."
+    ref, _ = F.multi_head_attention_forward(
+        xs.transpose(0, 1), xs.transpose(0, 1), xs.transpose(0, 1), D, H,
+        init[pre + "attn.qkv.weight"], init[pre + "attn.qkv.bias"], None, None, False, 0.0,
+        init[pre + "attn.proj.weight"], init[pre + "attn.proj.bias"],
+        training=False, need_weights=False, attn_mask=bias.reshape(3 * H, 7, 7))
+    check(close(attention(init, pre, xs, bias), ref.transpose(0, 1), 1e-12, 1e-12),
+          "ALiBi attention equals F.multi_head_attention_forward with a float mask")
+
+    # GELU, channel LayerNorm, instance norm: formulas.
+    z = torch.randn(4, 6, 9, generator=torch.Generator().manual_seed(2))
+    check(close(F.gelu(z), gelu_ref(z), 1e-14, 1e-14), "gelu is the exact erf form")
+    check(close(channel_ln(z), ln_ref(z.transpose(1, 2)).transpose(1, 2), 1e-12, 1e-12),
+          "LayerNorm over channels equals the formula")
+    a = torch.randn(2, N, D, generator=torch.Generator().manual_seed(3))
+    mu = a.mean(1, keepdim=True)
+    var = ((a - mu) ** 2).mean(1, keepdim=True)
+    check(close(F.instance_norm(a.transpose(1, 2), eps=1e-5).transpose(1, 2),
+                (a - mu) / torch.sqrt(var + 1e-5), 1e-12, 1e-12),
+          "instance norm over frames (biased variance) equals the formula")
+
+    # Decoder: explicit grouped conv, residual on layer 1 only, Linear.
+    zin = torch.randn(2, N, D, generator=torch.Generator().manual_seed(4))
+    cur = zin.transpose(1, 2)
+    for j in range(CFG["decoder_layers"]):
+        y = conv1d_ref(cur, init["decoder.layers.%d.conv.weight" % j],
+                       init["decoder.layers.%d.conv.bias" % j], pad=K // 2, groups=DG)
+        y = gelu_ref(ln_ref(y.transpose(1, 2))).transpose(1, 2)
+        cur = y + cur if j == 1 else y
+    out = cur.transpose(1, 2) @ init["decoder.proj.weight"].t() + init["decoder.proj.bias"]
+    check(close(decoder(init, zin), out, 1e-12, 1e-12),
+          "decoder equals explicit grouped conv + LN + GELU (+ residual on layer 1), Linear")
+
+
+def check_inputs(x_np, mask_np, noise_np):
+    check(x_np.dtype == np.float32 and x_np.shape == (B, S), "input.x f32 [B, S]")
+    xm = x_np.astype(np.float64)
+    check(bool((np.abs(xm.mean(1)) < 1e-6).all() and (np.abs(xm.std(1) - 1) < 1e-6).all()),
+          "input.x rows have zero mean and unit variance")
+    check(mask_np.shape == (B * M, N) and set(np.unique(mask_np)) <= {0, 1},
+          "mask shape [B*M, N], values 0/1")
+    check(bool((mask_np.sum(1) == NMASK_ROW).all()), "exactly 9 of 19 masked per row")
+    check(len({r.tobytes() for r in mask_np}) == B * M, "all mask rows differ")
+    rl = [runs(r) for r in mask_np]
+    check(all(max(r) >= 3 for r in rl) and any(1 in r for r in rl),
+          "masks have contiguous blocks and single frames (runs %s)" % rl)
+    sd = float(np.std(np.stack(noise_np)))
+    check(0.009 < sd < 0.011 and len(noise_np) == STEPS, "noise std ~0.01 (%.5f)" % sd)
+
+
+def check_loss_terms(init, x, mask, noise, rec):
+    feat = feature_encoder(init, x)
+    check(close(feat, rec["feat"], 0, 0), "expect.feat recomputed")
+    y = teacher_from_feat(init, feat)
+    pred, h = student_from_feat(init, feat, mask, noise)
+    s = 1.0 / math.sqrt(D)
+    n_mask = 0
+    reg = 0.0
+    for r in range(B * M):
+        for n in range(N):
+            if mask[r, n]:
+                n_mask += 1
+                reg += s * float(((pred[r, n] - y[r // M, n]) ** 2).sum())
+    total = reg / n_mask
+    loss0 = float(rec["loss"])
+    check(n_mask == B * M * NMASK_ROW, "N_mask = %d" % n_mask)
+    check(abs(total - loss0) < 1e-12 * max(1.0, abs(loss0)),
+          "step-0 loss %.12f recomputed term by term (%.12f)" % (loss0, total))
+    check(close(y, rec["y"], 0, 0) and close(pred, rec["pred"], 0, 0),
+          "step-0 y and pred recomputed from the initial weights")
+
+    # Targets by hand: the teacher runs per sample, the top-2 = both main blocks
+    # (1, 2; never the prenet block 0), IN over frames, averaged.
+    acc = 0
+    for b in range(B):
+        xb = feat[b:b + 1] + 0
+        xb = pos_encode(init, xb)
+        hb = ln_ref(xb, init["context_norm.weight"], init["context_norm.bias"])
+        bias = alibi_bias(init, torch.arange(N).view(1, N))
+        fs = []
+        for i in range(NB):
+            hb, f = block(init, i, hb, bias)
+            fs.append(f)
+        yb = 0
+        for f in fs[1:]:
+            mu = f.mean(1, keepdim=True)
+            yb = yb + (f - mu) / torch.sqrt(((f - mu) ** 2).mean(1, keepdim=True) + 1e-5)
+        acc = yb / 2 if b == 0 else torch.cat([acc, yb / 2])
+    check(close(acc, rec["y"], 1e-12, 1e-12), "y = mean of IN(f) of main blocks 1 and 2, per sample")
+
+    # Noise at an unmasked slot must not change pred; at a masked slot it must.
+    r, n = 0, int(torch.nonzero(mask[0] == 0)[0])
+    nz = noise.clone()
+    nz[r, n] += 1.0
+    check(close(student_from_feat(init, feat, mask, nz)[0], pred, 0, 0),
+          "noise at unmasked slots is ignored")
+    n = int(torch.nonzero(mask[0] == 1)[0])
+    nz = noise.clone()
+    nz[r, n] += 1.0
+    check(not close(student_from_feat(init, feat, mask, nz)[0], pred, 0, 0),
+          "noise at masked slots is used")
+    # Masked frames are zeroed before the conv-pos: changing feat at a frame
+    # masked in row 0 leaves h of row 0 unchanged but changes row 1 where it is
+    # kept (if it is kept there).
+    f2 = feat.clone()
+    f2[0, n] += 1.0
+    h2 = student_from_feat(init, f2, mask, noise)[1]
+    check(close(h2[0], h[0], 0, 0), "a masked frame does not reach the student encoder")
+    # The conv-pos runs on the full zeroed row before the gather: the kept
+    # frames' encoder input differs from conv-pos applied to the kept frames only.
+    z = feat.repeat_interleave(M, 0)
+    z = torch.where(mask.bool().unsqueeze(-1), torch.zeros_like(z), z)
+    idx3 = keep_index(mask).unsqueeze(-1).expand(-1, -1, D)
+    a1 = torch.gather(pos_encode(init, z), 1, idx3)
+    a2 = pos_encode(init, torch.gather(z, 1, idx3))
+    check(not close(a1, a2, 1e-6, 1e-6), "conv-pos over the full zeroed row differs from "
+          "conv-pos over the gathered kept frames (the order matters and is exercised)")
+
+
+def check_grads(init, x, mask, noise, rec):
+    y = teacher_targets(init, init, x).detach()
+    names = ["alibi_scale", "feature_extractor.conv_layers.0.conv.weight",
+             "feature_extractor.conv_layers.3.norm.weight",
+             "feature_extractor.conv_layers.6.norm.bias", "feature_norm.weight",
+             "feature_proj.bias", "pos_conv.0.bias", "pos_conv.1.bias", "context_norm.weight",
+             "blocks.0.attn.qkv.bias", "blocks.2.norm2.bias", "decoder.layers.0.conv.bias",
+             "decoder.layers.1.conv.bias", "decoder.proj.bias"]
+
+    def f(*ts):
+        p = dict(init)
+        p.update(zip(names, ts))
+        return d2v_loss(student_forward(p, x, mask, noise)[0], y, mask)
+    ins = tuple(init[n].clone().requires_grad_(True) for n in names)
+    ok = torch.autograd.gradcheck(f, ins, eps=1e-6, atol=1e-8, rtol=1e-6, raise_exception=False)
+    check(bool(ok), "torch.autograd.gradcheck of the loss on %d parameters (%d entries), "
+          "alibi_scale and feature_extractor.conv_layers.0.conv.weight included"
+          % (len(names), sum(init[n].numel() for n in names)))
+    g = rec["grad"]["alibi_scale"].flatten()
+    check(bool((g.abs() > 1e-6).all()), "alibi_scale gradient non-trivial on every head %s"
+          % ["%.3g" % float(v) for v in g])
+
+    # Central differences on single entries of every weight tensor of rank > 1
+    # (the seven feature-encoder convs and alibi_scale included), compared with
+    # the stored step-0 gradient (float64).
+    rs = np.random.RandomState(7)
+    worst = 0.0
+    count = 0
+    for n, t in init.items():
+        if t.dim() < 2:
+            continue
+        picks = [tuple(int(rs.randint(s)) for s in t.shape) for _ in range(3)]
+        for i in picks:
+            h = 1e-5
+            lo, hi = dict(init), dict(init)
+            lo[n] = t.clone()
+            hi[n] = t.clone()
+            lo[n][i] -= h
+            hi[n][i] += h
+            fd = (float(d2v_loss(student_forward(hi, x, mask, noise)[0], y, mask))
+                  - float(d2v_loss(student_forward(lo, x, mask, noise)[0], y, mask))) / (2 * h)
+            gi = float(rec["grad"][n][i])
+            err = abs(fd - gi) / max(1e-4, abs(gi))
+            worst = max(worst, err)
+            count += 1
+            if err > 1e-5:
+                print("     %s%s: fd %.10g autograd %.10g" % (n, i, fd, gi))
+    check(worst < 1e-5, "central differences match autograd on %d entries of every weight "
+          "tensor (worst relative error %.2e)" % (count, worst))
+
+
+def main():
+    buf, tensors, (init, x, mask, noises, rec) = build()
+
+    check_inputs(tensors["input.x"], tensors["input.mask"],
+                 [tensors["input.noise.%d" % k] for k in range(STEPS)])
+    check_slopes()
+    check(rec["teacher_equal_at_0"], "teacher equals student at step 0")
+    check_twins(init, x, mask)
+    check_loss_terms(init, x, mask, noises[0], rec)
+    check_grads(init, x, mask, noises[0], rec)
+
+    lr_ref = [0.0, 5e-4, 1e-3, 7.5e-4, 2.5e-4]
+    check(all(abs(a - b) < 1e-15 for a, b in zip(rec["lr"], lr_ref)), "lr schedule %s" % rec["lr"])
+    tau_ref = [0.9225, 0.945, 0.9675, 0.99, 0.99]
+    check(all(abs(a - b) < 1e-15 for a, b in zip(rec["tau"], tau_ref)), "tau schedule %s" % rec["tau"])
+    check(any(rec["clipped"]), "clipping is exercised (steps %s)" %
+          [k for k, c in enumerate(rec["clipped"]) if c])
+    check(float(init["alibi_scale"].min()) > 0 and min(rec["alibi_min"]) > 0,
+          "alibi_scale stays positive (the clamp is inactive; min %.4f)" % min(rec["alibi_min"]))
+    check(all(not torch.equal(rec["student"][n], init[n]) for n in init),
+          "every student parameter moved")
+    st, te = rec["student"], rec["teacher"]
+    check(all(rec["shared_equal"]) and all(torch.equal(te[n], st[n]) for n in te if is_shared(n)),
+          "shared feature_* teacher == student at every step and at the end")
+    check(all(not torch.equal(te[n], st[n]) and not torch.equal(te[n], init[n])
+              for n in te if not is_shared(n)),
+          "EMA'd teacher parameters differ from the student and from the start")
+    check(sorted(te) == sorted(n for n in init if not n.startswith("decoder.")),
+          "teacher holds every non-decoder parameter")
+
+    buf2 = build()[0]
+    check(buf == buf2, "two builds give identical bytes")
+    meta, back = safetensors_read(buf)
+    check(json.loads(meta["config"]) == CFG and sorted(back) == sorted(tensors)
+          and all(np.array_equal(back[n], tensors[n]) and back[n].dtype == tensors[n].dtype
+                  for n in tensors),
+          "safetensors read-back")
+    check(len(buf) < 2 * 1024 * 1024, "fixture size %d bytes < 2 MB" % len(buf))
+
+    print("loss0     ", "%.9f" % float(rec["loss"]))
+    print("losses    ", " ".join("%.9f" % v for v in rec["losses"]))
+    print("grad_norm ", " ".join("%.9f" % v for v in rec["grad_norm"]))
+    print("lr        ", rec["lr"])
+    print("tau       ", rec["tau"])
+
+    if FAILED:
+        print("v2_audio.py: %d check(s) failed; %s not written" % (len(FAILED), OUT))
+        sys.exit(1)
+    with open(OUT, "wb") as fh:
+        fh.write(buf)
+    print("wrote %s (%d bytes, %d tensors)" % (OUT, len(buf), len(tensors)))
+
+
+if __name__ == "__main__":
+    main()
