@@ -23,8 +23,8 @@
 
 static const char usage_text[] =
 "Usage: d2v-eval [-c CHECKPOINT] --train FILE --test FILE [OPTION]...\n"
-"Evaluate a checkpoint's frozen encoder on two labelled, unmasked image\n"
-"streams: a linear probe (L2-regularised logistic regression, the L2\n"
+"Evaluate a checkpoint's frozen encoder on two labelled, unmasked streams\n"
+"(image, audio or text): a linear probe (L2-regularised logistic regression, the L2\n"
 "chosen on a held-out slice of the training stream) and a weighted k-NN\n"
 "classifier, both fit on the training stream and scored on the test\n"
 "stream, plus the features' mean per-dimension std and effective rank on\n"
@@ -35,13 +35,16 @@ static const char usage_text[] =
 "      --test FILE        labelled test stream\n"
 "      --layer L          block whose output is the feature (0-based over\n"
 "                         all blocks, -1 = last; default -1)\n"
-"      --pool P           mean (over the patch tokens, default) or cls\n"
+"      --pool P           mean (over the patches, frames or tokens; the\n"
+"                         default) or cls (images)\n"
 "      --student          the student's weights (the default: the\n"
 "                         reference fine-tunes and probes the student)\n"
 "      --teacher          the EMA teacher's weights instead\n"
 "      --baseline B       also evaluate B: random (the same architecture,\n"
 "                         randomly initialised) or input (the normalised\n"
-"                         pixels, flattened); repeatable, or random,input\n"
+"                         pixels, flattened; audio: the mean log spectrum\n"
+"                         of 25 ms frames; text: token frequencies);\n"
+"                         repeatable, or random,input\n"
 "      --masked FILE      report the pretraining loss on this masked stream\n"
 "      --limit N          use the first N records of each stream\n"
 "      --limit-train N, --limit-test N   the same for one stream\n"
@@ -54,7 +57,7 @@ static const char usage_text[] =
 "      --knn K            neighbours (default 20)\n"
 "      --temperature T    k-NN vote weight exp(s/T) (default 0.07)\n"
 "      --seed N           random encoder and held-out slice (default 1)\n"
-"  -b, --batch N          images per forward pass (default 64)\n"
+"  -b, --batch N          samples per forward pass (default 64)\n"
 "      --json FILE        also write the report as JSON to FILE (- for\n"
 "                         standard output, instead of the table)\n"
 "  -o, --output FILE      write the table to FILE instead of standard output\n"
@@ -121,7 +124,13 @@ typedef struct row {
 	double knn, std, erank, secs;
 } row;
 
+/* bins of the audio input baseline's spectrum: 0 to 8 kHz at 40 Hz */
+#define SPEC_BINS 201
+
 static d2v_model m;
+static char modality[16];             /* of the streams */
+static const char *unit = "images";   /* what a record is, for messages */
+static int vocab, audio_seen;         /* text vocabulary; audio seen */
 static int have_model, S, C;          /* image size and channels */
 static double mean_[3], std_[3];      /* input normalisation */
 static row rows[3];
@@ -216,8 +225,8 @@ parse_args(int argc, char **argv)
 		d2v_usage("give a checkpoint with -c, or --baseline input");
 }
 
-/* The stream's image settings, checked against the model (or the first
- * stream when there is none). */
+/* The stream's settings, checked against the model (or the first stream
+ * when there is none). */
 static void
 check_header(const char *name, const json_t *hdr)
 {
@@ -226,16 +235,47 @@ check_header(const char *name, const json_t *hdr)
 	long ch = (long)json_integer_value(json_object_get(tok, "channels"));
 	const char *mod = d2v_header_modality(hdr);
 
-	if (mod == NULL || strcmp(mod, "image") != 0)
-		d2v_fatal(1, "%s: a%s %s stream; d2v-eval evaluates image models",
-		    name, mod && strchr("aeiou", mod[0]) ? "n" : "",
-		    mod ? mod : "untyped");
+	if (mod == NULL || (strcmp(mod, "image") && strcmp(mod, "audio") &&
+	    strcmp(mod, "text")))
+		d2v_fatal(1, "%s: a stream of modality %s; d2v-eval evaluates "
+		    "image, audio and text models", name, mod ? mod : "(none)");
+	if (modality[0] == 0) {
+		snprintf(modality, sizeof modality, "%s", mod);
+		unit = !strcmp(mod, "image") ? "images" : !strcmp(mod, "audio") ?
+		    "clips" : "texts";
+	} else if (strcmp(mod, modality) != 0) {
+		d2v_fatal(1, "%s: a%s %s stream; the other stream is %s", name,
+		    strchr("aeiou", mod[0]) ? "n" : "", mod, modality);
+	}
+	if (have_model)
+		d2v_check_stream_model(hdr, &m.cfg, name);
+	if (strcmp(mod, "text") == 0) {
+		long v = (long)json_integer_value(json_object_get(tok, "vocab_size"));
+
+		if (opt.input && v < 1)
+			d2v_fatal(1, "%s: --baseline input needs the vocabulary size "
+			    "in the header (meta.tokenize.vocab_size)", name);
+		if (vocab == 0) {
+			vocab = (int)v;
+			if (opt.input) /* bag of tokens */
+				rows[nrows++] = (row){.name = "input", .dim = vocab};
+		} else if (v != vocab) {
+			d2v_fatal(1, "%s: a vocabulary of %ld; the other stream has "
+			    "%d", name, v, vocab);
+		}
+		return;
+	}
+	if (strcmp(mod, "audio") == 0) {
+		if (!audio_seen && opt.input) /* mean log spectrum */
+			rows[nrows++] = (row){.name = "input", .dim = SPEC_BINS};
+		audio_seen = 1;
+		return;
+	}
 	if (tok == NULL || size <= 0 || ch < 0)
 		d2v_fatal(1, "%s: no tokenize stage with the image size and "
 		    "channels in the header (make streams with d2v-tokenize)",
 		    name);
-	if (have_model && (size != m.cfg.image_size ||
-	    (ch != 0 && ch != m.cfg.channels)))
+	if (have_model && ch != 0 && ch != m.cfg.channels)
 		d2v_fatal(1, "%s: images of size %ld with %ld channels; the "
 		    "checkpoint's model takes size %d with %d", name, size, ch,
 		    m.cfg.image_size, m.cfg.channels);
@@ -269,9 +309,10 @@ check_header(const char *name, const json_t *hdr)
 	}
 }
 
-/* Pools block output f (N+1,D) into out (D). */
+/* Pools block output f (N+E,D) into out (D): the mean over the N patches,
+ * frames or tokens, or the CLS (E = 1). */
 static void
-pool(float *out, const float *f, int N, int D)
+pool(float *out, const float *f, int N, int E, int D)
 {
 	for (int d = 0; d < D; d++) {
 		double s = 0;
@@ -280,25 +321,69 @@ pool(float *out, const float *f, int N, int D)
 			out[d] = f[d];
 			continue;
 		}
-		for (int n = 1; n <= N; n++)
+		for (int n = E; n < N + E; n++)
 			s += f[(size_t)n * D + d];
 		out[d] = (float)(s / N);
 	}
 }
 
-/* The features of nb images (img) for every row, appended at rows n.. of
- * each row's matrix (test stream when test is set). */
+/*
+ * The raw-input baseline of one audio clip x (L samples): the mean over
+ * 25 ms frames (400 samples, hop 320: the feature encoder's receptive field
+ * and stride) of the log power spectrum under a Hann window, SPEC_BINS
+ * bins from 0 to 8 kHz.
+ */
 static void
-embed_batch(const uint8_t *img, int nb, long n, int test, float *blk)
+audio_input_features(float *out, const float *x, int L)
 {
-	size_t npix = (size_t)C * S * S;
+	static double cosv[400], sinv[400], win[400];
+	static int ready;
+	int frames = 0;
+
+	if (!ready) {
+		for (int i = 0; i < 400; i++) {
+			cosv[i] = cos(2 * M_PI * i / 400.0);
+			sinv[i] = sin(2 * M_PI * i / 400.0);
+			win[i] = 0.5 - 0.5 * cos(2 * M_PI * i / 400.0);
+		}
+		ready = 1;
+	}
+	for (int k = 0; k < SPEC_BINS; k++)
+		out[k] = 0;
+	for (int t = 0; t + 400 <= L; t += 320, frames++) {
+		for (int k = 0; k < SPEC_BINS; k++) {
+			double re = 0, im = 0;
+
+			for (int i = 0; i < 400; i++) {
+				double v = x[t + i] * win[i];
+				int a = (int)(((long)k * i) % 400);
+
+				re += v * cosv[a];
+				im -= v * sinv[a];
+			}
+			out[k] += (float)log(re * re + im * im + 1e-6);
+		}
+	}
+	for (int k = 0; k < SPEC_BINS; k++)
+		out[k] /= frames > 0 ? frames : 1;
+}
+
+/* The features of nb samples x (each of length L) for every row,
+ * appended at rows n.. of each row's matrix (test stream when test is
+ * set). */
+static void
+embed_batch(const void *x, int nb, int L, long n, int test, float *blk)
+{
 	d2v_err err;
 
 	for (int r = 0; r < nrows; r++) {
 		row *rw = &rows[r];
 		float *X = (test ? rw->te : rw->tr) + (size_t)n * rw->dim;
 
-		if (rw->params == NULL) {
+		if (rw->params == NULL && strcmp(modality, "image") == 0) {
+			const uint8_t *img = x;
+			size_t npix = (size_t)C * S * S;
+
 			for (int i = 0; i < nb; i++)
 				for (size_t j = 0; j < npix; j++) {
 					int ch = (int)(j / ((size_t)S * S));
@@ -309,29 +394,78 @@ embed_batch(const uint8_t *img, int nb, long n, int test, float *blk)
 				}
 			continue;
 		}
-		if (d2v_model_features(&m, rw->params, img, nb, opt.layer, blk,
+		if (rw->params == NULL && strcmp(modality, "audio") == 0) {
+#pragma omp parallel for schedule(dynamic)
+			for (int i = 0; i < nb; i++)
+				audio_input_features(X + (size_t)i * SPEC_BINS,
+				    (const float *)x + (size_t)i * L, L);
+			continue;
+		}
+		if (rw->params == NULL) {
+			/* token frequencies */
+			for (int i = 0; i < nb; i++) {
+				float *h = X + (size_t)i * vocab;
+				const int32_t *ids = (const int32_t *)x + (size_t)i * L;
+
+				memset(h, 0, (size_t)vocab * sizeof *h);
+				for (int t = 0; t < L; t++)
+					if (ids[t] >= 0 && ids[t] < vocab)
+						h[ids[t]] += 1.0f / L;
+			}
+			continue;
+		}
+		if (d2v_model_set_length(&m, L, &err) < 0 ||
+		    d2v_model_features(&m, rw->params, x, nb, opt.layer, blk,
 		    &err) < 0)
 			d2v_fatal(1, "%s", err.msg);
 		for (int i = 0; i < nb; i++)
 			pool(X + (size_t)i * rw->dim,
-			    blk + (size_t)i * (m.N + 1) * m.D, m.N, m.D);
+			    blk + (size_t)i * (m.N + m.E) * m.D, m.N, m.E, m.D);
 	}
 }
 
-/* Reads a labelled stream into every row's features and its labels. */
+/* The length of record rec's x (1 for images), checked: against the model
+ * when there is one. */
+static int
+input_len(const d2v_record *rec, const char *name)
+{
+	d2v_tensor *x = d2v_record_tensor(rec, "x");
+
+	if (have_model)
+		return d2v_check_input(rec, &m.cfg, name);
+	if (strcmp(modality, "image") == 0) {
+		if (x == NULL || x->dtype != D2V_DTYPE_U8 || x->rank != 3 ||
+		    x->shape[0] != C || x->shape[1] != S || x->shape[2] != S)
+			d2v_fatal(1, "%s: record %lld (%s): x must be u8 "
+			    "[%d,%d,%d]%s", name, (long long)rec->index, rec->id,
+			    C, S, S, d2v_channels_hint(x, C));
+		return 1;
+	}
+	if (x == NULL || x->rank != 1 || x->shape[0] < 1 || x->shape[0] > INT_MAX / 8 ||
+	    x->dtype != (strcmp(modality, "audio") == 0 ? D2V_DTYPE_F32 :
+	    D2V_DTYPE_I32))
+		d2v_fatal(1, "%s: record %lld (%s): x must be %s", name,
+		    (long long)rec->index, rec->id, strcmp(modality, "audio") == 0 ?
+		    "f32 [samples]" : "i32 [tokens]");
+	return (int)x->shape[0];
+}
+
+/* Reads a labelled stream into every row's features and its labels.
+ * Records go through the model in batches of one length: a record of
+ * another length ends the batch before it. */
 static void
 read_stream(const char *path, int test)
 {
 	const char *name = strcmp(path, "-") ? path : "stdin";
-	size_t npix;
 	long n = 0, cap = 0;
-	int fd = d2v_open_in(path), rc, nb = 0, pending = 0;
+	int fd = d2v_open_in(path), rc, nb = 0, pending = 0, blen = 0;
 	int **labels = test ? &yte : &ytr;
 	d2v_reader *r;
 	d2v_record rec;
 	d2v_err err;
-	uint8_t *img;
+	char *xs = NULL;
 	float *blk = NULL;
+	size_t xcap = 0, bcap = 0;
 	long limit = test ? opt.limit_test : opt.limit_train;
 	double t0 = d2v_now(), tshow = 0;
 
@@ -343,7 +477,7 @@ read_stream(const char *path, int test)
 	}
 	check_header(name, d2v_reader_header(r));
 	d2v_record_init(&rec);
-	if (C == 0) {
+	if (strcmp(modality, "image") == 0 && C == 0) {
 		/* channels left to the images: the first record's */
 		C = d2v_first_channels(r, &rec, name);
 		for (int i = 0; i < nrows; i++)
@@ -351,29 +485,39 @@ read_stream(const char *path, int test)
 				rows[i].dim = C * S * S;
 		pending = 1;
 	}
-	npix = (size_t)C * S * S;
-	img = malloc((size_t)opt.batch * npix);
-	if (have_model)
-		blk = malloc((size_t)opt.batch * (m.N + 1) * m.D * sizeof *blk);
-	if (img == NULL || (have_model && blk == NULL))
-		d2v_fatal(1, "out of memory");
 	for (;;) {
+		int len = 0, flush;
+
 		rc = pending ? 1 : limit > 0 && n + nb >= limit ? 0 :
 		    d2v_reader_next(r, &rec, &err);
 		pending = 0;
-		if (rc > 0) {
+		if (rc < 0)
+			d2v_fatal(1, "%s", err.msg);
+		if (rc > 0)
+			len = input_len(&rec, name);
+		/* run the batch before this record: full, or of another length */
+		flush = nb > 0 && (rc == 0 || len != blen || nb == opt.batch);
+		if (flush) {
+			embed_batch(xs, nb, blen, n, test, blk);
+			n += nb;
+			nb = 0;
+			if (progress && d2v_now() - tshow > 0.5) {
+				tshow = d2v_now();
+				fprintf(stderr, "\rd2v-eval: %s: %ld %s, %.0f/s", name, n,
+				    unit, n / fmax(tshow - t0, 1e-9));
+			}
+		}
+		if (rc == 0)
+			break;
+		{
 			d2v_tensor *x = d2v_record_tensor(&rec, "x");
 			int64_t label;
 
-			if (x == NULL || x->dtype != D2V_DTYPE_U8 || x->rank != 3 ||
-			    x->shape[0] != C || x->shape[1] != S || x->shape[2] != S)
-				d2v_fatal(1, "%s: record %lld (%s): x must be u8 "
-				    "[%d,%d,%d]%s", name, (long long)rec.index, rec.id,
-				    C, S, S, d2v_channels_hint(x, C));
 			if (!d2v_record_int(&rec, "label", &label))
 				d2v_fatal(1, "%s: record %lld (%s): no label; d2v-eval "
-				    "needs labelled streams (d2v-tokenize --idx-labels)",
-				    name, (long long)rec.index, rec.id);
+				    "needs labelled streams (d2v-tokenize --idx-labels, "
+				    "--label-from dir or --labeled)", name,
+				    (long long)rec.index, rec.id);
 			if (label < 0 || label >= 100000)
 				d2v_fatal(1, "%s: record %lld (%s): label %lld is not a "
 				    "class index in [0, 100000)", name,
@@ -388,33 +532,37 @@ read_stream(const char *path, int test)
 					    sizeof **X);
 					if (*X == NULL)
 						d2v_fatal(1, "%s: out of memory for the "
-						    "features of %ld images", name, cap);
+						    "features of %ld %s", name, cap, unit);
 				}
 				if (*labels == NULL)
 					d2v_fatal(1, "out of memory");
 			}
 			(*labels)[n + nb] = (int)label;
-			memcpy(img + (size_t)nb * npix, x->data, npix);
-			if (++nb < opt.batch)
-				continue;
-		}
-		if (rc < 0)
-			d2v_fatal(1, "%s", err.msg);
-		if (nb > 0) {
-			embed_batch(img, nb, n, test, blk);
-			n += nb;
-			nb = 0;
-			if (progress && d2v_now() - tshow > 0.5) {
-				tshow = d2v_now();
-				fprintf(stderr, "\rd2v-eval: %s: %ld images, %.0f/s", name,
-				    n, n / fmax(tshow - t0, 1e-9));
+			if ((size_t)(nb + 1) * x->nbytes > xcap) {
+				xcap = (size_t)opt.batch * x->nbytes;
+				if ((xs = realloc(xs, xcap)) == NULL)
+					d2v_fatal(1, "out of memory");
 			}
+			if (have_model) {
+				size_t need;
+
+				if (d2v_model_set_length(&m, len, &err) < 0)
+					d2v_fatal(1, "%s: record %lld (%s): %s", name,
+					    (long long)rec.index, rec.id, err.msg);
+				need = (size_t)opt.batch * (m.N + m.E) * m.D;
+				if (need > bcap) {
+					if ((blk = realloc(blk, need * sizeof *blk)) == NULL)
+						d2v_fatal(1, "out of memory");
+					bcap = need;
+				}
+			}
+			memcpy(xs + (size_t)nb * x->nbytes, x->data, x->nbytes);
+			blen = len;
+			nb++;
 		}
-		if (rc == 0)
-			break;
 	}
 	if (progress)
-		fprintf(stderr, "\rd2v-eval: %s: %ld images, %.0f/s\n", name, n,
+		fprintf(stderr, "\rd2v-eval: %s: %ld %s, %.0f/s\n", name, n, unit,
 		    n / fmax(d2v_now() - t0, 1e-9));
 	if (n == 0)
 		d2v_fatal(1, "%s: no records", name);
@@ -426,7 +574,7 @@ read_stream(const char *path, int test)
 	d2v_reader_free(r);
 	if (fd != 0)
 		close(fd);
-	free(img); free(blk);
+	free(xs); free(blk);
 }
 
 typedef struct masked_result {
@@ -443,16 +591,16 @@ static masked_result
 masked_loss(const char *path)
 {
 	const char *name = strcmp(path, "-") ? path : "stdin";
-	int fd = d2v_open_in(path), rc, nb = 0, N = m.N, M = m.cfg.clone;
+	int fd = d2v_open_in(path), rc, nb = 0, M = m.cfg.clone, blen = 0;
 	int bs = m.cfg.batch > 0 ? m.cfg.batch : 16;
-	size_t npix = (size_t)m.cfg.channels * m.cfg.image_size *
-	    m.cfg.image_size;
 	masked_result res = {0};
 	d2v_reader *r;
 	d2v_record rec;
 	d2v_err err;
 	json_t *mk;
-	uint8_t *img, *mask;
+	char *xs = NULL;
+	uint8_t *mask = NULL;
+	size_t xcap = 0, mcap = 0;
 	long batches = 0;
 	double tshow = 0;
 
@@ -464,7 +612,7 @@ masked_loss(const char *path)
 	if (!d2v_header_has_stage(d2v_reader_header(r), "mask"))
 		d2v_fatal(1, "%s: --masked needs a masked stream; run d2v-mask "
 		    "first", name);
-	if (json_integer_value(json_object_get(mk, "patch")) > 0 &&
+	if (m.E && json_integer_value(json_object_get(mk, "patch")) > 0 &&
 	    json_integer_value(json_object_get(mk, "patch")) != m.cfg.patch)
 		d2v_fatal(1, "%s: masks of patch %lld; the checkpoint's model has "
 		    "patch %d", name, (long long)json_integer_value(
@@ -474,41 +622,26 @@ masked_loss(const char *path)
 		d2v_fatal(1, "%s: masks of %lld copies; the checkpoint's model "
 		    "trains with %d", name, (long long)json_integer_value(
 		    json_object_get(mk, "copies")), M);
-	img = malloc((size_t)bs * npix);
-	mask = malloc((size_t)bs * M * N);
-	if (img == NULL || mask == NULL)
-		d2v_fatal(1, "out of memory");
 	/* evaluation: no dropout in the student */
 	m.cfg.encoder_dropout = m.cfg.attention_dropout = 0;
 	m.cfg.activation_dropout = m.cfg.post_mlp_drop = m.cfg.drop_path = 0;
+	m.cfg.embed_dropout = m.cfg.context_dropout = m.cfg.input_dropout = 0;
+	m.cfg.layerdrop = 0;
 	d2v_record_init(&rec);
 	for (;;) {
+		int len = 0;
+
 		rc = opt.limit > 0 && res.records + nb >= opt.limit ? 0 :
 		    d2v_reader_next(r, &rec, &err);
-		if (rc > 0) {
-			d2v_tensor *x = d2v_record_tensor(&rec, "x");
-			d2v_tensor *k = d2v_record_tensor(&rec, "mask");
-
-			if (x == NULL || x->dtype != D2V_DTYPE_U8 || x->nbytes != npix)
-				d2v_fatal(1, "%s: record %lld (%s): x must be u8 "
-				    "[%d,%d,%d]", name, (long long)rec.index, rec.id,
-				    m.cfg.channels, m.cfg.image_size, m.cfg.image_size);
-			if (k == NULL || k->dtype != D2V_DTYPE_U8 || k->rank != 2 ||
-			    k->shape[0] != M || k->shape[1] != N)
-				d2v_fatal(1, "%s: record %lld (%s): mask must be u8 "
-				    "[%d,%d] (the checkpoint's copies and tokens)", name,
-				    (long long)rec.index, rec.id, M, N);
-			memcpy(img + (size_t)nb * npix, x->data, npix);
-			memcpy(mask + (size_t)nb * M * N, k->data, k->nbytes);
-			if (++nb < bs)
-				continue;
-		}
 		if (rc < 0)
 			d2v_fatal(1, "%s", err.msg);
-		if (nb > 0) {
+		if (rc > 0)
+			len = d2v_check_input(&rec, &m.cfg, name);
+		if (nb > 0 && (rc == 0 || len != blen || nb == bs)) {
 			d2v_step_out o;
 
-			if (d2v_model_step(&m, img, mask, NULL, NULL, NULL, nb,
+			if (d2v_model_set_length(&m, blen, &err) < 0 ||
+			    d2v_model_step(&m, xs, mask, NULL, NULL, NULL, nb,
 			    (uint64_t)opt.seed * 0x9e3779b97f4a7c15ull + (uint64_t)batches,
 			    &o, &err) < 0)
 				d2v_fatal(1, "%s: records %ld..%ld: %s", name,
@@ -520,13 +653,42 @@ masked_loss(const char *path)
 			nb = 0;
 			if (progress && d2v_now() - tshow > 0.5) {
 				tshow = d2v_now();
-				fprintf(stderr, "\rd2v-eval: %s: %ld images, loss %.4f",
-				    name, res.records, (res.loss_reg + res.loss_cls * bs) /
-				    res.records);
+				fprintf(stderr, "\rd2v-eval: %s: %ld %s, loss %.4f",
+				    name, res.records, unit, (res.loss_reg +
+				    res.loss_cls * bs) / res.records);
 			}
 		}
 		if (rc == 0)
 			break;
+		{
+			d2v_tensor *x = d2v_record_tensor(&rec, "x");
+			d2v_tensor *k = d2v_record_tensor(&rec, "mask");
+			int N;
+
+			if (d2v_model_set_length(&m, len, &err) < 0)
+				d2v_fatal(1, "%s: record %lld (%s): %s", name,
+				    (long long)rec.index, rec.id, err.msg);
+			N = m.N;
+			if (k == NULL || k->dtype != D2V_DTYPE_U8 || k->rank != 2 ||
+			    k->shape[0] != M || k->shape[1] != N)
+				d2v_fatal(1, "%s: record %lld (%s): mask must be u8 "
+				    "[%d,%d] (the checkpoint's copies and tokens)", name,
+				    (long long)rec.index, rec.id, M, N);
+			if ((size_t)bs * x->nbytes > xcap) {
+				xcap = (size_t)bs * x->nbytes;
+				if ((xs = realloc(xs, xcap)) == NULL)
+					d2v_fatal(1, "out of memory");
+			}
+			if ((size_t)bs * k->nbytes > mcap) {
+				mcap = (size_t)bs * k->nbytes;
+				if ((mask = realloc(mask, mcap)) == NULL)
+					d2v_fatal(1, "out of memory");
+			}
+			memcpy(xs + (size_t)nb * x->nbytes, x->data, x->nbytes);
+			memcpy(mask + (size_t)nb * k->nbytes, k->data, k->nbytes);
+			blen = len;
+			nb++;
+		}
 	}
 	if (progress)
 		fputc('\n', stderr);
@@ -539,7 +701,7 @@ masked_loss(const char *path)
 	d2v_reader_free(r);
 	if (fd != 0)
 		close(fd);
-	free(img); free(mask);
+	free(xs); free(mask);
 	return res;
 }
 
@@ -648,8 +810,8 @@ report_table(FILE *f, int k, long step, const masked_result *mr)
 		    "%s pooling\n", opt.ckpt, step, opt.student ? "student" :
 		    "teacher", (opt.layer < 0 ? m.nb + opt.layer : opt.layer) + 1,
 		    m.nb, opt.cls ? "CLS" : "mean");
-	fprintf(f, "train %ld images (%s), test %ld images (%s), %d classes\n\n",
-	    ntr, opt.train, nte, opt.test, k);
+	fprintf(f, "train %ld %s (%s), test %ld %s (%s), %d classes\n\n",
+	    ntr, unit, opt.train, nte, unit, opt.test, k);
 	fprintf(f, "%-12s %6s  %8s %8s  %8s  %8s %8s\n", "features", "dim",
 	    "linear", "l2", "knn", "std", "erank");
 	for (int r = 0; r < nrows; r++) {
@@ -661,17 +823,17 @@ report_table(FILE *f, int k, long step, const masked_result *mr)
 	}
 	fprintf(f, "\nlinear: logistic regression on standardised features, ");
 	if (rows[0].lin.n_holdout > 0)
-		fprintf(f, "l2 chosen on %ld held-out training images",
-		    rows[0].lin.n_holdout);
+		fprintf(f, "l2 chosen on %ld held-out training %s",
+		    rows[0].lin.n_holdout, unit);
 	else
 		fprintf(f, "l2 %s", opt.l2 > 0 ? "given" : "not selected (too "
-		    "few training images)");
+		    "few training records)");
 	fprintf(f, "; knn: %d nearest by cosine, votes exp(s/%g); std, erank: "
 	    "on the test features\n", opt.knn, opt.temperature);
 	if (mr != NULL)
 		fprintf(f, "held-out pretraining loss %.6f (regression %.6f, CLS "
-		    "%.6f) on %ld masked images of %s\n", mr->loss, mr->loss_reg,
-		    mr->loss_cls, mr->records, opt.masked);
+		    "%.6f) on %ld masked %s of %s\n", mr->loss, mr->loss_reg,
+		    mr->loss_cls, mr->records, unit, opt.masked);
 }
 
 int
@@ -695,6 +857,9 @@ main(int argc, char **argv)
 		if (opt.layer >= m.nb)
 			d2v_usage("--layer %d: the model has %d blocks (0..%d)",
 			    opt.layer, m.nb, m.nb - 1);
+		if (opt.cls && !m.E)
+			d2v_usage("--pool cls: the %s model has no CLS token (use "
+			    "mean)", m.cfg.modality);
 		rows[nrows++] = (row){.name = "pretrained", .dim = m.D,
 		    .params = opt.student ? m.params : m.teacher};
 		if (opt.random) {

@@ -21,18 +21,19 @@
 static const char usage_text[] =
 "Usage: d2v-teacher -c CHECKPOINT [OPTION]... [FILE]\n"
 "Run the checkpoint's EMA teacher on the unmasked input of every record of\n"
-"a stream (FILE or standard input) and add its targets: target [N,D] and\n"
-"target_cls [D]; or, with --features, a layer's output.  Everything else in\n"
-"the records passes through.\n"
+"a stream (FILE or standard input) and add its targets: target [N,D] (and\n"
+"target_cls [D] for images); or, with --features, a layer's output.\n"
+"Everything else in the records passes through.\n"
 "\n"
 "  -c, --checkpoint PATH  the checkpoint (d2v-train)\n"
 "      --dtype T          f16 (default) or f32 for the added tensors\n"
 "      --features LAYER   emit block LAYER's output (0-based, -1 = last) as\n"
 "                         \"features\" instead of targets\n"
-"      --pool P           with --features: none [N+1,D] (default), mean\n"
-"                         (over patches) or cls, both [D]\n"
+"      --pool P           with --features: none [N+E,D] (default; E = 1,\n"
+"                         the CLS, for images), mean (over patches, frames\n"
+"                         or tokens) or cls (images), both [D]\n"
 "      --student          use the student weights instead of the teacher's\n"
-"  -b, --batch N          images per forward pass (default 32)\n"
+"  -b, --batch N          samples per forward pass (default 32)\n"
 "  -o, --output FILE      write FILE (atomically) instead of standard output\n"
 "  -q, --quiet  -h, --help  --version\n";
 
@@ -118,9 +119,9 @@ main(int argc, char **argv)
 	json_t *hdr, *meta;
 	char sha[65];
 	long step = 0;
-	int c, fd, rc, S, C, N, D, nrec = 0, status = 0;
-	uint8_t *img;
-	float *y, *ycls, *feat;
+	int c, fd, rc, E, D, nrec = 0, status = 0, *lens;
+	char *xs = NULL;
+	float *y = NULL, *ycls = NULL, *feat;
 
 	d2v_cli_init("d2v-teacher", 1);
 	while ((c = getopt_long(argc, argv, "c:b:o:qh", longopts, NULL)) != -1) {
@@ -168,31 +169,26 @@ main(int argc, char **argv)
 		d2v_usage("--features %d: the model has %d blocks (0..%d)",
 		    opt.layer, m.nb, m.nb - 1);
 	sha256_file(opt.ckpt, sha);
-	S = m.cfg.image_size;
-	C = m.cfg.channels;
-	N = m.N;
+	E = m.E;
 	D = m.D;
+	if (!E && !strcmp(opt.pool, "cls"))
+		d2v_usage("--pool cls: a%s %s model has no CLS token (use mean)",
+		    strcmp(m.cfg.modality, "audio") == 0 ? "n" : "", m.cfg.modality);
 
 	fd = d2v_open_in(in);
 	if (d2v_reader_open_fd(&r, fd, in_name, &err) < 0 ||
 	    d2v_reader_begin(r, &err) < 0)
 		d2v_fatal(1, "%s", err.msg);
 	hdr = json_deep_copy(d2v_reader_header(r));
-	if (strcmp(d2v_header_modality(hdr), "image") != 0)
-		d2v_fatal(1, "%s: a %s stream; the checkpoint is an image model",
-		    in_name, d2v_header_modality(hdr));
-	if (json_integer_value(json_object_get(d2v_header_meta(hdr, "tokenize"),
-	    "size")) != S)
-		d2v_fatal(1, "%s: images of size %lld; the checkpoint's model takes "
-		    "%d", in_name, (long long)json_integer_value(json_object_get(
-		    d2v_header_meta(hdr, "tokenize"), "size")), S);
+	d2v_check_stream_model(hdr, &m.cfg, in_name);
 	if (d2v_header_has_stage(hdr, "teacher"))
 		d2v_fatal(1, "%s: the stream already has a teacher stage", in_name);
-	meta = json_pack("{s:s,s:s,s:I,s:i,s:i,s:i,s:s,s:s}", "checkpoint",
+	meta = json_pack("{s:s,s:s,s:I,s:i,s:i,s:s,s:s}", "checkpoint",
 	    opt.ckpt, "sha256", sha, "step", (json_int_t)step, "dim", D,
-	    "top_k", m.cfg.top_k, "patch", m.cfg.patch,
-	    "dtype", d2v_dtype_name(opt.dtype),
+	    "top_k", m.cfg.top_k, "dtype", d2v_dtype_name(opt.dtype),
 	    "weights", opt.student ? "student" : "teacher");
+	if (E)
+		json_object_set_new(meta, "patch", json_integer(m.cfg.patch));
 	if (opt.features) {
 		json_object_set_new(meta, "features", json_integer(opt.layer));
 		json_object_set_new(meta, "pool", json_string(opt.pool));
@@ -204,47 +200,64 @@ main(int argc, char **argv)
 	    d2v_writer_header(w, hdr, &err) < 0)
 		d2v_fatal(1, "%s", err.msg);
 
-	recs = calloc((size_t)opt.batch, sizeof *recs);
-	img = malloc((size_t)opt.batch * C * S * S);
-	y = malloc((size_t)opt.batch * (N + 1) * D * sizeof(float));
-	ycls = malloc((size_t)opt.batch * D * sizeof(float));
+	/* a batch holds records of one length: a record of another length
+	 * waits in recs[nrec] while the batch before it runs */
+	recs = calloc((size_t)opt.batch + 1, sizeof *recs);
+	lens = calloc((size_t)opt.batch + 1, sizeof *lens);
 	feat = malloc((size_t)D * sizeof(float));
-	if (!recs || !img || !y || !ycls || !feat)
+	if (!recs || !lens || !feat)
 		d2v_fatal(1, "out of memory");
 	for (;;) {
+		int flush;
+
 		rc = d2v_reader_next(r, &recs[nrec], &err);
 		if (rc > 0) {
-			d2v_tensor *x = d2v_record_tensor(&recs[nrec], "x");
-
-			if (x == NULL || x->dtype != D2V_DTYPE_U8 || x->rank != 3 ||
-			    x->shape[0] != C || x->shape[1] != S || x->shape[2] != S)
-				d2v_fatal(1, "%s: record %lld (%s): x must be u8 "
-				    "[%d,%d,%d]", in_name, (long long)recs[nrec].index,
-				    recs[nrec].id, C, S, S);
-			memcpy(img + (size_t)nrec * C * S * S, x->data, x->nbytes);
-			if (++nrec < opt.batch)
-				continue;
+			lens[nrec] = d2v_check_input(&recs[nrec], &m.cfg, in_name);
+			nrec++;
+			if (nrec <= opt.batch && lens[nrec - 1] == lens[0])
+				if (nrec < opt.batch)
+					continue;
 		}
-		if (nrec > 0) {
+		/* run the first `flush` records: all, or all but a record of
+		 * another length (or past the batch) */
+		flush = rc > 0 && (lens[nrec - 1] != lens[0] || nrec > opt.batch) ?
+		    nrec - 1 : nrec;
+		if (flush > 0) {
 			const float *P = opt.student ? m.params : m.teacher;
-			int mrc = opt.features ?
-			    d2v_model_features(&m, P, img, nrec, opt.layer, y, &err) :
-			    d2v_model_targets(&m, P, img, nrec, y, ycls, &err);
+			int L = lens[0], T, N, mrc;
+			size_t esz;
 
+			if (d2v_model_set_length(&m, L, &err) < 0)
+				d2v_fatal(1, "%s: record %lld (%s): %s", in_name,
+				    (long long)recs[0].index, recs[0].id, err.msg);
+			N = m.N;
+			T = N + E;
+			esz = E ? (size_t)m.cfg.channels * m.cfg.image_size *
+			    m.cfg.image_size : (size_t)L * 4;
+			if ((xs = realloc(xs, (size_t)flush * esz)) == NULL ||
+			    (y = realloc(y, (size_t)flush * T * D * sizeof(float))) == NULL ||
+			    (ycls = realloc(ycls, (size_t)flush * D * sizeof(float))) == NULL)
+				d2v_fatal(1, "out of memory");
+			for (int i = 0; i < flush; i++)
+				memcpy(xs + (size_t)i * esz, d2v_record_tensor(&recs[i],
+				    "x")->data, esz);
+			mrc = opt.features ?
+			    d2v_model_features(&m, P, xs, flush, opt.layer, y, &err) :
+			    d2v_model_targets(&m, P, xs, flush, y, ycls, &err);
 			if (mrc < 0)
 				d2v_fatal(1, "%s", err.msg);
-			for (int i = 0; i < nrec; i++) {
+			for (int i = 0; i < flush; i++) {
 				if (!opt.features) {
 					add_tensor(&recs[i], "target", y + (size_t)i * N * D,
 					    2, (int64_t[]){N, D});
-					add_tensor(&recs[i], "target_cls", ycls + (size_t)i * D,
-					    1, (int64_t[]){D});
+					if (E)
+						add_tensor(&recs[i], "target_cls",
+						    ycls + (size_t)i * D, 1, (int64_t[]){D});
 				} else if (strcmp(opt.pool, "none") == 0) {
 					add_tensor(&recs[i], "features",
-					    y + (size_t)i * (N + 1) * D, 2,
-					    (int64_t[]){N + 1, D});
+					    y + (size_t)i * T * D, 2, (int64_t[]){T, D});
 				} else {
-					const float *f = y + (size_t)i * (N + 1) * D;
+					const float *f = y + (size_t)i * T * D;
 
 					for (int d = 0; d < D; d++) {
 						double s = 0;
@@ -253,7 +266,7 @@ main(int argc, char **argv)
 							feat[d] = f[d];
 							continue;
 						}
-						for (int n = 1; n <= N; n++)
+						for (int n = E; n < T; n++)
 							s += f[(size_t)n * D + d];
 						feat[d] = (float)(s / N);
 					}
@@ -264,7 +277,14 @@ main(int argc, char **argv)
 					d2v_fatal(1, "%s", err.msg);
 				d2v_record_clear(&recs[i]);
 			}
-			nrec = 0;
+			if (flush < nrec) {
+				d2v_record t = recs[0];
+
+				recs[0] = recs[flush];
+				recs[flush] = t;
+				lens[0] = lens[flush];
+			}
+			nrec -= flush;
 		}
 		if (rc <= 0)
 			break;
@@ -280,9 +300,9 @@ main(int argc, char **argv)
 	d2v_out_commit(&out);
 	d2v_writer_free(w);
 	d2v_reader_free(r);
-	for (int i = 0; i < opt.batch; i++)
+	for (int i = 0; i <= opt.batch; i++)
 		d2v_record_clear(&recs[i]);
-	free(recs); free(img); free(y); free(ycls); free(feat);
+	free(recs); free(lens); free(xs); free(y); free(ycls); free(feat);
 	json_decref(hdr);
 	d2v_model_free(&m);
 	return status;

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "mask.h"
 #include "model/model.h"
 #include "rng.h"
 #include "stream.h"
@@ -23,9 +24,9 @@
 
 static const char usage_text[] =
 "Usage: d2v-train [OPTION]... -c CHECKPOINT [-i FILE]\n"
-"Train a data2vec 2.0 image model on a masked stream (d2v-mask) from FILE or\n"
-"standard input, with an online EMA teacher (or the stream's targets), and\n"
-"write checkpoints.\n"
+"Train a data2vec 2.0 model (image, audio or text, from the stream) on a\n"
+"masked stream (d2v-mask) from FILE or standard input, with an online EMA\n"
+"teacher (or the stream's targets), and write checkpoints.\n"
 "\n"
 "Input and output:\n"
 "  -i, --input FILE        read FILE (re-read for --epochs); default stdin\n"
@@ -42,14 +43,18 @@ static const char usage_text[] =
 "      --preset NAME       tiny, small, base or large\n"
 "      --dim D --heads H --mlp F --depth L --prenet P --top-k K\n"
 "      --decoder-dim D --decoder-layers L --decoder-kernel K --decoder-groups G\n"
-"Training (defaults: the data2vec 2.0 image recipe):\n"
-"  -b, --batch B           images per update (default 16)\n"
+"      --conv-dim C        audio feature encoder channels (512)\n"
+"Training (defaults: the data2vec 2.0 recipe of the stream's modality):\n"
+"  -b, --batch B           samples per update (images 16, audio 8, text 64)\n"
 "      --lr X --min-lr X --warmup N --weight-decay X --clip X\n"
 "      --beta1 X --beta2 X --adam-eps X\n"
 "      --ema-decay X --ema-end-decay X --ema-anneal-end N\n"
 "      --cls-loss X --noise-std X --seed N\n"
 "      --dropout X --attention-dropout X --activation-dropout X\n"
-"      --post-mlp-dropout X --drop-path X     student-only (default 0)\n"
+"      --post-mlp-dropout X --drop-path X     student-only (images 0,\n"
+"                          audio and text 0.1 but activation and drop path)\n"
+"      --embed-dropout X (text) --context-dropout X (audio)\n"
+"      --decoder-input-dropout X --layerdrop X (audio 0.05)\n"
 "      --min-target-var X --min-pred-var X   stop when a variance collapses\n"
 "  -q, --quiet  -h, --help  --version\n";
 
@@ -59,7 +64,8 @@ enum {
 	O_DEPTH, O_PRENET, O_TOPK, O_DDIM, O_DLAYERS, O_DKERNEL, O_DGROUPS,
 	O_LR, O_MINLR, O_WARMUP, O_WD, O_CLIP, O_B1, O_B2, O_AEPS, O_EMA,
 	O_EMA_END, O_EMA_N, O_CLS, O_NOISE, O_SEED, O_MINTV, O_MINPV, O_VERSION,
-	O_DROP, O_ADROP, O_ACTDROP, O_POSTDROP, O_DPATH
+	O_DROP, O_ADROP, O_ACTDROP, O_POSTDROP, O_DPATH, O_EDROP, O_CDROP,
+	O_IDROP, O_LDROP, O_CONVDIM
 };
 
 static const struct option longopts[] = {
@@ -107,6 +113,11 @@ static const struct option longopts[] = {
 	{"activation-dropout", required_argument, NULL, O_ACTDROP},
 	{"post-mlp-dropout", required_argument, NULL, O_POSTDROP},
 	{"drop-path", required_argument, NULL, O_DPATH},
+	{"embed-dropout", required_argument, NULL, O_EDROP},
+	{"context-dropout", required_argument, NULL, O_CDROP},
+	{"decoder-input-dropout", required_argument, NULL, O_IDROP},
+	{"layerdrop", required_argument, NULL, O_LDROP},
+	{"conv-dim", required_argument, NULL, O_CONVDIM},
 	{"quiet", no_argument, NULL, 'q'},
 	{"help", no_argument, NULL, 'h'},
 	{"version", no_argument, NULL, O_VERSION},
@@ -119,9 +130,10 @@ static struct {
 	int resume, stream_targets, progress, quiet;
 	long save_every, log_every, epochs, steps;
 	long dim, heads, mlp, depth, prenet, topk, ddim, dlayers, dkernel,
-	    dgroups, batch, warmup, ema_n;
+	    dgroups, batch, warmup, ema_n, conv_dim;
 	double lr, min_lr, wd, clip, b1, b2, aeps, ema, ema_end, cls, noise,
-	    mintv, minpv, drop, adrop, actdrop, postdrop, dpath;
+	    mintv, minpv, drop, adrop, actdrop, postdrop, dpath, edrop, cdrop,
+	    idrop, ldrop;
 	long long seed;
 } opt = {
 	.progress = -1, .log_every = 1, .epochs = 1, .steps = -1, .dim = -1,
@@ -131,6 +143,7 @@ static struct {
 	.clip = NAN, .b1 = NAN, .b2 = NAN, .aeps = NAN, .ema = NAN,
 	.ema_end = NAN, .cls = NAN, .noise = NAN, .mintv = NAN, .minpv = NAN,
 	.drop = NAN, .adrop = NAN, .actdrop = NAN, .postdrop = NAN, .dpath = NAN,
+	.edrop = NAN, .cdrop = NAN, .idrop = NAN, .ldrop = NAN, .conv_dim = -1,
 	.seed = -1,
 };
 
@@ -201,6 +214,11 @@ parse_args(int argc, char **argv)
 		case O_ACTDROP: opt.actdrop = d2v_parse_double("--activation-dropout", optarg, 0, 0.99); break;
 		case O_POSTDROP: opt.postdrop = d2v_parse_double("--post-mlp-dropout", optarg, 0, 0.99); break;
 		case O_DPATH: opt.dpath = d2v_parse_double("--drop-path", optarg, 0, 0.99); break;
+		case O_EDROP: opt.edrop = d2v_parse_double("--embed-dropout", optarg, 0, 0.99); break;
+		case O_CDROP: opt.cdrop = d2v_parse_double("--context-dropout", optarg, 0, 0.99); break;
+		case O_IDROP: opt.idrop = d2v_parse_double("--decoder-input-dropout", optarg, 0, 0.99); break;
+		case O_LDROP: opt.ldrop = d2v_parse_double("--layerdrop", optarg, 0, 0.99); break;
+		case O_CONVDIM: opt.conv_dim = d2v_parse_long("--conv-dim", optarg, 1, 4096); break;
 		default: d2v_usage("unknown option");
 		}
 	}
@@ -212,6 +230,8 @@ parse_args(int argc, char **argv)
 	if (opt.epochs > 1 && (opt.input == NULL || !strcmp(opt.input, "-")))
 		d2v_usage("--epochs needs -i FILE (standard input is one pass)");
 }
+
+static const char *in_name;
 
 /* Image channels of the first record, for a stream whose header leaves
  * them to the source (d2v-tokenize of JPEGs without --channels). */
@@ -229,8 +249,27 @@ make_config(d2v_config *c, const json_t *hdr, long steps)
 	d2v_err err;
 	size_t i;
 
+	const char *mod = d2v_header_modality(hdr);
+	long total;
+
 	if (d2v_config_preset(c, opt.preset ? opt.preset : "tiny", &err) < 0)
 		d2v_usage("--preset: %s", err.msg);
+	if (d2v_config_modality(c, mod, &err) < 0)
+		d2v_fatal(1, "%s: %s", in_name, err.msg);
+	total = c->max_update;
+	if (strcmp(mod, "text") == 0) {
+		long block = (long)json_integer_value(json_object_get(tok, "block"));
+
+		c->vocab = (int)json_integer_value(json_object_get(tok,
+		    "vocab_size"));
+		if (c->vocab < 1)
+			d2v_fatal(1, "%s: the header has no vocabulary size "
+			    "(meta.tokenize.vocab_size)", in_name);
+		if (block > 0)
+			c->max_positions = (int)block;
+	}
+	if (opt.conv_dim > 0)
+		c->conv_dim = (int)opt.conv_dim;
 	c->image_size = (int)json_integer_value(json_object_get(tok, "size"));
 	c->channels = (int)json_integer_value(json_object_get(tok, "channels"));
 	if (c->channels == 0) /* "as decoded": the first record's */
@@ -248,8 +287,15 @@ make_config(d2v_config *c, const json_t *hdr, long steps)
 	SET(dim, opt.dim); SET(heads, opt.heads);
 	c->mlp_dim = opt.mlp >= 0 ? (int)opt.mlp : 4 * c->dim;
 	SET(depth, opt.depth); SET(prenet_depth, opt.prenet);
-	c->top_k = opt.topk >= 0 ? (int)opt.topk : c->depth;
-	c->decoder_dim = opt.ddim >= 0 ? (int)opt.ddim : c->dim;
+	/* top-K and the decoder width follow the depth and width given */
+	if (opt.topk >= 0)
+		c->top_k = (int)opt.topk;
+	else if (strcmp(mod, "audio") == 0)
+		c->top_k = c->depth >= 3 ? (c->depth * 2 + 2) / 3 : c->depth;
+	else
+		c->top_k = c->depth;
+	c->decoder_dim = opt.ddim >= 0 ? (int)opt.ddim :
+	    strcmp(mod, "audio") == 0 && c->dim < 1024 ? c->dim / 2 : c->dim;
 	SET(decoder_layers, opt.dlayers); SET(decoder_kernel, opt.dkernel);
 	SET(decoder_groups, opt.dgroups); SET(batch, opt.batch);
 	SETD(lr, opt.lr); SETD(min_lr, opt.min_lr); SETD(weight_decay, opt.wd);
@@ -261,68 +307,163 @@ make_config(d2v_config *c, const json_t *hdr, long steps)
 	SETD(encoder_dropout, opt.drop); SETD(attention_dropout, opt.adrop);
 	SETD(activation_dropout, opt.actdrop); SETD(post_mlp_drop, opt.postdrop);
 	SETD(drop_path, opt.dpath);
+	SETD(embed_dropout, opt.edrop); SETD(context_dropout, opt.cdrop);
+	SETD(input_dropout, opt.idrop); SETD(layerdrop, opt.ldrop);
 	if (opt.seed >= 0)
 		c->seed = (unsigned long long)opt.seed;
-	c->max_update = steps;
-	/* the recipe's warmup and EMA anneal, as fractions of its 375300 steps */
-	c->warmup = opt.warmup >= 0 ? opt.warmup : (long)(steps * (50040.0 / 375300.0));
+	/* the recipe's warmup and EMA anneal, as fractions of its updates */
+	c->warmup = opt.warmup >= 0 ? opt.warmup :
+	    (long)(steps * ((double)c->warmup / (double)total));
 	c->ema_anneal_end_step = opt.ema_n >= 0 ? opt.ema_n :
-	    (long)fmax(1, steps * (100000.0 / 375300.0));
+	    (long)fmax(1, steps * ((double)c->ema_anneal_end_step / (double)total));
+	c->max_update = steps;
 	if (d2v_config_check(c, &err) < 0)
 		d2v_fatal(1, "%s", err.msg);
 }
 
-/* One batch of records gathered into dense arrays. */
+/*
+ * One batch: the records as read, then dense arrays for the model.  Audio
+ * and text samples of different lengths are cropped to the shortest (audio
+ * at a random offset in whole frames, 320 samples; text from its start),
+ * their masks with them, and the masked counts equalised (DATA2VEC.md §2.2,
+ * §4.7).
+ */
 typedef struct batch {
 	int n, cap;
-	uint8_t *img;      /* (cap, C, S, S) */
+	d2v_record *rec;   /* (cap) */
+	int *len;          /* (cap) samples or tokens */
+	void *x;           /* (cap, C, S, S) u8, (cap, L) f32 or i32 */
 	uint8_t *mask;     /* (cap*M, N) */
 	float *y, *ycls;   /* (cap, N, D), (cap, D) with --targets stream */
+	size_t xcap, mcap, ycap;
 } batch;
 
-static const char *in_name;
-
-/* Checks one record against the model and appends it. */
-static void
-batch_add(batch *b, const d2v_record *rec, const d2v_config *c)
+/* N of a sample of length len under the model's modality. */
+static int
+tokens_of(const d2v_config *c, int len)
 {
-	int S = c->image_size, C = c->channels, M = c->clone;
-	int N = d2v_config_tokens(c), D = c->dim;
-	d2v_tensor *x = d2v_record_tensor(rec, "x");
+	if (d2v_config_is_image(c))
+		return d2v_config_tokens(c);
+	if (strcmp(c->modality, "audio") == 0)
+		return (int)d2v_mask_audio_frames(len);
+	return len;
+}
+
+/* Checks the record just read into b->rec[b->n] and counts it. */
+static void
+batch_add(batch *b, const d2v_config *c)
+{
+	const d2v_record *rec = &b->rec[b->n];
+	int M = c->clone, D = c->dim, len = d2v_check_input(rec, c, in_name);
+	int N = tokens_of(c, len);
 	d2v_tensor *mk = d2v_record_tensor(rec, "mask");
 
-	if (x == NULL || x->dtype != D2V_DTYPE_U8 || x->rank != 3 ||
-	    x->shape[0] != C || x->shape[1] != S || x->shape[2] != S)
-		d2v_fatal(1, "%s: record %lld (%s): x must be u8 [%d,%d,%d], the "
-		    "model's image size and channels%s", in_name,
-		    (long long)rec->index, rec->id, C, S, S,
-		    d2v_channels_hint(x, C));
 	if (mk == NULL)
 		d2v_fatal(1, "%s: record %lld (%s): no mask; run d2v-mask first",
 		    in_name, (long long)rec->index, rec->id);
 	if (mk->dtype != D2V_DTYPE_U8 || mk->rank != 2 || mk->shape[1] != N)
-		d2v_fatal(1, "%s: record %lld (%s): mask must be u8 [%d,%d]",
-		    in_name, (long long)rec->index, rec->id, M, N);
+		d2v_fatal(1, "%s: record %lld (%s): mask must be u8 [%d,%d] (%d "
+		    "%s)", in_name, (long long)rec->index, rec->id, M, N, N,
+		    d2v_config_is_image(c) ? "patches" : strcmp(c->modality,
+		    "audio") == 0 ? "frames of its samples" : "tokens");
 	if (mk->shape[0] != M)
 		d2v_fatal(1, "%s: record %lld (%s): mask has %lld copies, the "
 		    "model trains with --clone %d", in_name,
 		    (long long)rec->index, rec->id, (long long)mk->shape[0], M);
-	memcpy(b->img + (size_t)b->n * C * S * S, x->data, x->nbytes);
-	memcpy(b->mask + (size_t)b->n * M * N, mk->data, mk->nbytes);
-	if (b->y != NULL) {
+	if (b->y != NULL || opt.stream_targets) {
 		d2v_tensor *t = d2v_record_tensor(rec, "target");
 		d2v_tensor *tc = d2v_record_tensor(rec, "target_cls");
+		int image = d2v_config_is_image(c);
 
-		if (t == NULL || tc == NULL || t->rank != 2 || t->shape[0] != N ||
-		    t->shape[1] != D || tc->rank != 1 || tc->shape[0] != D ||
-		    !d2v_dtype_is_float(t->dtype) || !d2v_dtype_is_float(tc->dtype))
+		if (t == NULL || t->rank != 2 || t->shape[0] != N ||
+		    t->shape[1] != D || !d2v_dtype_is_float(t->dtype) ||
+		    (image && (tc == NULL || tc->rank != 1 || tc->shape[0] != D ||
+		    !d2v_dtype_is_float(tc->dtype))))
 			d2v_fatal(1, "%s: record %lld (%s): --targets stream needs "
-			    "target [%d,%d] and target_cls [%d] (run d2v-teacher)",
-			    in_name, (long long)rec->index, rec->id, N, D, D);
-		d2v_tensor_to_f32(t, b->y + (size_t)b->n * N * D);
-		d2v_tensor_to_f32(tc, b->ycls + (size_t)b->n * D);
+			    "target [%d,%d]%s (run d2v-teacher)", in_name,
+			    (long long)rec->index, rec->id, N, D,
+			    image ? " and target_cls" : "");
 	}
-	b->n++;
+	b->len[b->n++] = len;
+}
+
+static void *
+grow(void *p, size_t *cap, size_t need)
+{
+	if (need <= *cap)
+		return p;
+	if ((p = realloc(p, need)) == NULL)
+		d2v_fatal(1, "out of memory for a batch");
+	*cap = need;
+	return p;
+}
+
+/* Dense arrays of the batch at its shortest length; sets the model's
+ * length.  Returns the length. */
+static int
+batch_build(batch *b, d2v_model *m, d2v_rng *rng)
+{
+	const d2v_config *c = &m->cfg;
+	int M = c->clone, D = c->dim, L = b->len[0], N, audio;
+	size_t esz;
+	d2v_err err;
+
+	audio = strcmp(c->modality, "audio") == 0;
+	for (int i = 1; i < b->n; i++)
+		if (b->len[i] < L)
+			L = b->len[i];
+	if (d2v_model_set_length(m, L, &err) < 0)
+		d2v_fatal(1, "%s: %s", in_name, err.msg);
+	N = tokens_of(c, L);
+	esz = d2v_config_is_image(c) ? (size_t)c->channels * c->image_size *
+	    c->image_size : (size_t)L * 4;
+	b->x = grow(b->x, &b->xcap, (size_t)b->n * esz);
+	b->mask = grow(b->mask, &b->mcap, (size_t)b->n * M * N);
+	if (opt.stream_targets) {
+		b->y = grow(b->y, &b->ycap, (size_t)b->n * N * D * sizeof(float));
+		b->ycls = realloc(b->ycls, (size_t)b->n * D * sizeof(float));
+		if (b->ycls == NULL)
+			d2v_fatal(1, "out of memory for a batch");
+	}
+	for (int i = 0; i < b->n; i++) {
+		const d2v_record *rec = &b->rec[i];
+		d2v_tensor *x = d2v_record_tensor(rec, "x");
+		d2v_tensor *mk = d2v_record_tensor(rec, "mask");
+		int Ni = (int)mk->shape[1], off = 0, foff = 0;
+
+		if (audio && b->len[i] > L) {
+			/* a whole number of frames (320 samples) so that the
+			 * crop's frames are frames of the whole */
+			foff = (int)d2v_rng_below(rng, (uint64_t)((b->len[i] - L) /
+			    320 + 1));
+			off = foff * 320;
+		}
+		memcpy((char *)b->x + (size_t)i * esz, (const char *)x->data +
+		    (size_t)off * 4 * !d2v_config_is_image(c), esz);
+		d2v_mask_crop(b->mask + (size_t)i * M * N, mk->data, M, Ni, foff,
+		    N);
+		if (opt.stream_targets) {
+			d2v_tensor *t = d2v_record_tensor(rec, "target");
+			d2v_tensor *tc = d2v_record_tensor(rec, "target_cls");
+			float *all = malloc((size_t)Ni * D * sizeof(float));
+
+			if (all == NULL)
+				d2v_fatal(1, "out of memory for a batch");
+			d2v_tensor_to_f32(t, all);
+			memcpy(b->y + (size_t)i * N * D, all + (size_t)foff * D,
+			    (size_t)N * D * sizeof(float));
+			free(all);
+			if (tc != NULL && d2v_config_is_image(c))
+				d2v_tensor_to_f32(tc, b->ycls + (size_t)i * D);
+		}
+	}
+	if (!d2v_config_is_image(c) && d2v_mask_equalize(b->mask, b->n * M, N,
+	    rng) == 0)
+		d2v_fatal(1, "%s: records %lld..%lld cropped to %d %s keep no "
+		    "masked position in some copy", in_name,
+		    (long long)b->rec[0].index, (long long)b->rec[b->n - 1].index,
+		    N, audio ? "frames" : "tokens");
+	return L;
 }
 
 /* Counts the records of a file (to size the schedules). */
@@ -361,17 +502,18 @@ save(const d2v_model *m, long step, const d2v_rng *rng)
 static void
 check_header(const json_t *hdr, const d2v_config *cfg)
 {
-	json_t *tok = d2v_header_meta(hdr, "tokenize");
-	long size = (long)json_integer_value(json_object_get(tok, "size"));
+	const char *mod = d2v_header_modality(hdr);
 
-	if (strcmp(d2v_header_modality(hdr), "image") != 0)
-		d2v_fatal(1, "%s: a %s stream; this model trains on images",
-		    in_name, d2v_header_modality(hdr));
+	if (mod == NULL || (strcmp(mod, "image") && strcmp(mod, "audio") &&
+	    strcmp(mod, "text")))
+		d2v_fatal(1, "%s: a stream of modality %s; d2v-train takes image, "
+		    "audio or text", in_name, mod ? mod : "(none)");
 	if (!d2v_header_has_stage(hdr, "mask"))
 		d2v_fatal(1, "%s: the stream has no masks; run d2v-mask first",
 		    in_name);
 	if (cfg == NULL)
 		return;
+	d2v_check_stream_model(hdr, cfg, in_name);
 	{
 		long copies = (long)json_integer_value(json_object_get(
 		    d2v_header_meta(hdr, "mask"), "copies"));
@@ -381,9 +523,6 @@ check_header(const json_t *hdr, const d2v_config *cfg)
 			    "with %d (--clone of the checkpoint)", in_name, copies,
 			    cfg->clone);
 	}
-	if (size != cfg->image_size)
-		d2v_fatal(1, "%s: images of size %ld; the model takes %d", in_name,
-		    size, cfg->image_size);
 	if (opt.stream_targets) {
 		json_t *tm = d2v_header_meta(hdr, "teacher");
 		long dim = (long)json_integer_value(json_object_get(tm, "dim"));
@@ -439,7 +578,8 @@ main(int argc, char **argv)
 		d2v_fatal(1, "%s", err.msg);
 	check_header(d2v_reader_header(r), NULL);
 	d2v_record_init(&rec);
-	if (!opt.resume && json_integer_value(json_object_get(d2v_header_meta(
+	if (!opt.resume && !strcmp(d2v_header_modality(d2v_reader_header(r)),
+	    "image") && json_integer_value(json_object_get(d2v_header_meta(
 	    d2v_reader_header(r), "tokenize"), "channels")) == 0) {
 		/* the header leaves the channels to the images: read the first
 		 * record now and train on it first */
@@ -448,7 +588,9 @@ main(int argc, char **argv)
 	}
 	steps = opt.steps;
 	if (steps < 0) {
-		long bs = opt.batch > 0 ? opt.batch : 16;
+		const char *mod = d2v_header_modality(d2v_reader_header(r));
+		long bs = opt.batch > 0 ? opt.batch : mod && !strcmp(mod, "audio") ?
+		    8 : mod && !strcmp(mod, "text") ? 64 : 16;
 
 		if (fd == 0)
 			d2v_usage("give --steps when reading standard input (it "
@@ -473,18 +615,17 @@ main(int argc, char **argv)
 		d2v_rng_seed(&rng, cfg.seed, 0x7a11, 0);
 	}
 	check_header(d2v_reader_header(r), &cfg);
-	{
-		int N = d2v_config_tokens(&cfg), S = cfg.image_size;
-
-		b.cap = cfg.batch;
-		b.img = malloc((size_t)b.cap * cfg.channels * S * S);
-		b.mask = malloc((size_t)b.cap * cfg.clone * N);
-		if (opt.stream_targets) {
-			b.y = malloc((size_t)b.cap * N * cfg.dim * sizeof(float));
-			b.ycls = malloc((size_t)b.cap * cfg.dim * sizeof(float));
-		}
-		if (!b.img || !b.mask || (opt.stream_targets && (!b.y || !b.ycls)))
-			d2v_fatal(1, "out of memory for a batch of %d", b.cap);
+	b.cap = cfg.batch;
+	b.rec = calloc((size_t)b.cap, sizeof *b.rec);
+	b.len = calloc((size_t)b.cap, sizeof *b.len);
+	if (!b.rec || !b.len)
+		d2v_fatal(1, "out of memory for a batch of %d", b.cap);
+	for (int i = 0; i < b.cap; i++)
+		d2v_record_init(&b.rec[i]);
+	if (pending) {
+		/* the first record, read for its channels */
+		b.rec[0] = rec;
+		d2v_record_init(&rec);
 	}
 	if (opt.log != NULL && (log = fopen(opt.log, opt.resume ? "a" : "w")) == NULL)
 		d2v_fatal(1, "open %s: %s", opt.log, strerror(errno));
@@ -500,10 +641,10 @@ main(int argc, char **argv)
 			d2v_step_out o;
 			double lr, tau, gnorm, t;
 
-			rc = pending ? 1 : d2v_reader_next(r, &rec, &err);
+			rc = pending ? 1 : d2v_reader_next(r, &b.rec[b.n], &err);
 			pending = 0;
 			if (rc > 0) {
-				batch_add(&b, &rec, &cfg); /* checks every record */
+				batch_add(&b, &cfg); /* checks every record */
 				if (seen++ < skip) {
 					b.n = 0;
 					continue;
@@ -517,7 +658,8 @@ main(int argc, char **argv)
 			}
 			if (b.n == 0 || (rc < 0 && b.n < b.cap))
 				break;
-			if (d2v_model_step(&m, b.img, b.mask, NULL, b.y, b.ycls, b.n,
+			batch_build(&b, &m, &rng);
+			if (d2v_model_step(&m, b.x, b.mask, NULL, b.y, b.ycls, b.n,
 			    cfg.seed * 0x9e3779b97f4a7c15ull + (uint64_t)step, &o,
 			    &err) < 0)
 				d2v_fatal(1, "%s: records %ld..%ld: %s", in_name,
@@ -535,7 +677,7 @@ main(int argc, char **argv)
 			t = d2v_now();
 			if (log && (step % opt.log_every == 0 || step == 1))
 				log_step(log, step, &o, lr, tau, gnorm,
-				    (double)b.n * cfg.clone * d2v_config_tokens(&cfg) /
+				    (double)b.n * cfg.clone * m.N /
 				    (t - tlast));
 			if (progress)
 				fprintf(stderr, "\rd2v-train: step %ld/%ld loss %.4f "
@@ -573,7 +715,10 @@ main(int argc, char **argv)
 		fclose(log);
 	d2v_record_clear(&rec);
 	d2v_reader_free(r);
-	free(b.img); free(b.mask); free(b.y); free(b.ycls);
+	for (int i = 0; i < b.cap; i++)
+		d2v_record_clear(&b.rec[i]);
+	free(b.rec); free(b.len); free(b.x); free(b.mask); free(b.y);
+	free(b.ycls);
 	d2v_model_free(&m);
 	return stop == 2 ? 1 : 0;
 }

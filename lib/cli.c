@@ -263,3 +263,77 @@ d2v_channels_hint(const d2v_tensor *x, int c)
 	return x != NULL && x->rank == 3 && x->shape[0] != c ? " (mixed grey "
 	    "and colour sources: d2v-tokenize --channels 1 or 3)" : "";
 }
+
+void
+d2v_check_stream_model(const json_t *hdr, const d2v_config *c,
+    const char *name)
+{
+	const char *mod = d2v_header_modality(hdr);
+
+	if (mod == NULL || strcmp(mod, c->modality) != 0)
+		d2v_fatal(1, "%s: a%s %s stream; the model is a%s %s model", name,
+		    mod && strchr("aeiou", mod[0]) ? "n" : "", mod ? mod : "?",
+		    strchr("aeiou", c->modality[0]) ? "n" : "", c->modality);
+	if (d2v_config_is_image(c)) {
+		long size = (long)json_integer_value(json_object_get(
+		    d2v_header_meta(hdr, "tokenize"), "size"));
+
+		if (size != c->image_size)
+			d2v_fatal(1, "%s: images of size %ld; the model takes %d",
+			    name, size, c->image_size);
+	}
+}
+
+int
+d2v_check_input(const d2v_record *rec, const d2v_config *c, const char *name)
+{
+	d2v_tensor *x = d2v_record_tensor(rec, "x");
+
+	if (d2v_config_is_image(c)) {
+		int S = c->image_size, C = c->channels;
+
+		if (x == NULL || x->dtype != D2V_DTYPE_U8 || x->rank != 3 ||
+		    x->shape[0] != C || x->shape[1] != S || x->shape[2] != S)
+			d2v_fatal(1, "%s: record %lld (%s): x must be u8 [%d,%d,%d], "
+			    "the model's image size and channels%s", name,
+			    (long long)rec->index, rec->id, C, S, S,
+			    d2v_channels_hint(x, C));
+		return 1;
+	}
+	if (strcmp(c->modality, "audio") == 0) {
+		if (x == NULL || x->dtype != D2V_DTYPE_F32 || x->rank != 1)
+			d2v_fatal(1, "%s: record %lld (%s): x must be f32 [samples] "
+			    "(d2v-tokenize of audio)", name, (long long)rec->index,
+			    rec->id);
+		if (x->shape[0] < 400 || x->shape[0] > INT_MAX / 2)
+			d2v_fatal(1, "%s: record %lld (%s): %lld samples; the feature "
+			    "encoder needs at least 400 (its receptive field, 25 ms "
+			    "at 16 kHz)", name, (long long)rec->index, rec->id,
+			    (long long)x->shape[0]);
+		for (int64_t i = 0; i < x->shape[0]; i++)
+			if (!isfinite(((const float *)x->data)[i]))
+				d2v_fatal(1, "%s: record %lld (%s): sample %lld is not "
+				    "a finite number", name, (long long)rec->index,
+				    rec->id, (long long)i);
+		return (int)x->shape[0];
+	}
+	if (x == NULL || x->dtype != D2V_DTYPE_I32 || x->rank != 1 ||
+	    x->shape[0] < 1)
+		d2v_fatal(1, "%s: record %lld (%s): x must be i32 [tokens] "
+		    "(d2v-tokenize --spm)", name, (long long)rec->index, rec->id);
+	if (x->shape[0] > c->max_positions)
+		d2v_fatal(1, "%s: record %lld (%s): %lld tokens; the model's "
+		    "position table holds %d (d2v-tokenize --block)", name,
+		    (long long)rec->index, rec->id, (long long)x->shape[0],
+		    c->max_positions);
+	for (int64_t i = 0; i < x->shape[0]; i++) {
+		int32_t id = ((const int32_t *)x->data)[i];
+
+		if (id < 0 || id >= c->vocab)
+			d2v_fatal(1, "%s: record %lld (%s): token %lld has id %d, "
+			    "outside the model's vocabulary of %d", name,
+			    (long long)rec->index, rec->id, (long long)i, (int)id,
+			    c->vocab);
+	}
+	return (int)x->shape[0];
+}

@@ -21,6 +21,7 @@
 
 #include <stdio.h>
 
+#include "model/config.h"
 #include "stream.h"
 
 #define D2V_VERSION "0.1.0"
@@ -55,6 +56,17 @@ int d2v_first_channels(d2v_reader *r, d2v_record *rec, const char *name);
 /* The suffix for a message about a record whose x (rank 3) has other
  * channels than c: the fix for mixed grey and colour sources, else "". */
 const char *d2v_channels_hint(const d2v_tensor *x, int c);
+
+/* Checks that a stream header's modality (and image size) is the model's;
+ * exits 1 naming the stream otherwise. */
+void d2v_check_stream_model(const json_t *hdr, const d2v_config *c,
+    const char *name);
+/* Checks record rec's x against the model: u8 [C,S,S] (images), f32 [S]
+ * (audio), i32 [N] with ids in [0, vocab) (text).  Returns its length:
+ * samples or tokens (1 for images).  Exits 1 naming the stream and the
+ * record otherwise. */
+int d2v_check_input(const d2v_record *rec, const d2v_config *c,
+    const char *name);
 
 /* Parsers for option values; a bad value is a usage error naming opt. */
 long d2v_parse_long(const char *opt, const char *s, long lo, long hi);

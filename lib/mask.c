@@ -679,3 +679,45 @@ out:
 	free(starts);
 	return rc;
 }
+
+void
+d2v_mask_crop(uint8_t *out, const uint8_t *in, int rows, int64_t n_in,
+    int64_t off, int64_t n)
+{
+	for (int r = 0; r < rows; r++)
+		memcpy(out + (size_t)r * (size_t)n, in + (size_t)r * (size_t)n_in +
+		    off, (size_t)n);
+}
+
+int64_t
+d2v_mask_equalize(uint8_t *mask, int rows, int64_t n, d2v_rng *r)
+{
+	int64_t target = n;
+
+	for (int i = 0; i < rows; i++) {
+		int64_t c = 0;
+
+		for (int64_t j = 0; j < n; j++)
+			c += mask[(size_t)i * n + j] != 0;
+		if (c < target)
+			target = c;
+	}
+	for (int i = 0; i < rows; i++) {
+		uint8_t *row = mask + (size_t)i * n;
+		int64_t c = 0;
+
+		for (int64_t j = 0; j < n; j++)
+			c += row[j] != 0;
+		/* unmask c - target of the c masked positions, each chosen
+		 * uniformly among those still masked */
+		for (; c > target; c--) {
+			int64_t k = (int64_t)d2v_rng_below(r, (uint64_t)c), j;
+
+			for (j = 0; j < n; j++)
+				if (row[j] && k-- == 0)
+					break;
+			row[j] = 0;
+		}
+	}
+	return target;
+}

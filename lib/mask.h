@@ -180,4 +180,18 @@ int d2v_mask_bert(const d2v_mask_config *c, const d2v_mask_vocab *v,
     const int32_t *x, int64_t n, d2v_rng *r, uint8_t *row, int32_t *xm,
     d2v_err *err);
 
+/*
+ * Batching samples of different lengths (audio, text): each of `rows` rows
+ * of n_in positions keeps positions [off, off + n) into out (rows, n).
+ */
+void d2v_mask_crop(uint8_t *out, const uint8_t *in, int rows, int64_t n_in,
+    int64_t off, int64_t n);
+/*
+ * Equalises the masked count of rows (rows, n) to the smallest row's: a row
+ * with more masked positions unmasks a uniformly drawn subset of them (the
+ * reference's require_same_masks trim, DATA2VEC.md §4.7).  Returns the
+ * masked count every row then has.
+ */
+int64_t d2v_mask_equalize(uint8_t *mask, int rows, int64_t n, d2v_rng *r);
+
 #endif

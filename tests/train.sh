@@ -72,8 +72,10 @@ d2v-tokenize --idx $FM/t10k-images-idx3-ubyte.gz --size 21 --crop center 2>/dev/
 status 1 "images of another size than the model's are refused" d2v-train --resume -i "$T/m14.d2v" --steps 60 -c "$T/ck.safetensors" 2> "$T/err"
 contains "$T/err" "size 21" "... naming the size"
 gen-stream -n 3 -m audio > "$T/audio.d2v"
-status 1 "an audio stream is refused" d2v-train $MODEL -i "$T/audio.d2v" --steps 2 -c "$T/x.safetensors" 2> "$T/err"
-contains "$T/err" "audio stream" "... naming the modality"
+status 1 "an unmasked audio stream is refused" d2v-train $MODEL -i "$T/audio.d2v" --steps 2 -c "$T/x.safetensors" 2> "$T/err"
+contains "$T/err" "no masks" "... naming what is missing"
+status 1 "the image checkpoint's teacher refuses an audio stream" d2v-teacher -c "$T/ck.safetensors" "$T/audio.d2v" > /dev/null 2> "$T/err"
+contains "$T/err" "an audio stream; the model is an image model" "... naming both modalities"
 status 2 "stdin without --steps is a usage error" sh -c "d2v-train $MODEL -c '$T/x.safetensors' < '$T/m.d2v' 2>/dev/null"
 
 # A failed checkpoint write leaves the previous checkpoint intact.
