@@ -33,15 +33,17 @@ static const char usage_text[] =
 "                         the CLS, for images), mean (over patches, frames\n"
 "                         or tokens) or cls (images), both [D]\n"
 "      --student          use the student weights instead of the teacher's\n"
+"      --objective v1|v2  check that the checkpoint's objective is this\n"
 "  -b, --batch N          samples per forward pass (default 32)\n"
 "  -o, --output FILE      write FILE (atomically) instead of standard output\n"
 "  -q, --quiet  -h, --help  --version\n";
 
-enum { O_DTYPE = 256, O_FEATURES, O_POOL, O_STUDENT, O_VERSION };
+enum { O_DTYPE = 256, O_FEATURES, O_POOL, O_STUDENT, O_OBJECTIVE, O_VERSION };
 
 static const struct option longopts[] = {
 	{"checkpoint", required_argument, NULL, 'c'},
 	{"dtype", required_argument, NULL, O_DTYPE},
+	{"objective", required_argument, NULL, O_OBJECTIVE},
 	{"features", required_argument, NULL, O_FEATURES},
 	{"pool", required_argument, NULL, O_POOL},
 	{"student", no_argument, NULL, O_STUDENT},
@@ -54,7 +56,7 @@ static const struct option longopts[] = {
 };
 
 static struct {
-	const char *ckpt, *output, *pool;
+	const char *ckpt, *output, *pool, *objective;
 	d2v_dtype dtype;
 	int features, layer, student, quiet;
 	long batch;
@@ -151,6 +153,11 @@ main(int argc, char **argv)
 			opt.pool = optarg;
 			break;
 		case O_STUDENT: opt.student = 1; break;
+		case O_OBJECTIVE:
+			if (strcmp(optarg, "v1") && strcmp(optarg, "v2"))
+				d2v_usage("--objective: '%s' is not v1 or v2", optarg);
+			opt.objective = optarg;
+			break;
 		default: d2v_usage("unknown option");
 		}
 	}
@@ -165,6 +172,10 @@ main(int argc, char **argv)
 	if (d2v_checkpoint_load(opt.ckpt, &m, d2v_backend_cpu(), &step, NULL,
 	    &err) < 0)
 		d2v_fatal(1, "%s", err.msg);
+	if (opt.objective && strcmp(opt.objective, m.cfg.objective) != 0)
+		d2v_fatal(1, "%s: a %s checkpoint; --objective %s wants the other "
+		    "targets (v1: end of block, LayerNorm; v2: FFN output, "
+		    "instance norm)", opt.ckpt, m.cfg.objective, opt.objective);
 	if (opt.features && opt.layer >= m.nb)
 		d2v_usage("--features %d: the model has %d blocks (0..%d)",
 		    opt.layer, m.nb, m.nb - 1);
@@ -250,7 +261,7 @@ main(int argc, char **argv)
 				if (!opt.features) {
 					add_tensor(&recs[i], "target", y + (size_t)i * N * D,
 					    2, (int64_t[]){N, D});
-					if (E)
+					if (E && !d2v_config_is_v1(&m.cfg))
 						add_tensor(&recs[i], "target_cls",
 						    ycls + (size_t)i * D, 1, (int64_t[]){D});
 				} else if (strcmp(opt.pool, "none") == 0) {

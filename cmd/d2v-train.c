@@ -44,6 +44,9 @@ static const char usage_text[] =
 "      --dim D --heads H --mlp F --depth L --prenet P --top-k K\n"
 "      --decoder-dim D --decoder-layers L --decoder-kernel K --decoder-groups G\n"
 "      --conv-dim C        audio feature encoder channels (512)\n"
+"      --objective v1|v2   data2vec (v1, images: pre-LN blocks, mask token,\n"
+"                          Smooth-L1) or data2vec 2.0 (v2, the default)\n"
+"      --layer-scale X --loss-beta X   v1: LayerScale init, Smooth-L1 beta\n"
 "Training (defaults: the data2vec 2.0 recipe of the stream's modality):\n"
 "  -b, --batch B           samples per update (images 16, audio 8, text 64)\n"
 "      --lr X --min-lr X --warmup N --weight-decay X --clip X\n"
@@ -65,7 +68,7 @@ enum {
 	O_LR, O_MINLR, O_WARMUP, O_WD, O_CLIP, O_B1, O_B2, O_AEPS, O_EMA,
 	O_EMA_END, O_EMA_N, O_CLS, O_NOISE, O_SEED, O_MINTV, O_MINPV, O_VERSION,
 	O_DROP, O_ADROP, O_ACTDROP, O_POSTDROP, O_DPATH, O_EDROP, O_CDROP,
-	O_IDROP, O_LDROP, O_CONVDIM
+	O_IDROP, O_LDROP, O_CONVDIM, O_OBJECTIVE, O_LSCALE, O_LBETA
 };
 
 static const struct option longopts[] = {
@@ -118,6 +121,9 @@ static const struct option longopts[] = {
 	{"decoder-input-dropout", required_argument, NULL, O_IDROP},
 	{"layerdrop", required_argument, NULL, O_LDROP},
 	{"conv-dim", required_argument, NULL, O_CONVDIM},
+	{"objective", required_argument, NULL, O_OBJECTIVE},
+	{"layer-scale", required_argument, NULL, O_LSCALE},
+	{"loss-beta", required_argument, NULL, O_LBETA},
 	{"quiet", no_argument, NULL, 'q'},
 	{"help", no_argument, NULL, 'h'},
 	{"version", no_argument, NULL, O_VERSION},
@@ -133,7 +139,8 @@ static struct {
 	    dgroups, batch, warmup, ema_n, conv_dim;
 	double lr, min_lr, wd, clip, b1, b2, aeps, ema, ema_end, cls, noise,
 	    mintv, minpv, drop, adrop, actdrop, postdrop, dpath, edrop, cdrop,
-	    idrop, ldrop;
+	    idrop, ldrop, lscale, lbeta;
+	const char *objective;
 	long long seed;
 } opt = {
 	.progress = -1, .log_every = 1, .epochs = 1, .steps = -1, .dim = -1,
@@ -144,6 +151,7 @@ static struct {
 	.ema_end = NAN, .cls = NAN, .noise = NAN, .mintv = NAN, .minpv = NAN,
 	.drop = NAN, .adrop = NAN, .actdrop = NAN, .postdrop = NAN, .dpath = NAN,
 	.edrop = NAN, .cdrop = NAN, .idrop = NAN, .ldrop = NAN, .conv_dim = -1,
+	.lscale = NAN, .lbeta = NAN,
 	.seed = -1,
 };
 
@@ -219,6 +227,13 @@ parse_args(int argc, char **argv)
 		case O_IDROP: opt.idrop = d2v_parse_double("--decoder-input-dropout", optarg, 0, 0.99); break;
 		case O_LDROP: opt.ldrop = d2v_parse_double("--layerdrop", optarg, 0, 0.99); break;
 		case O_CONVDIM: opt.conv_dim = d2v_parse_long("--conv-dim", optarg, 1, 4096); break;
+		case O_OBJECTIVE:
+			if (strcmp(optarg, "v1") && strcmp(optarg, "v2"))
+				d2v_usage("--objective: '%s' is not v1 or v2", optarg);
+			opt.objective = optarg;
+			break;
+		case O_LSCALE: opt.lscale = d2v_parse_double("--layer-scale", optarg, 1e-12, 10); break;
+		case O_LBETA: opt.lbeta = d2v_parse_double("--loss-beta", optarg, 0, 1e6); break;
 		default: d2v_usage("unknown option");
 		}
 	}
@@ -256,6 +271,8 @@ make_config(d2v_config *c, const json_t *hdr, long steps)
 		d2v_usage("--preset: %s", err.msg);
 	if (d2v_config_modality(c, mod, &err) < 0)
 		d2v_fatal(1, "%s: %s", in_name, err.msg);
+	if (opt.objective && d2v_config_objective(c, opt.objective, &err) < 0)
+		d2v_fatal(1, "--objective: %s", err.msg);
 	total = c->max_update;
 	if (strcmp(mod, "text") == 0) {
 		long block = (long)json_integer_value(json_object_get(tok, "block"));
@@ -290,6 +307,8 @@ make_config(d2v_config *c, const json_t *hdr, long steps)
 	/* top-K and the decoder width follow the depth and width given */
 	if (opt.topk >= 0)
 		c->top_k = (int)opt.topk;
+	else if (d2v_config_is_v1(c))
+		c->top_k = c->depth >= 6 ? 6 : c->depth;
 	else if (strcmp(mod, "audio") == 0)
 		c->top_k = c->depth >= 3 ? (c->depth * 2 + 2) / 3 : c->depth;
 	else
@@ -298,6 +317,7 @@ make_config(d2v_config *c, const json_t *hdr, long steps)
 	    strcmp(mod, "audio") == 0 && c->dim < 1024 ? c->dim / 2 : c->dim;
 	SET(decoder_layers, opt.dlayers); SET(decoder_kernel, opt.dkernel);
 	SET(decoder_groups, opt.dgroups); SET(batch, opt.batch);
+	SETD(layer_scale, opt.lscale); SETD(loss_beta, opt.lbeta);
 	SETD(lr, opt.lr); SETD(min_lr, opt.min_lr); SETD(weight_decay, opt.wd);
 	SETD(clip_norm, opt.clip); SETD(beta1, opt.b1); SETD(beta2, opt.b2);
 	SETD(eps, opt.aeps); SETD(ema_decay, opt.ema);
@@ -373,7 +393,7 @@ batch_add(batch *b, const d2v_config *c)
 	if (b->y != NULL || opt.stream_targets) {
 		d2v_tensor *t = d2v_record_tensor(rec, "target");
 		d2v_tensor *tc = d2v_record_tensor(rec, "target_cls");
-		int image = d2v_config_is_image(c);
+		int image = d2v_config_is_image(c) && !d2v_config_is_v1(c);
 
 		if (t == NULL || t->rank != 2 || t->shape[0] != N ||
 		    t->shape[1] != D || !d2v_dtype_is_float(t->dtype) ||
@@ -514,6 +534,24 @@ check_header(const json_t *hdr, const d2v_config *cfg)
 	if (cfg == NULL)
 		return;
 	d2v_check_stream_model(hdr, cfg, in_name);
+	{
+		const char *st = json_string_value(json_object_get(
+		    d2v_header_meta(hdr, "mask"), "strategy"));
+		long copies = (long)json_integer_value(json_object_get(
+		    d2v_header_meta(hdr, "mask"), "copies"));
+
+		if (!d2v_config_is_v1(cfg) && st != NULL && (!strcmp(st, "block") ||
+		    !strcmp(st, "span") || !strcmp(st, "bert")))
+			d2v_fatal(1, "%s: masks of strategy %s, a data2vec (v1) "
+			    "strategy; the v2 objective needs masks of equal counts "
+			    "(d2v-mask --strategy %s), or train with --objective v1",
+			    in_name, st, d2v_config_is_image(cfg) ? "inverse-block" :
+			    !strcmp(cfg->modality, "audio") ? "block1d" : "random");
+		if (d2v_config_is_v1(cfg) && copies > 1)
+			d2v_fatal(1, "%s: masks of %ld copies; the v1 objective takes "
+			    "one mask per sample (d2v-mask --copies 1 --strategy "
+			    "block)", in_name, copies);
+	}
 	{
 		long copies = (long)json_integer_value(json_object_get(
 		    d2v_header_meta(hdr, "mask"), "copies"));

@@ -149,3 +149,35 @@ d2v-tokenize --size 32 "$T/p1.jpg" "$T/grey.jpg" 2>/dev/null | d2v-mask --patch 
 status 1 "grey and colour JPEGs mixed in one stream are refused" d2v-train --dim 24 --heads 2 --depth 1 --prenet 0 \
 	--decoder-dim 8 --decoder-layers 1 --decoder-groups 2 -b 2 -i "$T/mixed.d2v" -c "$T/mixed.safetensors" 2> "$T/err"
 contains "$T/err" "record 1 .*grey.jpg.*d2v-tokenize --channels 1 or 3" "... naming the record and the fix"
+
+# The data2vec (v1) objective on images: BEiT block masks, one per image.
+d2v-mask --strategy block --patch 4 --copies 1 < "$T/img.d2v" > "$T/b.d2v"
+V1="--objective v1 --dim 32 --heads 2 --depth 3 -b 16 --lr 2e-3 --warmup 4 --layer-scale 0.1 --drop-path 0.1 --ema-decay 0.99 --ema-end-decay 0.999 --ema-anneal-end 20"
+status 0 "d2v-train --objective v1 trains on block masks" d2v-train $V1 -i "$T/b.d2v" --epochs 2 --steps 40 -c "$T/v1.safetensors" --log "$T/v1log" 2> "$T/err"
+check "the v1 loss falls" $PY -c '
+import json, sys
+L = [json.loads(l) for l in open(sys.argv[1])]
+first = sum(l["loss"] for l in L[:5]) / 5; last = sum(l["loss"] for l in L[-5:]) / 5
+print("# v1 Smooth-L1 loss %.4f -> %.4f" % (first, last))
+assert len(L) == 40 and last < 0.8 * first, (first, last)
+' "$T/v1log"
+check "the v1 checkpoint: mask token, LayerScale, head, no decoder, an EMA of everything" $PY -c '
+import json, struct, sys
+b = open(sys.argv[1], "rb").read()
+h = json.loads(b[8:8 + struct.unpack("<Q", b[:8])[0]])
+cfg = json.loads(h["__metadata__"]["config"])
+assert cfg["objective"] == "v1" and cfg["loss_beta"] == 2 and cfg["clone"] == 1
+for k in ("student.mask_token", "student.blocks.2.gamma_2", "teacher.head.weight", "teacher.mask_token"):
+    assert k in h, k
+assert not any(".decoder." in k or k.endswith("decoder.proj.weight") for k in h)
+' "$T/v1.safetensors"
+d2v-teacher -c "$T/v1.safetensors" "$T/b.d2v" 2> "$T/err" | d2v-show -n 1 > "$T/out"
+contains "$T/out" "target *f16 *\[49,32\]" "d2v-teacher adds v1 targets [N, D]"
+check "... and no target_cls" sh -c '! grep -q target_cls "$1"' - "$T/out"
+status 1 "d2v-teacher --objective v2 refuses a v1 checkpoint" d2v-teacher --objective v2 -c "$T/v1.safetensors" "$T/b.d2v" 2> "$T/err" > /dev/null
+contains "$T/err" "a v1 checkpoint; --objective v2" "... naming both"
+status 1 "the v2 objective refuses v1 block masks" d2v-train $MODEL -i "$T/b.d2v" --steps 2 -c "$T/x.safetensors" 2> "$T/err"
+contains "$T/err" "masks of strategy block, a data2vec (v1) strategy" "... naming the strategy and the fix"
+status 1 "the v1 objective refuses masks of 2 copies" d2v-train $V1 -i "$T/m.d2v" --steps 2 -c "$T/x.safetensors" 2> "$T/err"
+contains "$T/err" "the v1 objective takes one mask per sample" "... saying so"
+status 2 "--objective v3 is a usage error" d2v-train --objective v3 -i "$T/b.d2v" --steps 2 -c "$T/x.safetensors" 2> /dev/null

@@ -26,6 +26,8 @@ d2v_config_preset(d2v_config *c, const char *name, d2v_err *err)
 	c->pos_conv_groups = 16;
 	c->max_positions = 512;
 	snprintf(c->target_final_norm, sizeof c->target_final_norm, "ln");
+	c->layer_scale = 1e-4;
+	c->loss_beta = 0;
 	c->clone = 16;
 	c->mask_noise_std = 0.01;
 	c->cls_loss = 0.01;
@@ -146,6 +148,50 @@ d2v_config_modality(d2v_config *c, const char *mod, d2v_err *err)
 }
 
 int
+d2v_config_is_v1(const d2v_config *c)
+{
+	return strcmp(c->objective, "v1") == 0;
+}
+
+int
+d2v_config_objective(d2v_config *c, const char *obj, d2v_err *err)
+{
+	if (strcmp(obj, "v2") == 0)
+		return 0;
+	if (strcmp(obj, "v1") != 0)
+		return d2v_err_set(err, D2V_EINVAL, "unknown objective '%s' (v1, "
+		    "v2)", obj);
+	if (!d2v_config_is_image(c))
+		return d2v_err_set(err, D2V_EINVAL, "the v1 objective is "
+		    "implemented for images only, not %s", c->modality);
+	snprintf(c->objective, sizeof c->objective, "v1");
+	/* BEiT-based vision model (data2vec_vision README, ViT-B): every
+	 * block a main block, targets the end of the top 6 blocks */
+	c->depth += c->prenet_depth;
+	c->prenet_depth = 0;
+	c->top_k = c->depth >= 6 ? 6 : c->depth;
+	c->layer_scale = c->dim >= 1024 ? 1e-5 : 1e-4;
+	c->loss_beta = 2;
+	c->loss_scale = 1;
+	c->cls_loss = 0;
+	c->clone = 1;
+	c->drop_path = 0.25;
+	c->lr = c->dim >= 1024 ? 1e-3 : 2e-3;
+	c->min_lr = 1e-5;
+	c->beta2 = 0.999;
+	c->eps = 1e-8;
+	c->weight_decay = 0.05;
+	c->clip_norm = 3.0;
+	/* 10 of 800 epochs of warmup */
+	c->max_update = 800;
+	c->warmup = 10;
+	c->ema_decay = c->ema_end_decay = 0.9998;
+	c->ema_anneal_end_step = 1;
+	c->batch = 2048;
+	return 0;
+}
+
+int
 d2v_config_tokens(const d2v_config *c)
 {
 	int g;
@@ -162,9 +208,21 @@ d2v_config_check(const d2v_config *c, d2v_err *err)
 {
 	int image = d2v_config_is_image(c);
 
-	if (strcmp(c->objective, "v2") != 0)
-		return d2v_err_set(err, D2V_EINVAL, "objective %s: only the "
-		    "data2vec 2.0 objective (v2) is implemented", c->objective);
+	int v1 = d2v_config_is_v1(c);
+
+	if (strcmp(c->objective, "v2") != 0 && !v1)
+		return d2v_err_set(err, D2V_EINVAL, "unknown objective '%s' (v1, "
+		    "v2)", c->objective);
+	if (v1 && !image)
+		return d2v_err_set(err, D2V_EINVAL, "the v1 objective is "
+		    "implemented for images only, not %s", c->modality);
+	if (v1 && c->clone != 1)
+		return d2v_err_set(err, D2V_EINVAL, "the v1 objective takes one "
+		    "mask per sample (clone 1), not %d", c->clone);
+	if (v1 && !(c->layer_scale > 0))
+		return d2v_err_set(err, D2V_EINVAL, "layer scale must be > 0");
+	if (c->loss_beta < 0)
+		return d2v_err_set(err, D2V_EINVAL, "loss beta must be >= 0");
 	if (!image && strcmp(c->modality, "audio") != 0 &&
 	    strcmp(c->modality, "text") != 0)
 		return d2v_err_set(err, D2V_EINVAL, "unknown modality '%s' "
@@ -197,10 +255,10 @@ d2v_config_check(const d2v_config *c, d2v_err *err)
 	if (c->top_k < 1 || c->top_k > c->depth)
 		return d2v_err_set(err, D2V_EINVAL, "top-K %d must be in 1..%d "
 		    "(main blocks)", c->top_k, c->depth);
-	if (c->decoder_dim <= 0 || c->decoder_layers < 1 ||
+	if (!v1 && (c->decoder_dim <= 0 || c->decoder_layers < 1 ||
 	    c->decoder_kernel < 1 || c->decoder_kernel % 2 == 0 ||
 	    c->decoder_groups < 1 || c->dim % c->decoder_groups ||
-	    c->decoder_dim % c->decoder_groups)
+	    c->decoder_dim % c->decoder_groups))
 		return d2v_err_set(err, D2V_EINVAL, "decoder: groups %d must "
 		    "divide widths %d and %d, kernel must be odd",
 		    c->decoder_groups, c->dim, c->decoder_dim);
@@ -291,6 +349,10 @@ add_dropout(json_t *j, const d2v_config *c)
 	    json_integer(c->decoder_proj_layers));
 	json_object_set_new(j, "target_final_norm",
 	    json_string(c->target_final_norm));
+	if (d2v_config_is_v1(c)) {
+		json_object_set_new(j, "layer_scale", json_real(c->layer_scale));
+		json_object_set_new(j, "loss_beta", json_real(c->loss_beta));
+	}
 	if (strcmp(c->modality, "audio") == 0) {
 		json_object_set_new(j, "conv_dim", json_integer(c->conv_dim));
 		json_object_set_new(j, "pos_conv_depth",
@@ -365,6 +427,7 @@ d2v_config_from_json(d2v_config *c, const json_t *j, d2v_err *err)
 	NUM(decoder_proj_layers, int); NUM(conv_dim, int);
 	NUM(pos_conv_depth, int); NUM(pos_conv_kernel, int);
 	NUM(pos_conv_groups, int); NUM(vocab, int); NUM(max_positions, int);
+	NUM(layer_scale, double); NUM(loss_beta, double);
 	if ((v = json_object_get(j, "alibi")) != NULL)
 		c->alibi = json_is_true(v) ||
 		    (json_is_integer(v) && json_integer_value(v) != 0);

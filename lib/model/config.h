@@ -20,7 +20,7 @@
 typedef struct d2v_config {
 	/* model */
 	char modality[16];      /* "image", "audio" or "text" */
-	char objective[8];      /* "v2" */
+	char objective[8];      /* "v2", or "v1" (images) */
 	int image_size;         /* H = W */
 	int patch;              /* P */
 	int channels;           /* C */
@@ -47,6 +47,10 @@ typedef struct d2v_config {
 	int max_positions;      /* position table rows - 2 */
 	/* targets: final norm after averaging, "ln" (images) or "none" */
 	char target_final_norm[8];
+	/* v1 (images): LayerScale init of the pre-LN blocks, Smooth-L1 beta
+	 * of the loss (0: L2) */
+	double layer_scale;
+	double loss_beta;
 	int clone;              /* M masked copies per sample */
 	double mask_noise_std;
 	double cls_loss;
@@ -80,6 +84,15 @@ int d2v_config_preset(d2v_config *cfg, const char *name, d2v_err *err);
  * "image", "audio" or "text" (DATA2VEC.md §§2-9): block counts, top-K,
  * decoder, dropouts, optimiser, EMA.  D2V_EINVAL for another modality. */
 int d2v_config_modality(d2v_config *cfg, const char *modality, d2v_err *err);
+/* Switches cfg (after d2v_config_modality) to the data2vec (v1) recipe
+ * of its modality (images only for now, DATA2VEC.md §§2.1, 3.1, 4.1, 5.1,
+ * 6, 7.1, 8.1, 9): pre-LN blocks with LayerScale, a mask token, the whole
+ * sequence through the student, Smooth-L1.  "v2" leaves cfg as it is;
+ * D2V_EINVAL for another objective or modality. */
+int d2v_config_objective(d2v_config *cfg, const char *objective,
+    d2v_err *err);
+/* 1 for the v1 objective. */
+int d2v_config_is_v1(const d2v_config *cfg);
 /* 1 for images (CLS token, 2-D decoder), 0 for audio and text. */
 int d2v_config_is_image(const d2v_config *cfg);
 /* Checks sizes agree (heads divide dim, patch divides size...). */

@@ -30,6 +30,7 @@ acts_free(d2v_enc_acts *a, int nb)
 	freev(a->drop_att, nb); freev(a->drop_ao, nb); freev(a->drop_act, nb);
 	freev(a->drop_f, nb);
 	free(a->drop_ctx); free(a->skip); free(a->pos); free(a->slope);
+	freev(a->pa, nb);
 	memset(a, 0, sizeof *a);
 }
 
@@ -97,6 +98,8 @@ acts_alloc(d2v_enc_acts *a, const d2v_model *m, int R, int T, int with_drop)
 	a->m2 = allocv(nb, RT);
 	a->s2 = allocv(nb, RT);
 	a->out = allocv(nb, RT * D);
+	if (d2v_config_is_v1(&m->cfg) && (a->pa = allocv(nb, RT * D)) == NULL)
+		return -1;
 	a->skip = calloc((size_t)nb, sizeof *a->skip);
 	a->pos = malloc(RT * sizeof *a->pos);
 	a->slope = calloc((size_t)m->H, sizeof *a->slope);
@@ -295,6 +298,8 @@ step_free(d2v_model *m)
 	free(m->gslope);
 	free(m->esum); free(m->em); free(m->es); free(m->eln);
 	free(m->drop_emb); free(m->drop_in); free(m->ph); free(m->pg);
+	free(m->hn); free(m->hm); free(m->hs);
+	m->hn = m->hm = m->hs = NULL;
 	m->fm = m->fs = m->fl = m->gslope = NULL;
 	m->esum = m->em = m->es = m->eln = m->drop_emb = m->drop_in = NULL;
 	m->ph = m->pg = NULL;
@@ -401,13 +406,21 @@ step_alloc(d2v_model *m, int B, int V, d2v_err *err)
 		m->drop_in = malloc(TEN(R) * (V > 0 ? V : 1) * D * sizeof(float));
 		bad |= m->drop_in == NULL;
 	}
+	if (d2v_config_is_v1(c)) {
+		size_t BT = TEN(B) * (N + E);
+
+		m->hn = malloc(BT * D * sizeof(float));
+		m->hm = malloc(BT * sizeof(float));
+		m->hs = malloc(BT * sizeof(float));
+		bad |= !m->hn || !m->hm || !m->hs;
+	}
 	if (c->decoder_proj_layers == 2) {
 		m->ph = malloc(RN * 2 * Dd * sizeof(float));
 		m->pg = malloc(RN * 2 * Dd * sizeof(float));
 		bad |= !m->ph || !m->pg;
 	}
 	/* the audio feature encoder's backward runs through gdec and gdec2 */
-	abuf = maxz(abuf, RN * wide);
+	abuf = maxz(abuf, TEN(R) * (N + E) * wide);
 	m->tok = malloc(BN * D * sizeof(float));
 	m->dtok = malloc(BN * D * sizeof(float));
 	m->keep = malloc(TEN(R) * (V > 0 ? V : 1) * sizeof(int));
@@ -419,7 +432,7 @@ step_alloc(d2v_model *m, int B, int V, d2v_err *err)
 	m->ds = allocv(L, RN);
 	m->dl = allocv(L, RN * Dd);
 	m->dout = allocv(L, RN * Dd);
-	m->pred = malloc(RN * D * sizeof(float));
+	m->pred = malloc(TEN(R) * (N + E) * D * sizeof(float));
 	m->col = malloc(cmax * sizeof(float));
 	m->dcol = malloc(cmax * sizeof(float));
 	m->gA = malloc(RT * wide * sizeof(float));
@@ -859,6 +872,13 @@ encoder_backward(d2v_model *m, d2v_enc_acts *a, float *dout, float *dx)
 	}
 }
 
+static int step_v1(d2v_model *m, const uint8_t *img, const uint8_t *mask,
+    const float *y, int B, uint64_t rng_seed, d2v_step_out *out,
+    d2v_err *err);
+static void teacher_v1_forward(d2v_model *m, const float *P,
+    const uint8_t *img, int B);
+static void make_targets_v1(d2v_model *m, int B, float *y);
+
 /* The student's local encoder on B samples x into m->tok (and m->pix for
  * images); `drop` applies the text embedding dropout of this step. */
 static void
@@ -957,6 +977,11 @@ d2v_model_targets(d2v_model *m, const float *params, const void *x,
 
 	if (rc < 0)
 		return rc;
+	if (d2v_config_is_v1(&m->cfg)) {
+		teacher_v1_forward(m, params, x, B);
+		make_targets_v1(m, B, y);
+		return 0;
+	}
 	if (!m->E)
 		local_forward(m, m->params, x, B, 0);
 	teacher_forward(m, params, x, B);
@@ -977,9 +1002,13 @@ d2v_model_features(d2v_model *m, const float *params, const void *x,
 	if (layer >= m->nb)
 		return d2v_err_set(err, D2V_EINVAL, "layer %d: the model has %d "
 		    "blocks", layer, m->nb);
-	if (!m->E)
-		local_forward(m, m->params, x, B, 0);
-	teacher_forward(m, params, x, B);
+	if (d2v_config_is_v1(&m->cfg)) {
+		teacher_v1_forward(m, params, x, B);
+	} else {
+		if (!m->E)
+			local_forward(m, m->params, x, B, 0);
+		teacher_forward(m, params, x, B);
+	}
 	memcpy(out, m->te.out[layer], TEN(B) * (m->N + m->E) * m->D *
 	    sizeof(float));
 	return 0;
@@ -1163,6 +1192,8 @@ d2v_model_step(d2v_model *m, const void *x, const uint8_t *mask,
 
 	if (N < 1)
 		return d2v_err_set(err, D2V_EINVAL, "no sample length set");
+	if (d2v_config_is_v1(c))
+		return step_v1(m, x, mask, y, B, rng_seed, out, err);
 	/* visible count: equal in every row */
 	V = 0;
 	for (int n = 0; n < N; n++)
@@ -1423,6 +1454,327 @@ d2v_model_step(d2v_model *m, const void *x, const uint8_t *mask,
 			    B * N, c->channels * c->patch * c->patch, D);
 		else
 			text_local_backward(m, x, m->dtok, B, edrop);
+	}
+	return 0;
+}
+
+/* ---- data2vec (v1), images: pre-LN blocks with LayerScale ---- */
+
+/* out (rows,D) += g (D) * x (rows,D) [* s (rows,D) when s] */
+static void
+add_scaled(float *out, const float *g, const float *x, const float *s,
+    int rows, int D)
+{
+#pragma omp parallel for schedule(static)
+	for (int i = 0; i < rows; i++)
+		for (int d = 0; d < D; d++) {
+			size_t k = TEN(i) * D + d;
+
+			out[k] += g[d] * (s ? x[k] * s[k] : x[k]);
+		}
+}
+
+/* dg (D) += sum over rows of dy * x [* s]; dx (rows,D) = dy * g [* s] */
+static void
+scaled_backward(float *dx, float *dg, const float *dy, const float *g,
+    const float *x, const float *s, int rows, int D)
+{
+#pragma omp parallel for schedule(static)
+	for (int d = 0; d < D; d++) {
+		double acc = 0;
+
+		for (int i = 0; i < rows; i++) {
+			size_t k = TEN(i) * D + d;
+
+			acc += (double)dy[k] * (s ? x[k] * s[k] : x[k]);
+		}
+		dg[d] += (float)acc;
+	}
+#pragma omp parallel for schedule(static)
+	for (int i = 0; i < rows; i++)
+		for (int d = 0; d < D; d++) {
+			size_t k = TEN(i) * D + d;
+
+			dx[k] = dy[k] * g[d] * (s ? s[k] : 1.0f);
+		}
+}
+
+/* Every pre-LN block over a->x_in (R,T,D) (no context LayerNorm):
+ * x1 = x + g1 attn(LN1 x); out = x1 + g2 mlp(LN2 x1). */
+static void
+encoder_v1_forward(d2v_model *m, const float *P, d2v_enc_acts *a)
+{
+	const d2v_ops *o = m->ops;
+	int R = a->R, T = a->T, D = m->D, F = m->F, RT = R * T;
+	float eps = (float)m->cfg.norm_eps;
+	const float *x = a->x_in;
+	size_t nD = TEN(RT) * D;
+
+	memcpy(a->x0, a->x_in, nD * sizeof(float));
+	for (int l = 0; l < m->nb; l++) {
+		const d2v_block_off *b = &m->lay.blocks[l];
+
+		o->layernorm_forward(a->r[l], a->m1[l], a->s1[l], x,
+		    P + b->norm1_w, P + b->norm1_b, RT, D, eps);
+		o->matmul_forward(a->qkv[l], a->r[l], P + b->qkv_w, P + b->qkv_b,
+		    RT, D, 3 * D);
+		o->attention_forward(a->att[l], a->probs[l], a->qkv[l],
+		    a->drop ? a->drop_att[l] : NULL, NULL, NULL, R, T, D, m->H);
+		o->matmul_forward(a->pa[l], a->att[l], P + b->proj_w,
+		    P + b->proj_b, RT, D, D);
+		memcpy(a->x1[l], x, nD * sizeof(float));
+		add_scaled(a->x1[l], P + b->gamma1, a->pa[l],
+		    a->drop ? a->drop_ao[l] : NULL, RT, D);
+		o->layernorm_forward(a->x2[l], a->m2[l], a->s2[l], a->x1[l],
+		    P + b->norm2_w, P + b->norm2_b, RT, D, eps);
+		o->matmul_forward(a->h1[l], a->x2[l], P + b->fc1_w, P + b->fc1_b,
+		    RT, D, F);
+		o->gelu_forward(a->g[l], a->h1[l], TEN(RT) * F);
+		if (a->drop)
+			o->mul(a->g[l], a->drop_act[l], TEN(RT) * F);
+		o->matmul_forward(a->f[l], a->g[l], P + b->fc2_w, P + b->fc2_b,
+		    RT, F, D);
+		memcpy(a->out[l], a->x1[l], nD * sizeof(float));
+		add_scaled(a->out[l], P + b->gamma2, a->f[l],
+		    a->drop ? a->drop_f[l] : NULL, RT, D);
+		x = a->out[l];
+	}
+}
+
+/* dout (R,T,D), the gradient of the last block's output (overwritten);
+ * dx (R,T,D) gets the gradient of a->x_in. */
+static void
+encoder_v1_backward(d2v_model *m, d2v_enc_acts *a, float *dout, float *dx)
+{
+	const d2v_ops *o = m->ops;
+	const float *P = m->params;
+	float *G = m->grads;
+	int R = a->R, T = a->T, D = m->D, F = m->F, RT = R * T;
+	size_t nD = TEN(RT) * D;
+	float *t = m->gC;
+
+	for (int l = m->nb - 1; l >= 0; l--) {
+		const d2v_block_off *b = &m->lay.blocks[l];
+		const float *xin = l > 0 ? a->out[l - 1] : a->x_in;
+
+		/* out = x1 + g2 f: dout is d x1 so far; t = d f */
+		scaled_backward(t, G + b->gamma2, dout, P + b->gamma2, a->f[l],
+		    a->drop ? a->drop_f[l] : NULL, RT, D);
+		memset(m->gF, 0, TEN(RT) * F * sizeof(float));
+		o->matmul_backward(m->gF, G + b->fc2_w, G + b->fc2_b, t, a->g[l],
+		    P + b->fc2_w, RT, F, D);
+		if (a->drop)
+			o->mul(m->gF, a->drop_act[l], TEN(RT) * F);
+		memset(m->gF2, 0, TEN(RT) * F * sizeof(float));
+		o->gelu_backward(m->gF2, a->h1[l], m->gF, TEN(RT) * F);
+		memset(t, 0, nD * sizeof(float));
+		o->matmul_backward(t, G + b->fc1_w, G + b->fc1_b, m->gF2, a->x2[l],
+		    P + b->fc1_w, RT, D, F);
+		/* x2 = LN2(x1): add into d x1 */
+		o->layernorm_backward(dout, G + b->norm2_w, G + b->norm2_b, t,
+		    a->x1[l], a->m2[l], a->s2[l], P + b->norm2_w, RT, D);
+		/* x1 = x + g1 pa: dout is d x so far; t = d pa */
+		scaled_backward(t, G + b->gamma1, dout, P + b->gamma1, a->pa[l],
+		    a->drop ? a->drop_ao[l] : NULL, RT, D);
+		memset(m->gA, 0, nD * sizeof(float));
+		o->matmul_backward(m->gA, G + b->proj_w, G + b->proj_b, t, a->att[l],
+		    P + b->proj_w, RT, D, D);
+		memset(m->gQKV, 0, nD * 3 * sizeof(float));
+		o->attention_backward(m->gQKV, NULL, m->gA, a->qkv[l], a->probs[l],
+		    a->drop ? a->drop_att[l] : NULL, NULL, R, T, D, m->H);
+		memset(t, 0, nD * sizeof(float));
+		o->matmul_backward(t, G + b->qkv_w, G + b->qkv_b, m->gQKV, a->r[l],
+		    P + b->qkv_w, RT, D, 3 * D);
+		/* BEiT has no key bias: keep its gradient exactly 0 */
+		memset(G + b->qkv_b + D, 0, TEN(D) * sizeof(float));
+		o->layernorm_backward(dout, G + b->norm1_w, G + b->norm1_b, t, xin,
+		    a->m1[l], a->s1[l], P + b->norm1_w, RT, D);
+	}
+	memcpy(dx, dout, nD * sizeof(float));
+}
+
+/* Teacher (or feature) pass of the v1 model: the unmasked images, CLS
+ * first, with parameters P into m->te. */
+static void
+teacher_v1_forward(d2v_model *m, const float *P, const uint8_t *img, int B)
+{
+	int N = m->N, D = m->D;
+	d2v_enc_acts *a = &m->te;
+
+	patchify(m, img, B, m->pix);
+	embed(m, P, B, m->tok);
+	for (int b = 0; b < B; b++) {
+		float *row = a->x_in + TEN(b) * (N + 1) * D;
+
+		memcpy(row, P + m->lay.cls, TEN(D) * sizeof(float));
+		memcpy(row + D, m->tok + TEN(b) * N * D, TEN(N) * D * sizeof(float));
+	}
+	a->drop = 0;
+	encoder_v1_forward(m, P, a);
+}
+
+/* v1 targets (DATA2VEC.md §6, v1 vision): the end of each of the top K
+ * blocks, CLS dropped, LayerNorm per token, averaged, LayerNorm again. */
+static void
+make_targets_v1(d2v_model *m, int B, float *y)
+{
+	d2v_enc_acts *a = &m->te;
+	int N = m->N, D = m->D, K = m->cfg.top_k;
+	float *tmp = m->gA;
+
+	memset(y, 0, TEN(B) * N * D * sizeof(float));
+	for (int k = 0; k < K; k++) {
+		const float *e = a->out[m->nb - K + k];
+
+		for (int b = 0; b < B; b++)
+			memcpy(tmp + TEN(b) * N * D, e + (TEN(b) * (N + 1) + 1) * D,
+			    TEN(N) * D * sizeof(float));
+		m->ops->layernorm_forward(tmp, NULL, NULL, tmp, NULL, NULL, B * N,
+		    D, 1e-5f);
+		for (size_t i = 0; i < TEN(B) * N * D; i++)
+			y[i] += tmp[i] / (float)K;
+	}
+	m->ops->layernorm_forward(y, NULL, NULL, y, NULL, NULL, B * N, D, 1e-5f);
+}
+
+static int
+step_v1(d2v_model *m, const uint8_t *img, const uint8_t *mask,
+    const float *y, int B, uint64_t rng_seed, d2v_step_out *out, d2v_err *err)
+{
+	const d2v_config *c = &m->cfg;
+	const d2v_ops *o = m->ops;
+	int N = m->N, D = m->D, T = N + 1, rc;
+	double beta = c->loss_beta, loss = 0;
+	long nmask = 0;
+	float *P = m->params, *Gr = m->grads;
+	d2v_enc_acts *a = &m->st;
+
+	for (int i = 0; i < B * N; i++)
+		nmask += mask[i] != 0;
+	if (nmask == 0)
+		return d2v_err_set(err, D2V_EINVAL, "no masked token in the batch");
+	if ((rc = step_alloc(m, B, N, err)) < 0)
+		return rc;
+	if (y != NULL) {
+		memcpy(m->y, y, TEN(B) * N * D * sizeof(float));
+	} else {
+		teacher_v1_forward(m, m->teacher, img, B);
+		make_targets_v1(m, B, m->y);
+	}
+	/* student: masked patches replaced by the mask token, then the
+	 * positions added (so that masked tokens still differ by position:
+	 * d2v's stand-in for BEiT's relative position bias) */
+	patchify(m, img, B, m->pix);
+	embed(m, P, B, m->tok);
+	for (int b = 0; b < B; b++) {
+		float *row = a->x_in + TEN(b) * T * D;
+
+		memcpy(row, P + m->lay.cls, TEN(D) * sizeof(float));
+		for (int n = 0; n < N; n++) {
+			float *dst = row + TEN(1 + n) * D;
+
+			if (!mask[TEN(b) * N + n]) {
+				memcpy(dst, m->tok + (TEN(b) * N + n) * D,
+				    TEN(D) * sizeof(float));
+				continue;
+			}
+			for (int d = 0; d < D; d++)
+				dst[d] = P[m->lay.mask_tok + d] +
+				    m->sincos[TEN(n) * D + d];
+		}
+	}
+	a->drop = has_dropout(c);
+	if (a->drop)
+		make_dropout(m, a, rng_seed);
+	encoder_v1_forward(m, P, a);
+	o->layernorm_forward(m->hn, m->hm, m->hs, a->out[m->nb - 1],
+	    P + m->lay.norm_w, P + m->lay.norm_b, B * T, D,
+	    (float)c->norm_eps);
+	o->matmul_forward(m->pred, m->hn, P + m->lay.head_w, P + m->lay.head_b,
+	    B * T, D, D);
+
+	/* Smooth-L1 (beta) or L2 (beta 0), the mean over masked tokens and
+	 * channels */
+	memset(Gr, 0, m->lay.total * sizeof(float));
+	{
+		float *dp = m->gB;
+		double den = (double)nmask * D;
+
+		memset(dp, 0, TEN(B) * T * D * sizeof(float));
+		for (int b = 0; b < B; b++)
+			for (int n = 0; n < N; n++) {
+				if (!mask[TEN(b) * N + n])
+					continue;
+				for (int d = 0; d < D; d++) {
+					size_t i = (TEN(b) * T + 1 + n) * D + d;
+					double e = m->pred[i] - m->y[(TEN(b) * N + n) * D + d];
+					double ae = fabs(e), g;
+
+					if (beta > 0 && ae >= beta) {
+						loss += ae - 0.5 * beta;
+						g = e > 0 ? 1 : -1;
+					} else if (beta > 0) {
+						loss += 0.5 * e * e / beta;
+						g = e / beta;
+					} else {
+						loss += e * e;
+						g = 2 * e;
+					}
+					dp[i] = (float)(g / den);
+				}
+			}
+		loss /= den;
+	}
+	out->loss = out->loss_reg = loss;
+	out->loss_cls = 0;
+	out->n_masked = nmask;
+	out->target_var = mean_std(m->y, (long)B * N, D);
+	{
+		float *tmp = m->gA;
+		long k = 0;
+
+		for (int b = 0; b < B; b++)
+			for (int n = 0; n < N; n++)
+				if (mask[TEN(b) * N + n])
+					memcpy(tmp + TEN(k++) * D,
+					    m->pred + (TEN(b) * T + 1 + n) * D,
+					    TEN(D) * sizeof(float));
+		out->pred_var = mean_std(tmp, k, D);
+	}
+
+	/* backward: head, final LayerNorm, blocks */
+	{
+		float *dh = m->gdec, *dlast = m->gdec2;
+		size_t nD = TEN(B) * T * D;
+
+		memset(dh, 0, nD * sizeof(float));
+		o->matmul_backward(dh, Gr + m->lay.head_w, Gr + m->lay.head_b,
+		    m->gB, m->hn, P + m->lay.head_w, B * T, D, D);
+		memset(dlast, 0, nD * sizeof(float));
+		o->layernorm_backward(dlast, Gr + m->lay.norm_w, Gr + m->lay.norm_b,
+		    dh, a->out[m->nb - 1], m->hm, m->hs, P + m->lay.norm_w, B * T,
+		    D);
+		encoder_v1_backward(m, a, dlast, dh);
+		a->drop = 0;
+		/* x_in rows: CLS, mask token or the patch embedding */
+		memset(m->dtok, 0, TEN(B) * N * D * sizeof(float));
+		for (int b = 0; b < B; b++) {
+			const float *row = dh + TEN(b) * T * D;
+
+			for (int d = 0; d < D; d++)
+				Gr[m->lay.cls + d] += row[d];
+			for (int n = 0; n < N; n++) {
+				const float *g = row + TEN(1 + n) * D;
+				float *dst = mask[TEN(b) * N + n] ? Gr + m->lay.mask_tok :
+				    m->dtok + (TEN(b) * N + n) * D;
+
+				for (int d = 0; d < D; d++)
+					dst[d] += g[d];
+			}
+		}
+		o->matmul_backward(NULL, Gr + m->lay.patch_w, Gr + m->lay.patch_b,
+		    m->dtok, m->pix, P + m->lay.patch_w, B * N,
+		    c->channels * c->patch * c->patch, D);
 	}
 	return 0;
 }

@@ -61,6 +61,9 @@ typedef struct d2v_enc_acts {
 	float **drop_act; /* (R,T,F) activation dropout after the GELU */
 	float **drop_f;   /* (R,T,D) activation dropout x post-MLP dropout x drop path */
 	float *drop_ctx;  /* (R,T,D) dropout after the context LayerNorm */
+	float **pa;       /* v1: (R,T,D) attention projection output; then
+	                   * x1 = x + gamma_1 pa, r = LN1(x), x2 = LN2(x1),
+	                   * out = x1 + gamma_2 f */
 	int *skip;        /* (nb) layerdrop: block l skipped this pass */
 	int *pos;         /* (R,T) token positions for ALiBi */
 	float *slope;     /* (H) ALiBi slopes of this pass: m_h max(scale_h, 0) */
@@ -114,6 +117,8 @@ typedef struct d2v_model {
 	float *drop_emb;   /* (B,N,D) embedding dropout */
 	float *drop_in;    /* (R,V,D) decoder input dropout */
 	float *ph, *pg;    /* (R,N,2Dd) two-layer projection: hidden, GELU */
+	float *hn, *hm, *hs; /* v1: (B,N+1,D) final LayerNorm out, (B*(N+1))
+	                    * mean, rstd */
 	int *keep;         /* (R,V) kept token indices, ascending */
 	d2v_enc_acts st;   /* student, R x (V+1) */
 	d2v_enc_acts te;   /* teacher, B x (N+1) */

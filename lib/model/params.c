@@ -45,9 +45,10 @@ d2v_layout_init(d2v_layout *l, const d2v_config *c, d2v_err *err)
 	int nb = c->prenet_depth + c->depth, D = c->dim, F = c->mlp_dim;
 	int Dd = c->decoder_dim, G = c->decoder_groups, k = c->decoder_kernel;
 	int image = d2v_config_is_image(c), audio = !strcmp(c->modality, "audio");
+	int v1 = d2v_config_is_v1(c);
 	int npos = audio ? c->pos_conv_depth : 0;
-	int max = 6 + 3 * D2V_CONV_LAYERS + 6 + 2 * npos + 12 * nb +
-	    2 * c->decoder_layers + 4;
+	int max = 8 + 3 * D2V_CONV_LAYERS + 6 + 2 * npos + 14 * nb +
+	    2 * c->decoder_layers + 8;
 
 	memset(l, 0, sizeof *l);
 	l->p = calloc((size_t)max, sizeof *l->p);
@@ -66,6 +67,8 @@ d2v_layout_init(d2v_layout *l, const d2v_config *c, d2v_err *err)
 		    "patch_embed.weight");
 		l->patch_b = add(l, 1, S(D), "patch_embed.bias");
 		l->cls = add(l, 3, S(1, 1, D), "cls_token");
+		if (v1)
+			l->mask_tok = add(l, 3, S(1, 1, D), "mask_token");
 		l->teacher_begin = 0;   /* the image teacher re-embeds */
 	} else if (audio) {
 		int C = c->conv_dim;
@@ -100,10 +103,38 @@ d2v_layout_init(d2v_layout *l, const d2v_config *c, d2v_err *err)
 	}
 	/* the context LayerNorm: images and audio always, text with a prenet
 	 * (DATA2VEC.md §2.3) */
-	l->has_ctx = image || audio || c->prenet_depth > 0;
+	l->has_ctx = !v1 && (image || audio || c->prenet_depth > 0);
 	if (l->has_ctx) {
 		l->ctx_w = add(l, 1, S(D), "context_norm.weight");
 		l->ctx_b = add(l, 1, S(D), "context_norm.bias");
+	}
+	for (int i = 0; i < nb && v1; i++) {
+		/* pre-LN with LayerScale, BEiT's names and order */
+		d2v_block_off *b = &l->blocks[i];
+
+		b->norm1_w = add(l, 1, S(D), "blocks.%d.norm1.weight", i);
+		b->norm1_b = add(l, 1, S(D), "blocks.%d.norm1.bias", i);
+		b->qkv_w = add(l, 2, S(3 * D, D), "blocks.%d.attn.qkv.weight", i);
+		b->qkv_b = add(l, 1, S(3 * D), "blocks.%d.attn.qkv.bias", i);
+		b->proj_w = add(l, 2, S(D, D), "blocks.%d.attn.proj.weight", i);
+		b->proj_b = add(l, 1, S(D), "blocks.%d.attn.proj.bias", i);
+		b->gamma1 = add(l, 1, S(D), "blocks.%d.gamma_1", i);
+		b->norm2_w = add(l, 1, S(D), "blocks.%d.norm2.weight", i);
+		b->norm2_b = add(l, 1, S(D), "blocks.%d.norm2.bias", i);
+		b->fc1_w = add(l, 2, S(F, D), "blocks.%d.mlp.fc1.weight", i);
+		b->fc1_b = add(l, 1, S(F), "blocks.%d.mlp.fc1.bias", i);
+		b->fc2_w = add(l, 2, S(D, F), "blocks.%d.mlp.fc2.weight", i);
+		b->fc2_b = add(l, 1, S(D), "blocks.%d.mlp.fc2.bias", i);
+		b->gamma2 = add(l, 1, S(D), "blocks.%d.gamma_2", i);
+	}
+	if (v1) {
+		/* the whole model is the teacher's (BEiT's EMA of everything) */
+		l->norm_w = add(l, 1, S(D), "norm.weight");
+		l->norm_b = add(l, 1, S(D), "norm.bias");
+		l->head_w = add(l, 2, S(D, D), "head.weight");
+		l->head_b = add(l, 1, S(D), "head.bias");
+		l->teacher_end = l->total;
+		return 0;
 	}
 	for (int i = 0; i < nb; i++) {
 		d2v_block_off *b = &l->blocks[i];
@@ -180,11 +211,63 @@ fill_uniform(float *p, size_t n, double bound, d2v_rng *r)
 		p[i] = (float)((2 * d2v_rng_uniform(r) - 1) * bound);
 }
 
+/* N(0, std^2) truncated at one std (BEiT's trunc_normal_ with a = -std,
+ * b = std), by rejection. */
+static void
+fill_trunc(float *p, size_t n, double std, d2v_rng *r)
+{
+	for (size_t i = 0; i < n; i++) {
+		double z;
+
+		do
+			z = d2v_rng_normal(r);
+		while (fabs(z) > 1);
+		p[i] = (float)(std * z);
+	}
+}
+
+/* The v1 (BEiT) initialisation. */
+static void
+init_v1(const d2v_layout *l, const d2v_config *c, float *params,
+    uint64_t seed)
+{
+	for (int i = 0; i < l->count; i++) {
+		const d2v_param *p = &l->p[i];
+		float *w = params + p->offset;
+		const char *n = p->name;
+		size_t len = strlen(n);
+		d2v_rng r;
+		int blk;
+
+		d2v_rng_seed(&r, seed, 0x9a7a, (uint64_t)i);
+		if (strstr(n, ".gamma_") != NULL) {
+			for (size_t k = 0; k < p->size; k++)
+				w[k] = (float)c->layer_scale;
+		} else if (strstr(n, "norm") != NULL && len > 7 &&
+		    strcmp(n + len - 7, ".weight") == 0) {
+			for (size_t k = 0; k < p->size; k++)
+				w[k] = 1.0f;
+		} else if (strstr(n, ".bias") != NULL) {
+			/* zero */
+		} else {
+			fill_trunc(w, p->size, 0.02, &r);
+			if (sscanf(n, "blocks.%d.", &blk) == 1 &&
+			    (strstr(n, "attn.proj.weight") || strstr(n, "mlp.fc2.weight")))
+				for (size_t k = 0; k < p->size; k++)
+					w[k] /= (float)sqrt(2.0 * (blk + 1));
+		}
+	}
+}
+
 void
 d2v_params_init(const d2v_layout *l, const d2v_config *c, float *params,
     uint64_t seed)
 {
 	memset(params, 0, l->total * sizeof *params);
+	if (d2v_config_is_v1(c)) {
+		init_v1(l, c, params, seed);
+		return;
+	}
 	for (int i = 0; i < l->count; i++) {
 		const d2v_param *p = &l->p[i];
 		float *w = params + p->offset;

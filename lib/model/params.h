@@ -38,6 +38,7 @@ typedef struct d2v_block_off {
 	size_t fc1_w, fc1_b;     /* [F, D], [F] */
 	size_t fc2_w, fc2_b;     /* [D, F], [D] */
 	size_t norm2_w, norm2_b; /* [D] */
+	size_t gamma1, gamma2;   /* v1: LayerScale [D] */
 } d2v_block_off;
 
 /* The wav2vec 2.0 feature encoder: (kernel, stride) of its 7 layers. */
@@ -52,6 +53,9 @@ typedef struct d2v_layout {
 	/* named offsets for the model code (0 where the modality has none) */
 	size_t patch_w, patch_b; /* image: [D, C, P, P], [D] */
 	size_t cls;              /* image: [1, 1, D] */
+	size_t mask_tok;         /* v1 image: [1, 1, D] */
+	size_t norm_w, norm_b;   /* v1: final LayerNorm [D] */
+	size_t head_w, head_b;   /* v1: regression head [D, D], [D] */
 	size_t conv_w[D2V_CONV_LAYERS];  /* audio: [C, Cin, k] */
 	size_t conv_nw[D2V_CONV_LAYERS], conv_nb[D2V_CONV_LAYERS]; /* [C] */
 	size_t fnorm_w, fnorm_b; /* audio: [C] */
@@ -82,7 +86,10 @@ const d2v_param *d2v_layout_find(const d2v_layout *l, const char *name);
  * LayerNorms 1 and 0, the audio feature convolutions kaiming-normal, the
  * audio projection, positional convolutions and the decoder convolutions
  * with PyTorch's defaults, the decoder projection with PyTorch's defaults
- * (images, audio) or N(0, 0.02) (text), ALiBi scales 1. */
+ * (images, audio) or N(0, 0.02) (text), ALiBi scales 1.  v1 (BEiT):
+ * weights, CLS and mask tokens truncated N(0, 0.02) at one std, the
+ * attention projection and fc2 of block i (1-based) divided by sqrt(2i),
+ * LayerScale gammas layer_scale. */
 void d2v_params_init(const d2v_layout *l, const d2v_config *cfg,
     float *params, uint64_t seed);
 

@@ -274,6 +274,104 @@ test_seq_gradients(const char *mod, double drop)
 	d2v_model_free(&m);
 }
 
+/* Finite differences over every parameter tensor of the v1 image model
+ * (pre-LN, LayerScale, mask token, head, Smooth-L1), masks of different
+ * counts per image, with dropout and drop path or without. */
+static void
+test_v1_gradients(double drop)
+{
+	d2v_config c = tiny();
+	d2v_model m;
+	d2v_err err;
+	d2v_step_out out, o2;
+	uint8_t img[576], mask[32];
+	float *g, *y;
+	int bad = 0, checked = 0, N;
+	d2v_rng r;
+
+	d2v_config_objective(&c, "v1", NULL);
+	c.depth = 3; c.top_k = 2;
+	c.layer_scale = 0.3;
+	c.loss_beta = 0.5; /* both branches of Smooth-L1 show */
+	c.drop_path = drop > 0 ? 0.4 : 0;
+	c.attention_dropout = drop;
+	c.encoder_dropout = c.activation_dropout = c.post_mlp_drop = drop;
+	T_OK(d2v_model_init(&m, &c, d2v_backend_cpu(), &err) == 0,
+	    "v1 model init%s%s", err.code ? ": " : "", err.code ? err.msg : "");
+	N = m.N;
+	d2v_params_init(&m.lay, &c, m.params, 4);
+	d2v_model_sync_teacher(&m);
+	d2v_rng_seed(&r, 9, 0, 0);
+	for (int i = 0; i < 576; i++)
+		img[i] = (uint8_t)((i * 11 + (i / 12) * 5) % 256 ^ (int)d2v_rng_below(&r, 64));
+	for (int i = 0; i < 2 * N; i++)
+		mask[i] = d2v_rng_uniform(&r) < (i < N ? 0.3 : 0.6);
+	/* targets held fixed from a first pass, the teacher moved away from
+	 * the student so that they are not the student's own features */
+	for (size_t i = 0; i < m.lay.total; i++)
+		m.teacher[i] += (float)(0.05 * d2v_rng_normal(&r));
+	T_OK(d2v_model_step(&m, img, mask, NULL, NULL, NULL, 2, 1, &out, &err) == 0 &&
+	    isfinite(out.loss) && out.loss > 0, "v1: a step with %ld and %ld "
+	    "masked tokens gives a loss %.6f", (long)0, (long)0, out.loss);
+	y = malloc(2 * (size_t)N * c.dim * sizeof(float));
+	memcpy(y, m.y, 2 * (size_t)N * c.dim * sizeof(float));
+	d2v_model_step(&m, img, mask, NULL, y, NULL, 2, 1, &out, &err);
+	g = malloc(m.lay.total * sizeof(float));
+	memcpy(g, m.grads, m.lay.total * sizeof(float));
+	/* per tensor, the derivative along a random unit direction: the
+	 * loss (a mean over masked tokens and channels) is small, and one
+	 * coordinate's difference would drown in float rounding */
+	for (int i = 0; i < m.lay.count; i++) {
+		const d2v_param *p = &m.lay.p[i];
+		float *v = malloc(p->size * sizeof *v), *save = malloc(p->size * sizeof *save);
+		double h = 3e-3, nv = 0, ana = 0, lp, lm, num, e;
+
+		for (size_t k = 0; k < p->size; k++) {
+			v[k] = (float)d2v_rng_normal(&r);
+			nv += (double)v[k] * v[k];
+		}
+		/* the key third of a qkv bias has no effect: leave it out */
+		if (strstr(p->name, "qkv.bias") != NULL)
+			for (int k = c.dim; k < 2 * c.dim; k++) {
+				nv -= (double)v[k] * v[k];
+				v[k] = 0;
+			}
+		for (size_t k = 0; k < p->size; k++) {
+			v[k] /= (float)sqrt(nv);
+			ana += (double)v[k] * g[p->offset + k];
+		}
+		memcpy(save, m.params + p->offset, p->size * sizeof *save);
+		for (size_t k = 0; k < p->size; k++)
+			m.params[p->offset + k] = save[k] + (float)h * v[k];
+		d2v_model_step(&m, img, mask, NULL, y, NULL, 2, 1, &o2, &err);
+		lp = o2.loss;
+		for (size_t k = 0; k < p->size; k++)
+			m.params[p->offset + k] = save[k] - (float)h * v[k];
+		d2v_model_step(&m, img, mask, NULL, y, NULL, 2, 1, &o2, &err);
+		lm = o2.loss;
+		memcpy(m.params + p->offset, save, p->size * sizeof *save);
+		num = (lp - lm) / (2 * h);
+		e = fabs(num - ana) / (fabs(num) + fabs(ana) + 1e-4);
+		if (e > 0.02) {
+			printf("# %s: numerical %.6g analytic %.6g\n", p->name, num, ana);
+			bad++;
+		}
+		checked++;
+		free(v);
+		free(save);
+	}
+	T_OK(bad == 0, "v1%s: finite differences agree on all %d parameter "
+	    "tensors (%d directions)", drop > 0 ? " with dropout and drop path" :
+	    "", m.lay.count, checked);
+	T_OK(d2v_layout_find(&m.lay, "mask_token") != NULL &&
+	    g[d2v_layout_find(&m.lay, "mask_token")->offset] != 0 &&
+	    d2v_layout_find(&m.lay, "decoder.proj.weight") == NULL &&
+	    d2v_layout_find(&m.lay, "context_norm.weight") == NULL,
+	    "v1: a mask token with a gradient, no decoder, no context norm");
+	free(g); free(y);
+	d2v_model_free(&m);
+}
+
 /* Lengths outside what the model takes. */
 static void
 test_lengths(void)
@@ -390,6 +488,8 @@ main(void)
 	test_seq_gradients("text", 0);
 	test_seq_gradients("text", 0.2);
 	test_lengths();
+	test_v1_gradients(0);
+	test_v1_gradients(0.2);
 	test_unequal_mask();
 	test_schedules();
 	test_checkpoint();
