@@ -109,8 +109,10 @@ check: $(CMDS) $(UNITS) $(TOOLS)
 check-ref: $(CMDS)
 	@if [ -d tests/ref ]; then for s in tests/ref/*.py; do /usr/bin/python3 $$s || exit 1; done; fi
 
+# MODALITY=image (default, Fashion-MNIST), audio or text.
 demo: $(CMDS)
-	@D2V_BIN=$(CURDIR)/$(BUILD)/bin QUICK=$(QUICK) sh scripts/demo
+	@if [ "$(MODALITY)" = audio ] || [ "$(MODALITY)" = text ]; then scripts/install-deps --demo; fi
+	@D2V_BIN=$(CURDIR)/$(BUILD)/bin QUICK=$(QUICK) MODALITY=$(MODALITY) sh scripts/demo
 
 $(BUILD)/bench/%: bench/%.c $(BUILD)/libd2v.a $(HEADERS)
 	@mkdir -p $(@D)

@@ -38,6 +38,8 @@ static const char usage_text[] =
 "      --targets SRC       online (EMA teacher, default) or stream\n"
 "      --epochs N          passes over FILE (default 1)\n"
 "      --steps N           stop after N updates (and size the schedules)\n"
+"      --until N           stop this run at update N (the schedules keep\n"
+"                          their size; continue with --resume)\n"
 "      --progress, --no-progress   force the progress line on or off\n"
 "Model (defaults from --preset, tiny unless given):\n"
 "      --preset NAME       tiny, small, base or large\n"
@@ -68,7 +70,7 @@ enum {
 	O_LR, O_MINLR, O_WARMUP, O_WD, O_CLIP, O_B1, O_B2, O_AEPS, O_EMA,
 	O_EMA_END, O_EMA_N, O_CLS, O_NOISE, O_SEED, O_MINTV, O_MINPV, O_VERSION,
 	O_DROP, O_ADROP, O_ACTDROP, O_POSTDROP, O_DPATH, O_EDROP, O_CDROP,
-	O_IDROP, O_LDROP, O_CONVDIM, O_OBJECTIVE, O_LSCALE, O_LBETA
+	O_IDROP, O_LDROP, O_CONVDIM, O_OBJECTIVE, O_LSCALE, O_LBETA, O_UNTIL
 };
 
 static const struct option longopts[] = {
@@ -122,6 +124,7 @@ static const struct option longopts[] = {
 	{"layerdrop", required_argument, NULL, O_LDROP},
 	{"conv-dim", required_argument, NULL, O_CONVDIM},
 	{"objective", required_argument, NULL, O_OBJECTIVE},
+	{"until", required_argument, NULL, O_UNTIL},
 	{"layer-scale", required_argument, NULL, O_LSCALE},
 	{"loss-beta", required_argument, NULL, O_LBETA},
 	{"quiet", no_argument, NULL, 'q'},
@@ -134,7 +137,7 @@ static const struct option longopts[] = {
 static struct {
 	const char *input, *ckpt, *log, *preset;
 	int resume, stream_targets, progress, quiet;
-	long save_every, log_every, epochs, steps;
+	long save_every, log_every, epochs, steps, until;
 	long dim, heads, mlp, depth, prenet, topk, ddim, dlayers, dkernel,
 	    dgroups, batch, warmup, ema_n, conv_dim;
 	double lr, min_lr, wd, clip, b1, b2, aeps, ema, ema_end, cls, noise,
@@ -232,6 +235,7 @@ parse_args(int argc, char **argv)
 				d2v_usage("--objective: '%s' is not v1 or v2", optarg);
 			opt.objective = optarg;
 			break;
+		case O_UNTIL: opt.until = d2v_parse_long("--until", optarg, 1, LONG_MAX); break;
 		case O_LSCALE: opt.lscale = d2v_parse_double("--layer-scale", optarg, 1e-12, 10); break;
 		case O_LBETA: opt.lbeta = d2v_parse_double("--loss-beta", optarg, 0, 1e6); break;
 		default: d2v_usage("unknown option");
@@ -735,7 +739,8 @@ main(int argc, char **argv)
 				save(&m, step, &rng);
 				saved_step = step;
 			}
-			if (step >= cfg.max_update || stop_signal) {
+			if (step >= cfg.max_update || stop_signal ||
+			    (opt.until > 0 && step >= opt.until)) {
 				stop = stop ? stop : 1;
 				break;
 			}

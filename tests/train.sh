@@ -121,6 +121,10 @@ def body(p):
     return b[8 + n:]
 assert body(sys.argv[1]) == body(sys.argv[2])
 ' "$T/full.safetensors" "$T/cut.safetensors"
+status 0 "--until 7 stops a run of 20 steps at step 7" d2v-train $MODEL -i "$T/m.d2v" --steps 20 --until 7 -c "$T/until.safetensors" --log "$T/until.log"
+check "... after 7 logged steps, with step 7 in the checkpoint" sh -c "[ \$(wc -l < '$T/until.log') -eq 7 ] && grep -q '\"step\":\"7\"' '$T/until.safetensors'"
+d2v-train --resume -i "$T/m.d2v" -c "$T/until.safetensors" --log "$T/until.log"
+check "--resume after --until gives the uninterrupted run's 20 steps, bit for bit" sh -c "sed 's/,\"tokens_per_sec\".*//' '$T/full.log' > '$T/a'; sed 's/,\"tokens_per_sec\".*//' '$T/until.log' > '$T/b'; cmp -s '$T/a' '$T/b'"
 
 # A NaN loss stops training and names the last good checkpoint.
 $PY -c '
