@@ -8,18 +8,38 @@
 
 #include <cblas.h>
 
+/* out (M,N) += b (N) on every row */
+static void
+add_bias(float *out, const float *b, int M, int N)
+{
+#pragma omp parallel for schedule(static)
+	for (int i = 0; i < M; i++)
+		for (int j = 0; j < N; j++)
+			out[(size_t)i * N + j] += b[j];
+}
+
+/* db (N) += the column sums of dout (M,N) */
+static void
+bias_backward(float *db, const float *dout, int M, int N)
+{
+#pragma omp parallel for schedule(static)
+	for (int j = 0; j < N; j++) {
+		double s = 0;
+
+		for (int i = 0; i < M; i++)
+			s += dout[(size_t)i * N + j];
+		db[j] += (float)s;
+	}
+}
+
 static void
 matmul_forward(float *out, const float *in, const float *w, const float *b,
     int M, int K, int N)
 {
 	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f,
 	    in, K, w, K, 0.0f, out, N);
-	if (b != NULL) {
-#pragma omp parallel for schedule(static)
-		for (int i = 0; i < M; i++)
-			for (int j = 0; j < N; j++)
-				out[(size_t)i * N + j] += b[j];
-	}
+	if (b != NULL)
+		add_bias(out, b, M, N);
 }
 
 static void
@@ -32,16 +52,8 @@ matmul_backward(float *din, float *dw, float *db, const float *dout,
 	if (dw != NULL)
 		cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, K, M,
 		    1.0f, dout, N, in, K, 1.0f, dw, K);
-	if (db != NULL) {
-#pragma omp parallel for schedule(static)
-		for (int j = 0; j < N; j++) {
-			double s = 0;
-
-			for (int i = 0; i < M; i++)
-				s += dout[(size_t)i * N + j];
-			db[j] += (float)s;
-		}
-	}
+	if (db != NULL)
+		bias_backward(db, dout, M, N);
 }
 
 static void
@@ -268,28 +280,74 @@ attention_backward(float *dqkv, float *dslope, const float *dout,
 	}
 }
 
-/* col ((R*Hh*Ww), Cg*k*k) for group g of in (R, Hh*Ww, Ci). */
+/*
+ * Grouped convolution by im2col and one GEMM per group, channels-last, for
+ * both the 2-D ('same' padding, stride 1) and the 1-D (stride, padding)
+ * ops: a 1-D convolution is a 2-D one of height 1 and kernel height 1.
+ */
+typedef struct conv_geom {
+	int R;                /* sequences or images */
+	int Hi, Wi, Ho, Wo;   /* input and output grid */
+	int Ci, Co, G;        /* channels, groups */
+	int kh, kw, st;       /* kernel, stride (both dimensions) */
+	int ph, pw;           /* zero padding before each dimension */
+} conv_geom;
+
+/* col ((R*Ho*Wo), Cg*kh*kw) for group g of in (R, Hi*Wi, Ci). */
 static void
-im2col(float *col, const float *in, int R, int Hh, int Ww, int Ci, int k,
-    int Cg, int g)
+im2col(float *col, const float *in, const conv_geom *c, int g)
 {
-	int pad = k / 2, Kc = Cg * k * k;
+	int Cg = c->Ci / c->G, Kc = Cg * c->kh * c->kw;
 
 #pragma omp parallel for collapse(2) schedule(static)
-	for (int r = 0; r < R; r++) {
-		for (int y = 0; y < Hh; y++) {
-			for (int x = 0; x < Ww; x++) {
-				float *c = col + (((size_t)r * Hh + y) * Ww + x) * Kc;
+	for (int r = 0; r < c->R; r++) {
+		for (int y = 0; y < c->Ho; y++) {
+			for (int x = 0; x < c->Wo; x++) {
+				float *o = col + (((size_t)r * c->Ho + y) * c->Wo + x) * Kc;
 
 				for (int ci = 0; ci < Cg; ci++) {
-					for (int ky = 0; ky < k; ky++) {
-						int sy = y + ky - pad;
+					for (int ky = 0; ky < c->kh; ky++) {
+						int sy = y * c->st + ky - c->ph;
 
-						for (int kx = 0; kx < k; kx++) {
-							int sx = x + kx - pad;
+						for (int kx = 0; kx < c->kw; kx++) {
+							int sx = x * c->st + kx - c->pw;
 
-							*c++ = (sy < 0 || sy >= Hh || sx < 0 || sx >= Ww) ? 0.0f :
-							    in[(((size_t)r * Hh + sy) * Ww + sx) * Ci + g * Cg + ci];
+							*o++ = (sy < 0 || sy >= c->Hi || sx < 0 ||
+							    sx >= c->Wi) ? 0.0f : in[(((size_t)r *
+							    c->Hi + sy) * c->Wi + sx) * c->Ci +
+							    g * Cg + ci];
+						}
+					}
+				}
+			}
+		}
+	}
+}
+
+/* din (R, Hi*Wi, Ci) += the columns of group g scattered back. */
+static void
+col2im_add(float *din, const float *col, const conv_geom *c, int g)
+{
+	int Cg = c->Ci / c->G;
+
+	/* one thread per sequence: neighbouring outputs share inputs */
+#pragma omp parallel for schedule(static)
+	for (int r = 0; r < c->R; r++) {
+		const float *o = col + (size_t)r * c->Ho * c->Wo * Cg * c->kh * c->kw;
+
+		for (int y = 0; y < c->Ho; y++) {
+			for (int x = 0; x < c->Wo; x++) {
+				for (int ci = 0; ci < Cg; ci++) {
+					for (int ky = 0; ky < c->kh; ky++) {
+						int sy = y * c->st + ky - c->ph;
+
+						for (int kx = 0; kx < c->kw; kx++, o++) {
+							int sx = x * c->st + kx - c->pw;
+
+							if (sy >= 0 && sy < c->Hi && sx >= 0 &&
+							    sx < c->Wi)
+								din[(((size_t)r * c->Hi + sy) * c->Wi +
+								    sx) * c->Ci + g * Cg + ci] += *o;
 						}
 					}
 				}
@@ -299,52 +357,70 @@ im2col(float *col, const float *in, int R, int Hh, int Ww, int Ci, int k,
 }
 
 static void
-col2im_add(float *din, const float *col, int R, int Hh, int Ww, int Ci, int k,
-    int Cg, int g)
+conv_forward(float *out, float *col, const float *in, const float *w,
+    const float *b, const conv_geom *c)
 {
-	int pad = k / 2, Kc = Cg * k * k;
+	int Cog = c->Co / c->G, Kc = c->Ci / c->G * c->kh * c->kw;
+	int M = c->R * c->Ho * c->Wo;
 
-#pragma omp parallel for schedule(static)
-	for (int r = 0; r < R; r++) {
-		for (int y = 0; y < Hh; y++) {
-			for (int x = 0; x < Ww; x++) {
-				const float *c = col + (((size_t)r * Hh + y) * Ww + x) * Kc;
+	for (int g = 0; g < c->G; g++) {
+		im2col(col, in, c, g);
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, Cog, Kc,
+		    1.0f, col, Kc, w + (size_t)g * Cog * Kc, Kc, 0.0f,
+		    out + g * Cog, c->Co);
+	}
+	if (b != NULL)
+		add_bias(out, b, M, c->Co);
+}
 
-				for (int ci = 0; ci < Cg; ci++) {
-					for (int ky = 0; ky < k; ky++) {
-						int sy = y + ky - pad;
+static void
+conv_backward(float *din, float *dw, float *db, float *col, float *dcol,
+    const float *dout, const float *in, const float *w, const conv_geom *c)
+{
+	int Cog = c->Co / c->G, Kc = c->Ci / c->G * c->kh * c->kw;
+	int M = c->R * c->Ho * c->Wo;
 
-						for (int kx = 0; kx < k; kx++, c++) {
-							int sx = x + kx - pad;
-
-							if (sy >= 0 && sy < Hh && sx >= 0 && sx < Ww)
-								din[(((size_t)r * Hh + sy) * Ww + sx) * Ci + g * Cg + ci] += *c;
-						}
-					}
-				}
-			}
+	for (int g = 0; g < c->G; g++) {
+		if (dw != NULL) {
+			im2col(col, in, c, g);
+			cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Cog, Kc,
+			    M, 1.0f, dout + g * Cog, c->Co, col, Kc, 1.0f,
+			    dw + (size_t)g * Cog * Kc, Kc);
+		}
+		if (din != NULL) {
+			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, Kc,
+			    Cog, 1.0f, dout + g * Cog, c->Co, w + (size_t)g * Cog * Kc,
+			    Kc, 0.0f, dcol, Kc);
+			col2im_add(din, dcol, c, g);
 		}
 	}
+	if (db != NULL)
+		bias_backward(db, dout, M, c->Co);
+}
+
+static conv_geom
+geom2d(int R, int Hh, int Ww, int Ci, int Co, int k, int G)
+{
+	return (conv_geom){.R = R, .Hi = Hh, .Wi = Ww, .Ho = Hh, .Wo = Ww,
+	    .Ci = Ci, .Co = Co, .G = G, .kh = k, .kw = k, .st = 1,
+	    .ph = k / 2, .pw = k / 2};
+}
+
+static conv_geom
+geom1d(int R, int Ti, int Ci, int Co, int k, int st, int pad, int G)
+{
+	return (conv_geom){.R = R, .Hi = 1, .Wi = Ti, .Ho = 1,
+	    .Wo = (Ti + 2 * pad - k) / st + 1, .Ci = Ci, .Co = Co, .G = G,
+	    .kh = 1, .kw = k, .st = st, .ph = 0, .pw = pad};
 }
 
 static void
 conv2d_forward(float *out, float *col, const float *in, const float *w,
     const float *b, int R, int Hh, int Ww, int Ci, int Co, int k, int G)
 {
-	int Cig = Ci / G, Cog = Co / G, Kc = Cig * k * k, M = R * Hh * Ww;
+	conv_geom c = geom2d(R, Hh, Ww, Ci, Co, k, G);
 
-	for (int g = 0; g < G; g++) {
-		im2col(col, in, R, Hh, Ww, Ci, k, Cig, g);
-		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, Cog, Kc,
-		    1.0f, col, Kc, w + (size_t)g * Cog * Kc, Kc, 0.0f,
-		    out + g * Cog, Co);
-	}
-	if (b != NULL) {
-#pragma omp parallel for schedule(static)
-		for (int i = 0; i < M; i++)
-			for (int c = 0; c < Co; c++)
-				out[(size_t)i * Co + c] += b[c];
-	}
+	conv_forward(out, col, in, w, b, &c);
 }
 
 static void
@@ -352,89 +428,9 @@ conv2d_backward(float *din, float *dw, float *db, float *col, float *dcol,
     const float *dout, const float *in, const float *w, int R, int Hh,
     int Ww, int Ci, int Co, int k, int G)
 {
-	int Cig = Ci / G, Cog = Co / G, Kc = Cig * k * k, M = R * Hh * Ww;
+	conv_geom c = geom2d(R, Hh, Ww, Ci, Co, k, G);
 
-	for (int g = 0; g < G; g++) {
-		if (dw != NULL) {
-			im2col(col, in, R, Hh, Ww, Ci, k, Cig, g);
-			cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Cog, Kc,
-			    M, 1.0f, dout + g * Cog, Co, col, Kc, 1.0f,
-			    dw + (size_t)g * Cog * Kc, Kc);
-		}
-		if (din != NULL) {
-			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, Kc,
-			    Cog, 1.0f, dout + g * Cog, Co, w + (size_t)g * Cog * Kc,
-			    Kc, 0.0f, dcol, Kc);
-			col2im_add(din, dcol, R, Hh, Ww, Ci, k, Cig, g);
-		}
-	}
-	if (db != NULL) {
-#pragma omp parallel for schedule(static)
-		for (int c = 0; c < Co; c++) {
-			double s = 0;
-
-			for (int i = 0; i < M; i++)
-				s += dout[(size_t)i * Co + c];
-			db[c] += (float)s;
-		}
-	}
-}
-
-/* col ((R*To), Cg*k) for group g of in (R, Ti, Ci). */
-static void
-im2col1d(float *col, const float *in, int R, int Ti, int To, int Ci, int k,
-    int st, int pad, int Cg, int g)
-{
-	int Kc = Cg * k;
-
-#pragma omp parallel for collapse(2) schedule(static)
-	for (int r = 0; r < R; r++) {
-		for (int t = 0; t < To; t++) {
-			float *c = col + ((size_t)r * To + t) * Kc;
-
-			for (int ci = 0; ci < Cg; ci++) {
-				const float *src = in + (size_t)r * Ti * Ci + g * Cg + ci;
-
-				for (int kk = 0; kk < k; kk++) {
-					int s = t * st + kk - pad;
-
-					*c++ = s < 0 || s >= Ti ? 0.0f : src[(size_t)s * Ci];
-				}
-			}
-		}
-	}
-}
-
-static void
-col2im1d_add(float *din, const float *col, int R, int Ti, int To, int Ci,
-    int k, int st, int pad, int Cg, int g)
-{
-	int Kc = Cg * k;
-
-	/* one thread per sequence: outputs t overlap in the input */
-#pragma omp parallel for schedule(static)
-	for (int r = 0; r < R; r++) {
-		for (int t = 0; t < To; t++) {
-			const float *c = col + ((size_t)r * To + t) * Kc;
-
-			for (int ci = 0; ci < Cg; ci++) {
-				float *dst = din + (size_t)r * Ti * Ci + g * Cg + ci;
-
-				for (int kk = 0; kk < k; kk++, c++) {
-					int s = t * st + kk - pad;
-
-					if (s >= 0 && s < Ti)
-						dst[(size_t)s * Ci] += *c;
-				}
-			}
-		}
-	}
-}
-
-static int
-conv1d_len(int Ti, int k, int st, int pad)
-{
-	return (Ti + 2 * pad - k) / st + 1;
+	conv_backward(din, dw, db, col, dcol, dout, in, w, &c);
 }
 
 static void
@@ -442,21 +438,9 @@ conv1d_forward(float *out, float *col, const float *in, const float *w,
     const float *b, int R, int Ti, int Ci, int Co, int k, int st, int pad,
     int G)
 {
-	int Cig = Ci / G, Cog = Co / G, Kc = Cig * k;
-	int To = conv1d_len(Ti, k, st, pad), M = R * To;
+	conv_geom c = geom1d(R, Ti, Ci, Co, k, st, pad, G);
 
-	for (int g = 0; g < G; g++) {
-		im2col1d(col, in, R, Ti, To, Ci, k, st, pad, Cig, g);
-		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, Cog, Kc,
-		    1.0f, col, Kc, w + (size_t)g * Cog * Kc, Kc, 0.0f,
-		    out + g * Cog, Co);
-	}
-	if (b != NULL) {
-#pragma omp parallel for schedule(static)
-		for (int i = 0; i < M; i++)
-			for (int c = 0; c < Co; c++)
-				out[(size_t)i * Co + c] += b[c];
-	}
+	conv_forward(out, col, in, w, b, &c);
 }
 
 static void
@@ -464,33 +448,9 @@ conv1d_backward(float *din, float *dw, float *db, float *col, float *dcol,
     const float *dout, const float *in, const float *w, int R, int Ti,
     int Ci, int Co, int k, int st, int pad, int G)
 {
-	int Cig = Ci / G, Cog = Co / G, Kc = Cig * k;
-	int To = conv1d_len(Ti, k, st, pad), M = R * To;
+	conv_geom c = geom1d(R, Ti, Ci, Co, k, st, pad, G);
 
-	for (int g = 0; g < G; g++) {
-		if (dw != NULL) {
-			im2col1d(col, in, R, Ti, To, Ci, k, st, pad, Cig, g);
-			cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Cog, Kc,
-			    M, 1.0f, dout + g * Cog, Co, col, Kc, 1.0f,
-			    dw + (size_t)g * Cog * Kc, Kc);
-		}
-		if (din != NULL) {
-			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, Kc,
-			    Cog, 1.0f, dout + g * Cog, Co, w + (size_t)g * Cog * Kc,
-			    Kc, 0.0f, dcol, Kc);
-			col2im1d_add(din, dcol, R, Ti, To, Ci, k, st, pad, Cig, g);
-		}
-	}
-	if (db != NULL) {
-#pragma omp parallel for schedule(static)
-		for (int c = 0; c < Co; c++) {
-			double s = 0;
-
-			for (int i = 0; i < M; i++)
-				s += dout[(size_t)i * Co + c];
-			db[c] += (float)s;
-		}
-	}
+	conv_backward(din, dw, db, col, dcol, dout, in, w, &c);
 }
 
 static void

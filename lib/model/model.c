@@ -720,16 +720,105 @@ set_slopes(d2v_model *m, const float *P, d2v_enc_acts *a)
 	}
 }
 
+/* The attention half of block l: qkv (R,T,3D) and att (R,T,D) from in
+ * (R,T,D), then the projection into out (R,T,D). */
+static void
+attn_forward(d2v_model *m, const float *P, d2v_enc_acts *a, int l,
+    const float *in, float *out)
+{
+	const d2v_ops *o = m->ops;
+	const d2v_block_off *b = &m->lay.blocks[l];
+	int RT = a->R * a->T, D = m->D;
+
+	o->matmul_forward(a->qkv[l], in, P + b->qkv_w, P + b->qkv_b, RT, D,
+	    3 * D);
+	o->attention_forward(a->att[l], a->probs[l], a->qkv[l],
+	    a->drop ? a->drop_att[l] : NULL, m->cfg.alibi ? a->slope : NULL,
+	    a->pos, a->R, a->T, D, m->H);
+	o->matmul_forward(out, a->att[l], P + b->proj_w, P + b->proj_b, RT, D,
+	    D);
+}
+
+/* Its backward: dproj (R,T,D), the gradient of out, into din (R,T,D),
+ * ADDED; the ALiBi slopes' gradient into m->gslope when there is one.
+ * Scratch: gA, gQKV. */
+static void
+attn_backward(d2v_model *m, d2v_enc_acts *a, int l, const float *in,
+    const float *dproj, float *din)
+{
+	const d2v_ops *o = m->ops;
+	const d2v_block_off *b = &m->lay.blocks[l];
+	const float *P = m->params;
+	float *G = m->grads;
+	int RT = a->R * a->T, D = m->D;
+	float *gsl = m->cfg.alibi ? m->gslope : NULL;
+
+	memset(m->gA, 0, TEN(RT) * D * sizeof(float));
+	o->matmul_backward(m->gA, G + b->proj_w, G + b->proj_b, dproj, a->att[l],
+	    P + b->proj_w, RT, D, D);
+	memset(m->gQKV, 0, TEN(RT) * 3 * D * sizeof(float));
+	o->attention_backward(m->gQKV, gsl, m->gA, a->qkv[l], a->probs[l],
+	    a->drop ? a->drop_att[l] : NULL, gsl ? a->pos : NULL, a->R, a->T, D,
+	    m->H);
+	o->matmul_backward(din, G + b->qkv_w, G + b->qkv_b, m->gQKV, in,
+	    P + b->qkv_w, RT, D, 3 * D);
+	/* The key bias adds q.b_k to every score of a row, which the softmax
+	 * cancels: its gradient is exactly zero.  Computed, it is float
+	 * rounding noise, which Adam would blow up into full steps of size
+	 * lr; keep it exact. */
+	memset(G + b->qkv_b + D, 0, TEN(D) * sizeof(float));
+}
+
+/* The MLP half of block l: h1 (R,T,F), g (R,T,F) (activation dropout
+ * applied) and f (R,T,D) from in (R,T,D). */
+static void
+mlp_forward(d2v_model *m, const float *P, d2v_enc_acts *a, int l,
+    const float *in)
+{
+	const d2v_ops *o = m->ops;
+	const d2v_block_off *b = &m->lay.blocks[l];
+	int RT = a->R * a->T, D = m->D, F = m->F;
+
+	o->matmul_forward(a->h1[l], in, P + b->fc1_w, P + b->fc1_b, RT, D, F);
+	o->gelu_forward(a->g[l], a->h1[l], TEN(RT) * F);
+	if (a->drop)
+		o->mul(a->g[l], a->drop_act[l], TEN(RT) * F);
+	o->matmul_forward(a->f[l], a->g[l], P + b->fc2_w, P + b->fc2_b, RT, F,
+	    D);
+}
+
+/* Its backward: df (R,T,D), the gradient of f, into din (R,T,D), ADDED.
+ * Scratch: gF, gF2. */
+static void
+mlp_backward(d2v_model *m, d2v_enc_acts *a, int l, const float *in,
+    const float *df, float *din)
+{
+	const d2v_ops *o = m->ops;
+	const d2v_block_off *b = &m->lay.blocks[l];
+	const float *P = m->params;
+	float *G = m->grads;
+	int RT = a->R * a->T, D = m->D, F = m->F;
+
+	memset(m->gF, 0, TEN(RT) * F * sizeof(float));
+	o->matmul_backward(m->gF, G + b->fc2_w, G + b->fc2_b, df, a->g[l],
+	    P + b->fc2_w, RT, F, D);
+	if (a->drop)
+		o->mul(m->gF, a->drop_act[l], TEN(RT) * F);
+	memset(m->gF2, 0, TEN(RT) * F * sizeof(float));
+	o->gelu_backward(m->gF2, a->h1[l], m->gF, TEN(RT) * F);
+	o->matmul_backward(din, G + b->fc1_w, G + b->fc1_b, m->gF2, in,
+	    P + b->fc1_w, RT, D, F);
+}
+
 /* Runs the context LayerNorm (if any) and every block over a->x_in
  * (R,T,D), with ALiBi when the model has it (a->slope, a->pos set). */
 static void
 encoder_forward(d2v_model *m, const float *P, d2v_enc_acts *a)
 {
 	const d2v_ops *o = m->ops;
-	int R = a->R, T = a->T, D = m->D, F = m->F, RT = R * T;
+	int R = a->R, T = a->T, D = m->D, RT = R * T;
 	float eps = (float)m->cfg.norm_eps;
 	const float *x = a->x0;
-	const float *sl = m->cfg.alibi ? a->slope : NULL;
 
 	if (m->lay.has_ctx)
 		o->layernorm_forward(a->x0, a->ctx_mean, a->ctx_rstd, a->x_in,
@@ -747,24 +836,13 @@ encoder_forward(d2v_model *m, const float *P, d2v_enc_acts *a)
 			x = a->out[l];
 			continue;
 		}
-		o->matmul_forward(a->qkv[l], x, P + b->qkv_w, P + b->qkv_b, RT, D,
-		    3 * D);
-		o->attention_forward(a->att[l], a->probs[l], a->qkv[l],
-		    a->drop ? a->drop_att[l] : NULL, sl, a->pos, R, T, D, m->H);
-		o->matmul_forward(a->x1[l], a->att[l], P + b->proj_w,
-		    P + b->proj_b, RT, D, D);
+		attn_forward(m, P, a, l, x, a->x1[l]);
 		if (a->drop)
 			o->mul(a->x1[l], a->drop_ao[l], TEN(RT) * D);
 		o->add(a->x1[l], x, TEN(RT) * D);
 		o->layernorm_forward(a->r[l], a->m1[l], a->s1[l], a->x1[l],
 		    P + b->norm1_w, P + b->norm1_b, RT, D, eps);
-		o->matmul_forward(a->h1[l], a->r[l], P + b->fc1_w, P + b->fc1_b,
-		    RT, D, F);
-		o->gelu_forward(a->g[l], a->h1[l], TEN(RT) * F);
-		if (a->drop)
-			o->mul(a->g[l], a->drop_act[l], TEN(RT) * F);
-		o->matmul_forward(a->f[l], a->g[l], P + b->fc2_w, P + b->fc2_b,
-		    RT, F, D);
+		mlp_forward(m, P, a, l, a->r[l]);
 		if (a->drop) {
 			memcpy(a->x2[l], a->f[l], TEN(RT) * D * sizeof(float));
 			o->mul(a->x2[l], a->drop_f[l], TEN(RT) * D);
@@ -789,9 +867,9 @@ encoder_backward(d2v_model *m, d2v_enc_acts *a, float *dout, float *dx)
 	const d2v_ops *o = m->ops;
 	const float *P = m->params;
 	float *G = m->grads;
-	int R = a->R, T = a->T, D = m->D, F = m->F, RT = R * T;
+	int R = a->R, T = a->T, D = m->D, RT = R * T;
 	size_t nD = TEN(RT) * D;
-	float *d_x2 = m->gC;
+	float *d_x2 = m->gC, *df = m->gdec2; /* gdec2: free during this pass */
 	float *gsl = m->cfg.alibi ? m->gslope : NULL;
 
 	if (gsl)
@@ -806,54 +884,22 @@ encoder_backward(d2v_model *m, d2v_enc_acts *a, float *dout, float *dx)
 		memset(d_x2, 0, nD * sizeof(float));
 		o->layernorm_backward(d_x2, G + b->norm2_w, G + b->norm2_b, dout,
 		    a->x2[l], a->m2[l], a->s2[l], P + b->norm2_w, RT, D);
-		/* x2 = r + drop_f * fc2(drop_act * gelu(fc1(r))) */
-		memset(m->gF, 0, TEN(RT) * F * sizeof(float));
-		if (a->drop) {
-			float *df = m->gA;
-
-			memcpy(df, d_x2, nD * sizeof(float));
+		/* x2 = r + drop_f * fc2(drop_act * gelu(fc1(r))): d_r = d_x2 +
+		 * the MLP's */
+		memcpy(df, d_x2, nD * sizeof(float));
+		if (a->drop)
 			o->mul(df, a->drop_f[l], nD);
-			o->matmul_backward(m->gF, G + b->fc2_w, G + b->fc2_b, df,
-			    a->g[l], P + b->fc2_w, RT, F, D);
-			o->mul(m->gF, a->drop_act[l], TEN(RT) * F);
-		} else {
-			o->matmul_backward(m->gF, G + b->fc2_w, G + b->fc2_b, d_x2,
-			    a->g[l], P + b->fc2_w, RT, F, D);
-		}
-		memset(m->gF2, 0, TEN(RT) * F * sizeof(float));
-		o->gelu_backward(m->gF2, a->h1[l], m->gF, TEN(RT) * F);
-		/* d_r = d_x2 + fc1 backward */
-		o->matmul_backward(d_x2, G + b->fc1_w, G + b->fc1_b, m->gF2,
-		    a->r[l], P + b->fc1_w, RT, D, F);
+		mlp_backward(m, a, l, a->r[l], df, d_x2);
 		/* r = LN1(x1) */
 		memset(dout, 0, nD * sizeof(float));
 		o->layernorm_backward(dout, G + b->norm1_w, G + b->norm1_b, d_x2,
 		    a->x1[l], a->m1[l], a->s1[l], P + b->norm1_w, RT, D);
-		/* x1 = x + drop_ao * proj(att): dout now holds d_x1 = d_x
-		 * (residual) */
-		memset(m->gA, 0, nD * sizeof(float));
-		if (a->drop) {
-			float *dao = d_x2; /* free again */
-
-			memcpy(dao, dout, nD * sizeof(float));
-			o->mul(dao, a->drop_ao[l], nD);
-			o->matmul_backward(m->gA, G + b->proj_w, G + b->proj_b, dao,
-			    a->att[l], P + b->proj_w, RT, D, D);
-		} else {
-			o->matmul_backward(m->gA, G + b->proj_w, G + b->proj_b, dout,
-			    a->att[l], P + b->proj_w, RT, D, D);
-		}
-		memset(m->gQKV, 0, nD * 3 * sizeof(float));
-		o->attention_backward(m->gQKV, gsl, m->gA, a->qkv[l], a->probs[l],
-		    a->drop ? a->drop_att[l] : NULL, gsl ? a->pos : NULL, R, T, D,
-		    m->H);
-		o->matmul_backward(dout, G + b->qkv_w, G + b->qkv_b, m->gQKV, xin,
-		    P + b->qkv_w, RT, D, 3 * D);
-		/* The key bias adds q.b_k to every score of a row, which the
-		 * softmax cancels: its gradient is exactly zero.  Computed, it
-		 * is float rounding noise, which Adam would blow up into full
-		 * steps of size lr; keep it exact. */
-		memset(G + b->qkv_b + D, 0, TEN(D) * sizeof(float));
+		/* x1 = x + drop_ao * proj(att): dout holds d_x1 = d_x (the
+		 * residual), the attention's is added */
+		memcpy(d_x2, dout, nD * sizeof(float));
+		if (a->drop)
+			o->mul(d_x2, a->drop_ao[l], nD);
+		attn_backward(m, a, l, xin, d_x2, dout);
 	}
 	if (gsl) {
 		/* slope_h = m_h max(scale_h, 0) */
@@ -1505,7 +1551,7 @@ static void
 encoder_v1_forward(d2v_model *m, const float *P, d2v_enc_acts *a)
 {
 	const d2v_ops *o = m->ops;
-	int R = a->R, T = a->T, D = m->D, F = m->F, RT = R * T;
+	int R = a->R, T = a->T, D = m->D, RT = R * T;
 	float eps = (float)m->cfg.norm_eps;
 	const float *x = a->x_in;
 	size_t nD = TEN(RT) * D;
@@ -1516,24 +1562,13 @@ encoder_v1_forward(d2v_model *m, const float *P, d2v_enc_acts *a)
 
 		o->layernorm_forward(a->r[l], a->m1[l], a->s1[l], x,
 		    P + b->norm1_w, P + b->norm1_b, RT, D, eps);
-		o->matmul_forward(a->qkv[l], a->r[l], P + b->qkv_w, P + b->qkv_b,
-		    RT, D, 3 * D);
-		o->attention_forward(a->att[l], a->probs[l], a->qkv[l],
-		    a->drop ? a->drop_att[l] : NULL, NULL, NULL, R, T, D, m->H);
-		o->matmul_forward(a->pa[l], a->att[l], P + b->proj_w,
-		    P + b->proj_b, RT, D, D);
+		attn_forward(m, P, a, l, a->r[l], a->pa[l]);
 		memcpy(a->x1[l], x, nD * sizeof(float));
 		add_scaled(a->x1[l], P + b->gamma1, a->pa[l],
 		    a->drop ? a->drop_ao[l] : NULL, RT, D);
 		o->layernorm_forward(a->x2[l], a->m2[l], a->s2[l], a->x1[l],
 		    P + b->norm2_w, P + b->norm2_b, RT, D, eps);
-		o->matmul_forward(a->h1[l], a->x2[l], P + b->fc1_w, P + b->fc1_b,
-		    RT, D, F);
-		o->gelu_forward(a->g[l], a->h1[l], TEN(RT) * F);
-		if (a->drop)
-			o->mul(a->g[l], a->drop_act[l], TEN(RT) * F);
-		o->matmul_forward(a->f[l], a->g[l], P + b->fc2_w, P + b->fc2_b,
-		    RT, F, D);
+		mlp_forward(m, P, a, l, a->x2[l]);
 		memcpy(a->out[l], a->x1[l], nD * sizeof(float));
 		add_scaled(a->out[l], P + b->gamma2, a->f[l],
 		    a->drop ? a->drop_f[l] : NULL, RT, D);
@@ -1549,7 +1584,7 @@ encoder_v1_backward(d2v_model *m, d2v_enc_acts *a, float *dout, float *dx)
 	const d2v_ops *o = m->ops;
 	const float *P = m->params;
 	float *G = m->grads;
-	int R = a->R, T = a->T, D = m->D, F = m->F, RT = R * T;
+	int R = a->R, T = a->T, D = m->D, RT = R * T;
 	size_t nD = TEN(RT) * D;
 	float *t = m->gC;
 
@@ -1560,33 +1595,17 @@ encoder_v1_backward(d2v_model *m, d2v_enc_acts *a, float *dout, float *dx)
 		/* out = x1 + g2 f: dout is d x1 so far; t = d f */
 		scaled_backward(t, G + b->gamma2, dout, P + b->gamma2, a->f[l],
 		    a->drop ? a->drop_f[l] : NULL, RT, D);
-		memset(m->gF, 0, TEN(RT) * F * sizeof(float));
-		o->matmul_backward(m->gF, G + b->fc2_w, G + b->fc2_b, t, a->g[l],
-		    P + b->fc2_w, RT, F, D);
-		if (a->drop)
-			o->mul(m->gF, a->drop_act[l], TEN(RT) * F);
-		memset(m->gF2, 0, TEN(RT) * F * sizeof(float));
-		o->gelu_backward(m->gF2, a->h1[l], m->gF, TEN(RT) * F);
-		memset(t, 0, nD * sizeof(float));
-		o->matmul_backward(t, G + b->fc1_w, G + b->fc1_b, m->gF2, a->x2[l],
-		    P + b->fc1_w, RT, D, F);
+		memset(m->gB, 0, nD * sizeof(float));
+		mlp_backward(m, a, l, a->x2[l], t, m->gB);
 		/* x2 = LN2(x1): add into d x1 */
-		o->layernorm_backward(dout, G + b->norm2_w, G + b->norm2_b, t,
+		o->layernorm_backward(dout, G + b->norm2_w, G + b->norm2_b, m->gB,
 		    a->x1[l], a->m2[l], a->s2[l], P + b->norm2_w, RT, D);
 		/* x1 = x + g1 pa: dout is d x so far; t = d pa */
 		scaled_backward(t, G + b->gamma1, dout, P + b->gamma1, a->pa[l],
 		    a->drop ? a->drop_ao[l] : NULL, RT, D);
-		memset(m->gA, 0, nD * sizeof(float));
-		o->matmul_backward(m->gA, G + b->proj_w, G + b->proj_b, t, a->att[l],
-		    P + b->proj_w, RT, D, D);
-		memset(m->gQKV, 0, nD * 3 * sizeof(float));
-		o->attention_backward(m->gQKV, NULL, m->gA, a->qkv[l], a->probs[l],
-		    a->drop ? a->drop_att[l] : NULL, NULL, R, T, D, m->H);
-		memset(t, 0, nD * sizeof(float));
-		o->matmul_backward(t, G + b->qkv_w, G + b->qkv_b, m->gQKV, a->r[l],
-		    P + b->qkv_w, RT, D, 3 * D);
-		/* BEiT has no key bias: keep its gradient exactly 0 */
-		memset(G + b->qkv_b + D, 0, TEN(D) * sizeof(float));
+		memset(m->gB, 0, nD * sizeof(float));
+		attn_backward(m, a, l, a->r[l], t, m->gB);
+		memcpy(t, m->gB, nD * sizeof(float));
 		o->layernorm_backward(dout, G + b->norm1_w, G + b->norm1_b, t, xin,
 		    a->m1[l], a->s1[l], P + b->norm1_w, RT, D);
 	}

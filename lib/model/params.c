@@ -36,6 +36,32 @@ add(d2v_layout *l, int rank, const int64_t *shape, const char *fmt, ...)
 
 #define S(...) ((const int64_t[]){__VA_ARGS__})
 
+/* Block i's attention (qkv, proj), MLP (fc1, fc2) and LayerNorm k. */
+static void
+add_attn(d2v_layout *l, d2v_block_off *b, int i, int D)
+{
+	b->qkv_w = add(l, 2, S(3 * D, D), "blocks.%d.attn.qkv.weight", i);
+	b->qkv_b = add(l, 1, S(3 * D), "blocks.%d.attn.qkv.bias", i);
+	b->proj_w = add(l, 2, S(D, D), "blocks.%d.attn.proj.weight", i);
+	b->proj_b = add(l, 1, S(D), "blocks.%d.attn.proj.bias", i);
+}
+
+static void
+add_mlp(d2v_layout *l, d2v_block_off *b, int i, int D, int F)
+{
+	b->fc1_w = add(l, 2, S(F, D), "blocks.%d.mlp.fc1.weight", i);
+	b->fc1_b = add(l, 1, S(F), "blocks.%d.mlp.fc1.bias", i);
+	b->fc2_w = add(l, 2, S(D, F), "blocks.%d.mlp.fc2.weight", i);
+	b->fc2_b = add(l, 1, S(D), "blocks.%d.mlp.fc2.bias", i);
+}
+
+static void
+add_norm(d2v_layout *l, size_t *w, size_t *b, int D, int i, int k)
+{
+	*w = add(l, 1, S(D), "blocks.%d.norm%d.weight", i, k);
+	*b = add(l, 1, S(D), "blocks.%d.norm%d.bias", i, k);
+}
+
 const int d2v_conv_kernel[D2V_CONV_LAYERS] = {10, 3, 3, 3, 3, 2, 2};
 const int d2v_conv_stride[D2V_CONV_LAYERS] = {5, 2, 2, 2, 2, 2, 2};
 
@@ -112,19 +138,11 @@ d2v_layout_init(d2v_layout *l, const d2v_config *c, d2v_err *err)
 		/* pre-LN with LayerScale, BEiT's names and order */
 		d2v_block_off *b = &l->blocks[i];
 
-		b->norm1_w = add(l, 1, S(D), "blocks.%d.norm1.weight", i);
-		b->norm1_b = add(l, 1, S(D), "blocks.%d.norm1.bias", i);
-		b->qkv_w = add(l, 2, S(3 * D, D), "blocks.%d.attn.qkv.weight", i);
-		b->qkv_b = add(l, 1, S(3 * D), "blocks.%d.attn.qkv.bias", i);
-		b->proj_w = add(l, 2, S(D, D), "blocks.%d.attn.proj.weight", i);
-		b->proj_b = add(l, 1, S(D), "blocks.%d.attn.proj.bias", i);
+		add_norm(l, &b->norm1_w, &b->norm1_b, D, i, 1);
+		add_attn(l, b, i, D);
 		b->gamma1 = add(l, 1, S(D), "blocks.%d.gamma_1", i);
-		b->norm2_w = add(l, 1, S(D), "blocks.%d.norm2.weight", i);
-		b->norm2_b = add(l, 1, S(D), "blocks.%d.norm2.bias", i);
-		b->fc1_w = add(l, 2, S(F, D), "blocks.%d.mlp.fc1.weight", i);
-		b->fc1_b = add(l, 1, S(F), "blocks.%d.mlp.fc1.bias", i);
-		b->fc2_w = add(l, 2, S(D, F), "blocks.%d.mlp.fc2.weight", i);
-		b->fc2_b = add(l, 1, S(D), "blocks.%d.mlp.fc2.bias", i);
+		add_norm(l, &b->norm2_w, &b->norm2_b, D, i, 2);
+		add_mlp(l, b, i, D, F);
 		b->gamma2 = add(l, 1, S(D), "blocks.%d.gamma_2", i);
 	}
 	if (v1) {
@@ -137,20 +155,13 @@ d2v_layout_init(d2v_layout *l, const d2v_config *c, d2v_err *err)
 		return 0;
 	}
 	for (int i = 0; i < nb; i++) {
+		/* post-LN (AltBlock) */
 		d2v_block_off *b = &l->blocks[i];
 
-		b->qkv_w = add(l, 2, S(3 * D, D), "blocks.%d.attn.qkv.weight", i);
-		b->qkv_b = add(l, 1, S(3 * D), "blocks.%d.attn.qkv.bias", i);
-		b->proj_w = add(l, 2, S(D, D), "blocks.%d.attn.proj.weight", i);
-		b->proj_b = add(l, 1, S(D), "blocks.%d.attn.proj.bias", i);
-		b->norm1_w = add(l, 1, S(D), "blocks.%d.norm1.weight", i);
-		b->norm1_b = add(l, 1, S(D), "blocks.%d.norm1.bias", i);
-		b->fc1_w = add(l, 2, S(F, D), "blocks.%d.mlp.fc1.weight", i);
-		b->fc1_b = add(l, 1, S(F), "blocks.%d.mlp.fc1.bias", i);
-		b->fc2_w = add(l, 2, S(D, F), "blocks.%d.mlp.fc2.weight", i);
-		b->fc2_b = add(l, 1, S(D), "blocks.%d.mlp.fc2.bias", i);
-		b->norm2_w = add(l, 1, S(D), "blocks.%d.norm2.weight", i);
-		b->norm2_b = add(l, 1, S(D), "blocks.%d.norm2.bias", i);
+		add_attn(l, b, i, D);
+		add_norm(l, &b->norm1_w, &b->norm1_b, D, i, 1);
+		add_mlp(l, b, i, D, F);
+		add_norm(l, &b->norm2_w, &b->norm2_b, D, i, 2);
 	}
 	l->teacher_end = l->total;
 	for (int j = 0; j < c->decoder_layers; j++) {
