@@ -16,6 +16,10 @@ v1_image_tiny.safetensors next to this script:
   expect.grad_norm, expect.lr, expect.tau, expect.losses    [STEPS]
   expect.student.<name>, expect.teacher.<name>             after STEPS updates
 
+What the four references share (checks, safetensors, schedules, the Adam and
+EMA training loop, sin-cos, patch embedding, twins) is in refcommon.py next to
+this script.
+
 Run with /usr/bin/python3 (Debian's python3-torch). The script checks itself
 (gradcheck and central differences of the loss gradient, the key bias
 gradient exactly 0, mask counts, teacher == student at step 0, the loss and the
@@ -25,18 +29,17 @@ non-zero when a check fails.
 """
 
 import collections
-import json
 import math
 import os
-import struct
 import sys
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-torch.set_default_dtype(torch.float64)
-torch.set_num_threads(1)  # fixed reduction order: identical bytes on every run
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import refcommon as rc  # noqa: E402  (float64, one thread)
+from refcommon import check, close, gelu_ref, ln_ref  # noqa: E402
 
 # ---------------------------------------------------------------------------
 # Configuration (README table; stored verbatim as __metadata__["config"]).
@@ -79,18 +82,6 @@ SEED = 20240607
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                    "v1_image_tiny.safetensors")
 
-FAILED = []
-
-
-def check(ok, what):
-    print(("ok   " if ok else "FAIL ") + what)
-    if not ok:
-        FAILED.append(what)
-
-
-def close(a, b, rtol, atol):
-    return bool(torch.allclose(a, b, rtol=rtol, atol=atol))
-
 
 # ---------------------------------------------------------------------------
 # Parameters: names, shapes, layouts of the README; values drawn once.
@@ -124,54 +115,36 @@ def param_shapes():
     return s
 
 
-def f32(a):
-    """Round to float32 and come back: what is stored is what is computed with."""
-    return np.asarray(a, dtype=np.float32).astype(np.float64)
-
-
 def init_params(rng):
-    """As v2_image: Linear/conv weights N(0, 1/fan_in); biases N(0, 0.02);
-    LayerNorm weight 1 + N(0, 0.1), bias N(0, 0.05); cls_token and mask_token
-    N(0, 1). LayerScale gammas 0.1 + 0.05 N(0, 1). The key third of every qkv
-    bias (rows D .. 2D-1) is exactly 0 (BEiT has no key bias)."""
-    out = collections.OrderedDict()
-    for name, shape in param_shapes().items():
-        z = rng.standard_normal(shape)
+    """As v2_image (refcommon's rule): Linear/conv weights N(0, 1/fan_in);
+    biases N(0, 0.02); LayerNorm weight 1 + N(0, 0.1), bias N(0, 0.05);
+    cls_token and mask_token N(0, 1). LayerScale gammas 0.1 + 0.05 N(0, 1). The
+    key third of every qkv bias (rows D .. 2D-1) is exactly 0 (BEiT has no key
+    bias)."""
+    def special(name, z):
         if name in ("cls_token", "mask_token"):
-            v = z
-        elif ".gamma_" in name:
-            v = CFG["layer_scale"] + 0.05 * z
-        elif "norm" in name and name.endswith(".weight"):
-            v = 1.0 + 0.1 * z
-        elif "norm" in name and name.endswith(".bias"):
-            v = 0.05 * z
-        elif name.endswith(".bias"):
+            return z
+        if ".gamma_" in name:
+            return CFG["layer_scale"] + 0.05 * z
+        if name.endswith("attn.qkv.bias"):
             v = 0.02 * z
-            if name.endswith("attn.qkv.bias"):
-                v[D:2 * D] = 0.0
-        else:
-            fan_in = int(np.prod(shape[1:]))
-            v = z / math.sqrt(fan_in)
-        out[name] = torch.tensor(f32(v))
-    return out
+            v[D:2 * D] = 0.0
+            return v
+        return None
+    return rc.init_params(param_shapes(), rng, special)
 
 
-def decayed(name, t):
-    return t.dim() > 1 and not name.endswith(".bias")
+decayed = rc.decayed
 
 
 # ---------------------------------------------------------------------------
 # Inputs.
 
 def make_inputs(rng):
-    yy, xx = np.mgrid[0:S, 0:S].astype(np.float64)
-    img0 = 30 + 9 * xx + 5 * yy + 25 * np.sin(yy / 2.3) + rng.normal(0, 10, (S, S))
-    r = np.sqrt((xx - 9.5) ** 2 + (yy - 6.0) ** 2)
-    img1 = 120 + 100 * np.cos(r / 2.7) - 3 * xx + rng.normal(0, 10, (S, S))
+    imgs, (yy, xx) = rc.test_images(rng, S)
     img2 = 128 + 70 * np.sign(np.sin(xx / 1.7) * np.sin(yy / 2.1)) + 4 * (yy - xx) \
         + rng.normal(0, 12, (S, S))
-    x = np.stack([img0, img1, img2])[:, None]
-    x = np.clip(np.rint(x), 0, 255).astype(np.uint8)            # [B, C, S, S]
+    x = rc.to_u8(imgs + [img2])                                  # [B, C, S, S]
 
     mask = np.zeros((B, N), dtype=np.uint8)
     for b, k in enumerate(NMASK):
@@ -182,31 +155,12 @@ def make_inputs(rng):
 # ---------------------------------------------------------------------------
 # Model.
 
-def sincos_2d():
-    """[N, D]: first D/2 dims encode the column, last D/2 the row; each half is
-    [sin(p*w_k), cos(p*w_k)], w_k = 10000^(-k/(D/4)), k = 0..D/4-1."""
-    q = D // 4
-    omega = torch.tensor([10000.0 ** (-k / q) for k in range(q)])
-    tab = torch.zeros(N, D)
-    for n in range(N):
-        row, col = divmod(n, G)
-        for half, pos in ((0, col), (1, row)):
-            a = pos * omega
-            tab[n, half * D // 2: half * D // 2 + q] = torch.sin(a)
-            tab[n, half * D // 2 + q: (half + 1) * D // 2] = torch.cos(a)
-    return tab
-
-
-POS = sincos_2d()
+POS = rc.sincos_2d(G, D)
 
 
 def patch_tokens(p, x_u8):
     """u8 [B, C, S, S] -> patch embeddings [B, N, D] (row-major grid, no positions)."""
-    mean = torch.tensor(CFG["mean"]).view(1, C, 1, 1)
-    std = torch.tensor(CFG["std"]).view(1, C, 1, 1)
-    x = (x_u8.double() / 255.0 - mean) / std
-    t = F.conv2d(x, p["patch_embed.weight"], p["patch_embed.bias"], stride=P)
-    return t.flatten(2).transpose(1, 2)
+    return rc.patch_tokens(p, x_u8, CFG)
 
 
 def qkv_bias(p, pre):
@@ -218,14 +172,7 @@ def qkv_bias(p, pre):
 
 def attention(p, pre, x, full_bias=False):
     """x [R, T, D] -> proj(attn(qkv(x))) [R, T, D]. No position bias."""
-    R, T, _ = x.shape
-    bias = p[pre + "attn.qkv.bias"] if full_bias else qkv_bias(p, pre)
-    qkv = F.linear(x, p[pre + "attn.qkv.weight"], bias)
-    qkv = qkv.reshape(R, T, 3, H, HD).permute(2, 0, 3, 1, 4)     # [3, R, H, T, HD]
-    q, k, v = qkv[0], qkv[1], qkv[2]
-    a = torch.softmax((q * HD ** -0.5) @ k.transpose(-2, -1), dim=-1)
-    o = (a @ v).transpose(1, 2).reshape(R, T, D)
-    return F.linear(o, p[pre + "attn.proj.weight"], p[pre + "attn.proj.bias"])
+    return rc.attention(p, pre, x, H, qkv_bias=None if full_bias else qkv_bias(p, pre))
 
 
 def block(p, i, x, full_bias=False):
@@ -266,8 +213,7 @@ def teacher_targets(p, x_u8):
     """-> y [B, N, D]: end of the last top_k blocks on the unmasked image, CLS
     dropped, LN each (no affine, eps 1e-5), averaged, LN again."""
     outs = encoder(p, patch_tokens(p, x_u8) + POS)
-    top = outs[CFG["prenet_depth"]:][-CFG["top_k"]:]
-    normed = [F.layer_norm(o[:, 1:], (D,), eps=1e-5) for o in top]
+    normed = [F.layer_norm(o[:, 1:], (D,), eps=1e-5) for o in rc.top_k(outs, CFG)]
     return F.layer_norm(sum(normed) / len(normed), (D,), eps=1e-5)
 
 
@@ -278,159 +224,36 @@ def d2v_loss(pred, y, mask):
 
 
 # ---------------------------------------------------------------------------
-# Schedules and the update.
-
-def lr_at(k):
-    lr, lo, w, T = CFG["lr"], CFG["min_lr"], CFG["warmup"], CFG["max_update"]
-    if k < w:
-        return lo + (lr - lo) * k / w
-    return lo + 0.5 * (lr - lo) * (1 + math.cos(math.pi * (k - w) / (T - w)))
-
-
-def tau_at(t):
-    a, e, n = CFG["ema_decay"], CFG["ema_end_decay"], CFG["ema_anneal_end_step"]
-    return e - (e - a) * max(0.0, 1.0 - t / n)
-
+# Training and the fixture.
 
 def train(init, x_u8, mask):
-    """STEPS updates. Returns a dict of everything the fixture stores."""
-    names = list(init)
-    sp = collections.OrderedDict((n, t.clone()) for n, t in init.items())
-    tp = collections.OrderedDict((n, t.clone()) for n, t in init.items())
-    m = {n: torch.zeros_like(t) for n, t in sp.items()}
-    v = {n: torch.zeros_like(t) for n, t in sp.items()}
-    b1, b2, eps = CFG["beta1"], CFG["beta2"], CFG["eps"]
-    wd, clip = CFG["weight_decay"], CFG["clip_norm"]
-    rec = {"losses": [], "grad_norm": [], "lr": [], "tau": [], "clipped": [],
-           "kink_margin": [], "key_grad_zero": []}
-    for k in range(STEPS):
-        if k == 0:
-            rec["teacher_equal_at_0"] = all(torch.equal(sp[n], tp[n]) for n in names)
+    """The teacher is the EMA of every parameter."""
+    def step(k, sp, tp, leaves):
         with torch.no_grad():
             y = teacher_targets(tp, x_u8)
-        leaves = collections.OrderedDict((n, t.clone().requires_grad_(True))
-                                         for n, t in sp.items())
         pred = student_forward(leaves, x_u8, mask)
-        loss = d2v_loss(pred, y, mask)
-        grads = torch.autograd.grad(loss, list(leaves.values()))
-        grads = {n: g.detach() for n, g in zip(names, grads)}
-        err = (pred.detach()[:, 1:] - y)[mask.bool()]
-        rec["kink_margin"].append(float((err.abs() - BETA).abs().min()))
-        rec["key_grad_zero"].append(all(
+        return d2v_loss(pred, y, mask), {"y": y, "pred": pred.detach()}
+
+    def after(k, rec, keep, grads, sp, tp):
+        err = (keep["pred"][:, 1:] - keep["y"])[mask.bool()]
+        rec.setdefault("kink_margin", []).append(float((err.abs() - BETA).abs().min()))
+        rec.setdefault("key_grad_zero", []).append(all(
             bool((grads["blocks.%d.attn.qkv.bias" % i][D:2 * D] == 0).all()) for i in range(NB)))
-        norm = math.sqrt(sum(float((g * g).sum()) for g in grads.values()))
-        if k == 0:
-            rec["y"], rec["pred"], rec["loss"] = y, pred.detach(), loss.detach()
-            rec["grad"] = {n: g.clone() for n, g in grads.items()}
-        rec["losses"].append(float(loss))
-        rec["grad_norm"].append(norm)
-        clipped = clip > 0 and norm > clip
-        rec["clipped"].append(clipped)
-        if clipped:
-            coef = clip / (norm + 1e-6)
-            grads = {n: g * coef for n, g in grads.items()}
-        lr = lr_at(k)
-        rec["lr"].append(lr)
-        t = k + 1
-        step_size = lr * math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
-        for n in names:
-            g = grads[n]
-            m[n] = b1 * m[n] + (1 - b1) * g
-            v[n] = b2 * v[n] + (1 - b2) * g * g
-            denom = v[n].sqrt() + eps
-            p = sp[n]
-            if decayed(n, p):
-                p = p - lr * wd * p
-            sp[n] = p - step_size * m[n] / denom
-        tau = tau_at(t)
-        rec["tau"].append(tau)
-        for n in names:                                          # EMA of every parameter
-            tp[n] = tau * tp[n] + (1 - tau) * sp[n]
-    rec["student"], rec["teacher"] = sp, tp
-    return rec
-
-
-# ---------------------------------------------------------------------------
-# safetensors.
-
-def safetensors_bytes(tensors, metadata):
-    header = collections.OrderedDict()
-    header["__metadata__"] = metadata
-    blobs, off = [], 0
-    for name in sorted(tensors):
-        a = tensors[name]
-        if a.dtype == np.uint8:
-            dt, raw = "U8", a.astype("|u1").tobytes()
-        elif a.dtype == np.float32:
-            dt, raw = "F32", a.astype("<f4").tobytes()
-        else:
-            raise TypeError("%s: %s" % (name, a.dtype))
-        header[name] = collections.OrderedDict([
-            ("dtype", dt), ("shape", list(a.shape)), ("data_offsets", [off, off + len(raw)])])
-        blobs.append(raw)
-        off += len(raw)
-    hj = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    hj += b" " * (-len(hj) % 8)
-    return struct.pack("<Q", len(hj)) + hj + b"".join(blobs)
-
-
-def safetensors_read(buf):
-    (n,) = struct.unpack("<Q", buf[:8])
-    header = json.loads(buf[8:8 + n].decode("utf-8"))
-    meta = header.pop("__metadata__")
-    out = {}
-    for name, e in header.items():
-        b, end = e["data_offsets"]
-        dt = {"U8": "|u1", "F32": "<f4"}[e["dtype"]]
-        out[name] = np.frombuffer(buf[8 + n + b: 8 + n + end], dtype=dt).reshape(e["shape"])
-    return meta, out
-
-
-def to32(t):
-    return np.asarray(t.detach().numpy(), dtype=np.float32)
+    return rc.train(CFG, init, step, decayed, after=after)
 
 
 def build():
     rng = np.random.RandomState(SEED)
     init = init_params(rng)
     x_np, mask_np = make_inputs(rng)
-    x_u8 = torch.from_numpy(x_np)
-    mask = torch.from_numpy(mask_np)
+    x_u8, mask, _ = rc.input_tensors(x_np, mask_np)
     rec = train(init, x_u8, mask)
-
-    t = {}
-    for n, v in init.items():
-        t["student." + n] = to32(v)
-    t["input.x"] = x_np
-    t["input.mask"] = mask_np
-    t["expect.y"] = to32(rec["y"])
-    t["expect.pred"] = to32(rec["pred"])
-    t["expect.loss"] = to32(rec["loss"].reshape(1))
-    for n, g in rec["grad"].items():
-        t["expect.grad." + n] = to32(g)
-    for key in ("grad_norm", "lr", "tau", "losses"):
-        t["expect." + key] = np.asarray(rec[key], dtype=np.float32)
-    for n in init:
-        t["expect.student." + n] = to32(rec["student"][n])
-        t["expect.teacher." + n] = to32(rec["teacher"][n])
-    meta = {"config": json.dumps(CFG, separators=(",", ":"))}
-    return safetensors_bytes(t, meta), t, (init, x_u8, mask, rec)
+    buf, t = rc.fixture(CFG, init, rec, rc.input_arrays(x_np, mask_np))
+    return buf, t, (init, x_u8, mask, rec)
 
 
 # ---------------------------------------------------------------------------
 # Self-checks.
-
-def gelu_ref(z):
-    return 0.5 * z * (1 + torch.erf(z / math.sqrt(2)))
-
-
-def ln_ref(z, w=None, b=None, eps=1e-5):
-    """LayerNorm over the last dim by its formula."""
-    mu = z.mean(-1, keepdim=True)
-    var = ((z - mu) ** 2).mean(-1, keepdim=True)
-    out = (z - mu) / torch.sqrt(var + eps)
-    return out if w is None else out * w + b
-
 
 def attn_ref(p, pre, x):
     """Attention head by head with explicit softmax, from the stored [3D] bias."""
@@ -459,45 +282,24 @@ def block_ref(p, i, x):
 
 
 def patch_ref(p, x_u8):
-    """Explicit per-patch matmul, row-major token order. -> [B, N, D]."""
-    x = (x_u8.double() / 255.0 - 0.5) / 0.25
-    tok = torch.zeros(x.shape[0], N, D)
-    w = p["patch_embed.weight"].reshape(D, -1)
-    for b in range(x.shape[0]):
-        for n in range(N):
-            r, c = divmod(n, G)
-            tok[b, n] = w @ x[b, :, r * P:(r + 1) * P, c * P:(c + 1) * P].reshape(-1) \
-                + p["patch_embed.bias"]
-    return tok
+    return rc.patch_ref(p, x_u8, CFG)
 
 
 def check_twins(init, x_u8):
-    # sin-cos: the MAE construction (meshgrid with w first, numpy).
-    gw, gh = np.meshgrid(np.arange(G, dtype=np.float64), np.arange(G, dtype=np.float64))
-
-    def one_d(dim, pos):
-        om = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
-        o = np.einsum("m,d->md", pos.reshape(-1), om)
-        return np.concatenate([np.sin(o), np.cos(o)], axis=1)
-    mae = np.concatenate([one_d(D // 2, gw), one_d(D // 2, gh)], axis=1)
-    check(np.abs(mae - POS.numpy()).max() < 1e-14, "sin-cos table equals the MAE meshgrid construction")
+    rc.check_sincos(POS, G, D)
 
     # Attention: torch's own multi-head attention with the stored [q;k;v] layout
     # and bias (key third 0), and the head-by-head formula.
     xs = torch.randn(3, 5, D, generator=torch.Generator().manual_seed(1))
     pre = "blocks.1."
-    ref, _ = F.multi_head_attention_forward(
-        xs.transpose(0, 1), xs.transpose(0, 1), xs.transpose(0, 1), D, H,
-        init[pre + "attn.qkv.weight"], init[pre + "attn.qkv.bias"], None, None, False, 0.0,
-        init[pre + "attn.proj.weight"], init[pre + "attn.proj.bias"],
-        training=False, need_weights=False)
     got = attention(init, pre, xs)
-    check(close(got, ref.transpose(0, 1), 1e-12, 1e-12) and close(got, attn_ref(init, pre, xs), 1e-12, 1e-12),
+    check(close(got, rc.mha_ref(init, pre, xs, H), 1e-12, 1e-12)
+          and close(got, attn_ref(init, pre, xs), 1e-12, 1e-12),
           "attention equals F.multi_head_attention_forward and the head-by-head formula")
 
     # GELU and LayerNorm: formulas.
     z = torch.randn(4, 6, D, generator=torch.Generator().manual_seed(2))
-    check(close(F.gelu(z), gelu_ref(z), 1e-14, 1e-14), "gelu is the exact erf form")
+    rc.check_gelu(z)
     check(close(F.layer_norm(z, (D,), eps=1e-5), ln_ref(z), 1e-12, 1e-12),
           "LayerNorm (no affine, eps 1e-5) equals the formula")
 
@@ -541,8 +343,7 @@ def check_init(init):
 def check_forward(init, x_u8, mask, rec):
     y = teacher_targets(init, x_u8)
     pred = student_forward(init, x_u8, mask)
-    check(close(y, rec["y"], 0, 0) and close(pred, rec["pred"], 0, 0),
-          "step-0 y and pred recomputed from the initial weights")
+    rc.check_recomputed(rec, y, pred)
     check(tuple(pred.shape) == (B, N + 1, D) and tuple(y.shape) == (B, N, D),
           "pred [B, N+1, D], y [B, N, D]")
 
@@ -627,17 +428,14 @@ def check_forward(init, x_u8, mask, rec):
 
 def check_grads(init, x_u8, mask, rec):
     y = teacher_targets(init, x_u8).detach()
+
+    def loss_of(p):
+        return d2v_loss(student_forward(p, x_u8, mask), y, mask)
     names = ["mask_token", "cls_token", "patch_embed.bias", "blocks.0.attn.qkv.bias",
              "blocks.0.norm1.weight", "blocks.1.gamma_1", "blocks.2.gamma_2",
              "blocks.1.norm2.bias", "norm.weight", "head.weight", "head.bias"]
-
-    def f(*ts):
-        p = dict(init)
-        p.update(zip(names, ts))
-        return d2v_loss(student_forward(p, x_u8, mask), y, mask)
-    ins = tuple(init[n].clone().requires_grad_(True) for n in names)
-    ok = torch.autograd.gradcheck(f, ins, eps=1e-6, atol=1e-9, rtol=1e-6, raise_exception=False)
-    check(bool(ok), "torch.autograd.gradcheck of the loss on %d parameters (%d entries; "
+    check(rc.gradcheck_loss(init, names, loss_of, atol=1e-9),
+          "torch.autograd.gradcheck of the loss on %d parameters (%d entries; "
           "mask_token, gammas, head.weight included)" % (len(names), sum(init[n].numel() for n in names)))
     g = rec["grad"]
     check(all(rec["key_grad_zero"]), "key third of every qkv bias gradient is exactly 0 at every step")
@@ -649,27 +447,11 @@ def check_grads(init, x_u8, mask, rec):
 
     # Central differences on single entries of every tensor of rank > 1 and of
     # the gammas, against the stored step-0 gradient (float64).
-    rs = np.random.RandomState(7)
-    worst, count = 0.0, 0
-    for n, t in init.items():
+    def picks(n, t, gn, rs):
         if t.dim() < 2 and ".gamma_" not in n:
-            continue
-        for _ in range(3):
-            i = tuple(int(rs.randint(s)) for s in t.shape)
-            h = 1e-5
-            lo, hi = dict(init), dict(init)
-            lo[n] = t.clone()
-            hi[n] = t.clone()
-            lo[n][i] -= h
-            hi[n][i] += h
-            fd = (float(d2v_loss(student_forward(hi, x_u8, mask), y, mask))
-                  - float(d2v_loss(student_forward(lo, x_u8, mask), y, mask))) / (2 * h)
-            gi = float(g[n][i])
-            err = abs(fd - gi) / max(1e-4, abs(gi))
-            worst = max(worst, err)
-            count += 1
-            if err > 1e-5:
-                print("     %s%s: fd %.10g autograd %.10g" % (n, i, fd, gi))
+            return []
+        return [tuple(int(rs.randint(s)) for s in t.shape) for _ in range(3)]
+    worst, count = rc.central_diff(init, g, loss_of, picks)
     check(worst < 1e-5, "central differences match autograd on %d entries of every weight "
           "tensor and gamma (worst relative error %.2e)" % (count, worst))
 
@@ -684,48 +466,27 @@ def main():
     check_forward(init, x_u8, mask, rec)
     check_grads(init, x_u8, mask, rec)
 
-    lr_ref = [0.0, 5e-4, 1e-3, 7.5e-4, 2.5e-4]
-    check(all(abs(a - b) < 1e-15 for a, b in zip(rec["lr"], lr_ref)), "lr schedule %s" % rec["lr"])
-    tau_ref = [0.9225, 0.945, 0.9675, 0.99, 0.99]
-    check(all(abs(a - b) < 1e-15 for a, b in zip(rec["tau"], tau_ref)), "tau schedule %s" % rec["tau"])
+    rc.check_schedules(rec)
     clipped = [k for k, c in enumerate(rec["clipped"]) if c]
     print("note clipping at clip_norm %.1f: steps %s (grad norms %s)"
           % (CFG["clip_norm"], clipped, " ".join("%.4f" % v for v in rec["grad_norm"])))
     st, te = rec["student"], rec["teacher"]
-    check(all(not torch.equal(st[n], init[n]) for n in init), "every student parameter moved")
+    rc.check_moved(rec, init)
     check(all(bool((st["blocks.%d.attn.qkv.bias" % i][D:2 * D] == 0).all()
                    and (te["blocks.%d.attn.qkv.bias" % i][D:2 * D] == 0).all()) for i in range(NB)),
           "key third of every qkv bias is still exactly 0 (student and teacher)")
-    check(all(not torch.equal(te[n], st[n]) and not torch.equal(te[n], init[n]) for n in init),
+    check(rc.ema_moved(rec, init, init),
           "every teacher parameter (EMA of all) differs from the student and from the start")
     check(sorted(te) == sorted(init), "teacher holds every parameter")
     check(rec["losses"][0] == float(rec["loss"]), "losses[0] is the step-0 loss")
 
-    buf2 = build()[0]
-    check(buf == buf2, "two builds give identical bytes")
-    meta, back = safetensors_read(buf)
-    check(json.loads(meta["config"]) == CFG and sorted(back) == sorted(tensors)
-          and all(np.array_equal(back[n], tensors[n]) and back[n].dtype == tensors[n].dtype
-                  for n in tensors),
-          "safetensors read-back")
+    back = rc.check_file(CFG, buf, tensors, build, 1024 * 1024, "1 MiB")
     want = (["student." + n for n in init] + ["input.x", "input.mask", "expect.y", "expect.pred",
             "expect.loss", "expect.grad_norm", "expect.lr", "expect.tau", "expect.losses"]
             + ["expect.%s.%s" % (k, n) for k in ("grad", "student", "teacher") for n in init])
     check(sorted(back) == sorted(want), "tensor names: %d, exactly the README's" % len(want))
-    check(len(buf) < 1024 * 1024, "fixture size %d bytes < 1 MiB" % len(buf))
-
-    print("loss0     ", "%.9f" % float(rec["loss"]))
-    print("losses    ", " ".join("%.9f" % v for v in rec["losses"]))
-    print("grad_norm ", " ".join("%.9f" % v for v in rec["grad_norm"]))
-    print("lr        ", rec["lr"])
-    print("tau       ", rec["tau"])
-
-    if FAILED:
-        print("v1_image.py: %d check(s) failed; %s not written" % (len(FAILED), OUT))
-        sys.exit(1)
-    with open(OUT, "wb") as fh:
-        fh.write(buf)
-    print("wrote %s (%d bytes, %d tensors)" % (OUT, len(buf), len(tensors)))
+    rc.summary(rec)
+    rc.finish("v1_image.py", OUT, buf, tensors)
 
 
 if __name__ == "__main__":
