@@ -20,6 +20,7 @@
 
 #include "cli.h"
 #include "mask.h"
+#include "model/params.h"
 #include "rng.h"
 #include "stream.h"
 
@@ -427,11 +428,15 @@ setup(job *jb, const json_t *hdr)
 		d2v_usage("--patch applies to image streams; this is a%s %s "
 		    "stream", jb->mod == MOD_AUDIO ? "n" : "", mname);
 	}
-	if (jb->mod == MOD_AUDIO)
+	if (jb->mod == MOD_AUDIO) {
 		/* N from the conv feature encoder: (kernel, stride) per layer */
-		json_object_set_new(meta, "frames", json_pack(
-		    "[[i,i],[i,i],[i,i],[i,i],[i,i],[i,i],[i,i]]", 10, 5, 3, 2,
-		    3, 2, 3, 2, 3, 2, 2, 2, 2, 2));
+		json_t *fr = json_array();
+
+		for (int i = 0; i < D2V_CONV_LAYERS; i++)
+			json_array_append_new(fr, json_pack("[i,i]",
+			    d2v_conv_kernel[i], d2v_conv_stride[i]));
+		json_object_set_new(meta, "frames", fr);
+	}
 	switch (s) {
 	case D2V_MASK_INVERSE_BLOCK:
 	case D2V_MASK_BLOCK1D:

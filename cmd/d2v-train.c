@@ -359,7 +359,8 @@ typedef struct batch {
 	void *x;           /* (cap, C, S, S) u8, (cap, L) f32 or i32 */
 	uint8_t *mask;     /* (cap*M, N) */
 	float *y, *ycls;   /* (cap, N, D), (cap, D) with --targets stream */
-	size_t xcap, mcap, ycap;
+	float *tall;       /* (N_i, D) one record's uncropped target */
+	size_t xcap, mcap, ycap, tcap;
 } batch;
 
 /* N of a sample of length len under the model's modality. */
@@ -394,7 +395,7 @@ batch_add(batch *b, const d2v_config *c)
 		d2v_fatal(1, "%s: record %lld (%s): mask has %lld copies, the "
 		    "model trains with --clone %d", in_name,
 		    (long long)rec->index, rec->id, (long long)mk->shape[0], M);
-	if (b->y != NULL || opt.stream_targets) {
+	if (opt.stream_targets) {
 		d2v_tensor *t = d2v_record_tensor(rec, "target");
 		d2v_tensor *tc = d2v_record_tensor(rec, "target_cls");
 		int image = d2v_config_is_image(c) && !d2v_config_is_v1(c);
@@ -462,21 +463,19 @@ batch_build(batch *b, d2v_model *m, d2v_rng *rng)
 			    320 + 1));
 			off = foff * 320;
 		}
+		/* off: samples, set for audio only */
 		memcpy((char *)b->x + (size_t)i * esz, (const char *)x->data +
-		    (size_t)off * 4 * !d2v_config_is_image(c), esz);
+		    (size_t)off * 4, esz);
 		d2v_mask_crop(b->mask + (size_t)i * M * N, mk->data, M, Ni, foff,
 		    N);
 		if (opt.stream_targets) {
 			d2v_tensor *t = d2v_record_tensor(rec, "target");
 			d2v_tensor *tc = d2v_record_tensor(rec, "target_cls");
-			float *all = malloc((size_t)Ni * D * sizeof(float));
-
-			if (all == NULL)
-				d2v_fatal(1, "out of memory for a batch");
-			d2v_tensor_to_f32(t, all);
-			memcpy(b->y + (size_t)i * N * D, all + (size_t)foff * D,
+			/* the record's whole target, then its crop */
+			b->tall = grow(b->tall, &b->tcap, (size_t)Ni * D * sizeof(float));
+			d2v_tensor_to_f32(t, b->tall);
+			memcpy(b->y + (size_t)i * N * D, b->tall + (size_t)foff * D,
 			    (size_t)N * D * sizeof(float));
-			free(all);
 			if (tc != NULL && d2v_config_is_image(c))
 				d2v_tensor_to_f32(tc, b->ycls + (size_t)i * D);
 		}
@@ -761,7 +760,7 @@ main(int argc, char **argv)
 	for (int i = 0; i < b.cap; i++)
 		d2v_record_clear(&b.rec[i]);
 	free(b.rec); free(b.len); free(b.x); free(b.mask); free(b.y);
-	free(b.ycls);
+	free(b.ycls); free(b.tall);
 	d2v_model_free(&m);
 	return stop == 2 ? 1 : 0;
 }

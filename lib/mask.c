@@ -2,6 +2,7 @@
  * above it; its arithmetic (double precision, truncation by int()) is kept
  * so that the counts agree with the reference's for every N. */
 #include "mask.h"
+#include "model/params.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -173,16 +174,13 @@ d2v_mask_block_count(const d2v_mask_config *c, int64_t n)
 int64_t
 d2v_mask_audio_frames(int64_t samples)
 {
-	/* wav2vec2.py ConvFeatureExtractionModel: [(512,10,5)] +
-	 * [(512,3,2)]*4 + [(512,2,2)]*2; DATA2VEC.md §2.2 */
-	static const int k[7] = {10, 3, 3, 3, 3, 2, 2};
-	static const int s[7] = {5, 2, 2, 2, 2, 2, 2};
+	/* the model's feature encoder (params.h), DATA2VEC.md §2.2 */
 	int64_t l = samples;
 
-	for (int i = 0; i < 7; i++) {
-		if (l < k[i])
+	for (int i = 0; i < D2V_CONV_LAYERS; i++) {
+		if (l < d2v_conv_kernel[i])
 			return 0;
-		l = (l - k[i]) / s[i] + 1;
+		l = (l - d2v_conv_kernel[i]) / d2v_conv_stride[i] + 1;
 	}
 	return l;
 }

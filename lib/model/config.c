@@ -172,7 +172,6 @@ d2v_config_objective(d2v_config *c, const char *obj, d2v_err *err)
 	c->top_k = c->depth >= 6 ? 6 : c->depth;
 	c->layer_scale = c->dim >= 1024 ? 1e-5 : 1e-4;
 	c->loss_beta = 2;
-	c->loss_scale = 1;
 	c->cls_loss = 0;
 	c->clone = 1;
 	c->drop_path = 0.25;

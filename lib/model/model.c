@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "mask.h"
 #include "rng.h"
 
 #define TEN(x) ((size_t)(x))
@@ -223,17 +224,13 @@ d2v_model_set_length(d2v_model *m, int len, d2v_err *err)
 	if (m->E)
 		return 0;
 	if (is_audio(m)) {
-		int l = len;
+		int64_t l = d2v_mask_audio_frames(len);
 
-		for (int i = 0; i < D2V_CONV_LAYERS; i++) {
-			if (l < d2v_conv_kernel[i])
-				return d2v_err_set(err, D2V_EINVAL, "audio of %d "
-				    "samples is shorter than the feature encoder's "
-				    "receptive field (400 samples, 25 ms at 16 kHz)",
-				    len);
-			l = (l - d2v_conv_kernel[i]) / d2v_conv_stride[i] + 1;
-		}
-		m->N = l;
+		if (l < 1)
+			return d2v_err_set(err, D2V_EINVAL, "audio of %d samples is "
+			    "shorter than the feature encoder's receptive field (400 "
+			    "samples, 25 ms at 16 kHz)", len);
+		m->N = (int)l;
 	} else {
 		if (len < 1)
 			return d2v_err_set(err, D2V_EINVAL, "empty text sample");
@@ -1284,8 +1281,12 @@ d2v_model_step(d2v_model *m, const void *x, const uint8_t *mask,
 		teacher_forward(m, m->teacher, x, B);
 		make_targets(m, B, m->y, m->ycls);
 	}
-	if (E)
-		local_forward(m, P, x, B, 0);
+	if (E) {
+		/* the teacher, when it ran, left the patches in m->pix */
+		if (y != NULL)
+			patchify(m, x, B, m->pix);
+		embed(m, P, B, m->tok);
+	}
 
 	/* student rows: [CLS,] the kept tokens of sample r/M */
 	if (is_audio(m)) {
@@ -1682,8 +1683,10 @@ step_v1(d2v_model *m, const uint8_t *img, const uint8_t *mask,
 	}
 	/* student: masked patches replaced by the mask token, then the
 	 * positions added (so that masked tokens still differ by position:
-	 * d2v's stand-in for BEiT's relative position bias) */
-	patchify(m, img, B, m->pix);
+	 * d2v's stand-in for BEiT's relative position bias); the teacher, when
+	 * it ran, left the patches in m->pix */
+	if (y != NULL)
+		patchify(m, img, B, m->pix);
 	embed(m, P, B, m->tok);
 	for (int b = 0; b < B; b++) {
 		float *row = a->x_in + TEN(b) * T * D;
