@@ -25,7 +25,11 @@ d2v_config_preset(d2v_config *c, const char *name, d2v_err *err)
 	c->pos_conv_kernel = 19;
 	c->pos_conv_groups = 16;
 	c->max_positions = 512;
+	snprintf(c->target_layer_norm, sizeof c->target_layer_norm, "in");
 	snprintf(c->target_final_norm, sizeof c->target_final_norm, "ln");
+	snprintf(c->lr_schedule, sizeof c->lr_schedule, "cosine");
+	c->init_lr_scale = 0.01;
+	c->final_lr_scale = 0.01;
 	c->layer_scale = 1e-4;
 	c->loss_beta = 0;
 	c->clone = 16;
@@ -126,6 +130,13 @@ d2v_config_modality(d2v_config *c, const char *mod, d2v_err *err)
 		c->batch = 8;
 	} else {
 		c->top_k = c->depth;
+		if (large) {
+			/* text large: LN per layer, IN after averaging (§6) */
+			snprintf(c->target_layer_norm, sizeof c->target_layer_norm,
+			    "ln");
+			snprintf(c->target_final_norm, sizeof c->target_final_norm,
+			    "in");
+		}
 		c->decoder_dim = c->dim;
 		c->decoder_kernel = 9;
 		c->decoder_layers = 5;
@@ -156,37 +167,98 @@ d2v_config_is_v1(const d2v_config *c)
 int
 d2v_config_objective(d2v_config *c, const char *obj, d2v_err *err)
 {
+	int large = c->dim >= 1024;
+
 	if (strcmp(obj, "v2") == 0)
 		return 0;
 	if (strcmp(obj, "v1") != 0)
 		return d2v_err_set(err, D2V_EINVAL, "unknown objective '%s' (v1, "
 		    "v2)", obj);
-	if (!d2v_config_is_image(c))
-		return d2v_err_set(err, D2V_EINVAL, "the v1 objective is "
-		    "implemented for images only, not %s", c->modality);
 	snprintf(c->objective, sizeof c->objective, "v1");
-	/* BEiT-based vision model (data2vec_vision README, ViT-B): every
-	 * block a main block, targets the end of the top 6 blocks */
+	/* every block a main block; no decoder, no CLS loss, one mask */
 	c->depth += c->prenet_depth;
 	c->prenet_depth = 0;
-	c->top_k = c->depth >= 6 ? 6 : c->depth;
-	c->layer_scale = c->dim >= 1024 ? 1e-5 : 1e-4;
-	c->loss_beta = 2;
 	c->cls_loss = 0;
 	c->clone = 1;
-	c->drop_path = 0.25;
-	c->lr = c->dim >= 1024 ? 1e-3 : 2e-3;
-	c->min_lr = 1e-5;
-	c->beta2 = 0.999;
-	c->eps = 1e-8;
-	c->weight_decay = 0.05;
-	c->clip_norm = 3.0;
-	/* 10 of 800 epochs of warmup */
-	c->max_update = 800;
-	c->warmup = 10;
-	c->ema_decay = c->ema_end_decay = 0.9998;
-	c->ema_anneal_end_step = 1;
-	c->batch = 2048;
+	c->input_dropout = 0;
+	c->alibi = 0;
+	snprintf(c->target_final_norm, sizeof c->target_final_norm, "none");
+	if (d2v_config_is_image(c)) {
+		/* BEiT-based vision model (data2vec_vision README, ViT-B):
+		 * targets the end of the top 6 blocks, LN each and after */
+		c->top_k = c->depth >= 6 ? 6 : c->depth;
+		snprintf(c->target_layer_norm, sizeof c->target_layer_norm, "ln");
+		snprintf(c->target_final_norm, sizeof c->target_final_norm, "ln");
+		c->layer_scale = large ? 1e-5 : 1e-4;
+		c->loss_beta = 2;
+		c->drop_path = 0.25;
+		c->lr = large ? 1e-3 : 2e-3;
+		c->min_lr = 1e-5;
+		c->beta2 = 0.999;
+		c->eps = 1e-8;
+		c->weight_decay = 0.05;
+		c->clip_norm = 3.0;
+		/* 10 of 800 epochs of warmup */
+		c->max_update = 800;
+		c->warmup = 10;
+		c->ema_decay = c->ema_end_decay = 0.9998;
+		c->ema_anneal_end_step = 1;
+		c->batch = 2048;
+	} else if (strcmp(c->modality, "audio") == 0) {
+		/* data2vec_audio base: FFN targets of the top 8 of 12, IN each,
+		 * L2 x 1/sqrt(D); dropout 0.1 (attention, after it and after
+		 * the FFN, after the encoder's LayerNorm), layerdrop 0.05;
+		 * tri-stage lr 3% / 90% / 7% */
+		c->top_k = (c->depth * 2 + 2) / 3;
+		snprintf(c->target_layer_norm, sizeof c->target_layer_norm, "in");
+		c->loss_beta = 0;
+		c->loss_scale = 0;
+		c->encoder_dropout = c->attention_dropout = 0.1;
+		c->post_mlp_drop = 0.1;
+		c->activation_dropout = 0;
+		c->context_dropout = 0.1;
+		c->layerdrop = 0.05;
+		c->lr = 5e-4;
+		c->beta2 = 0.98;
+		c->eps = 1e-6;
+		c->weight_decay = 0.01;
+		c->clip_norm = 0;
+		c->max_update = 400000;
+		snprintf(c->lr_schedule, sizeof c->lr_schedule, "tri_stage");
+		c->warmup = 12000;
+		c->hold = 360000;
+		c->init_lr_scale = 0.01;
+		c->final_lr_scale = 0.05;
+		c->ema_decay = 0.999;
+		c->ema_end_decay = 0.9999;
+		c->ema_anneal_end_step = 30000;
+		c->batch = 16;
+	} else {
+		/* data2vec_text base (config/text/pretraining/base.yaml): FFN
+		 * targets of the top 10 of 12, LN each, Smooth-L1 beta 4,
+		 * loss scale 1; dropout 0.1 (embedding, attention, after it and
+		 * after the FFN); cosine lr, 10k of 1M warmup */
+		c->top_k = (5 * c->depth + 3) / 6; /* 10 of 12 */
+		snprintf(c->target_layer_norm, sizeof c->target_layer_norm, "ln");
+		c->loss_beta = 4;
+		c->loss_scale = 1;
+		c->encoder_dropout = c->attention_dropout = 0.1;
+		c->post_mlp_drop = 0.1;
+		c->activation_dropout = 0;
+		c->embed_dropout = 0.1;
+		c->layerdrop = 0;
+		c->lr = 2e-4;
+		c->beta2 = 0.98;
+		c->eps = 1e-6;
+		c->weight_decay = 0.01;
+		c->clip_norm = 5;
+		c->max_update = 1000000;
+		c->warmup = 10000;
+		c->ema_decay = 0.999;
+		c->ema_end_decay = 0.9999;
+		c->ema_anneal_end_step = 300000;
+		c->batch = 256;
+	}
 	return 0;
 }
 
@@ -212,13 +284,10 @@ d2v_config_check(const d2v_config *c, d2v_err *err)
 	if (strcmp(c->objective, "v2") != 0 && !v1)
 		return d2v_err_set(err, D2V_EINVAL, "unknown objective '%s' (v1, "
 		    "v2)", c->objective);
-	if (v1 && !image)
-		return d2v_err_set(err, D2V_EINVAL, "the v1 objective is "
-		    "implemented for images only, not %s", c->modality);
 	if (v1 && c->clone != 1)
 		return d2v_err_set(err, D2V_EINVAL, "the v1 objective takes one "
 		    "mask per sample (clone 1), not %d", c->clone);
-	if (v1 && !(c->layer_scale > 0))
+	if (v1 && image && !(c->layer_scale > 0))
 		return d2v_err_set(err, D2V_EINVAL, "layer scale must be > 0");
 	if (c->loss_beta < 0)
 		return d2v_err_set(err, D2V_EINVAL, "loss beta must be >= 0");
@@ -265,9 +334,24 @@ d2v_config_check(const d2v_config *c, d2v_err *err)
 		return d2v_err_set(err, D2V_EINVAL, "decoder projection: 1 or 2 "
 		    "layers");
 	if (strcmp(c->target_final_norm, "ln") != 0 &&
+	    strcmp(c->target_final_norm, "in") != 0 &&
 	    strcmp(c->target_final_norm, "none") != 0)
-		return d2v_err_set(err, D2V_EINVAL, "target_final_norm '%s': ln "
-		    "or none", c->target_final_norm);
+		return d2v_err_set(err, D2V_EINVAL, "target_final_norm '%s': ln, "
+		    "in or none", c->target_final_norm);
+	if (strcmp(c->target_layer_norm, "ln") != 0 &&
+	    strcmp(c->target_layer_norm, "in") != 0)
+		return d2v_err_set(err, D2V_EINVAL, "target_layer_norm '%s': ln "
+		    "or in", c->target_layer_norm);
+	if (strcmp(c->lr_schedule, "cosine") != 0 &&
+	    strcmp(c->lr_schedule, "tri_stage") != 0)
+		return d2v_err_set(err, D2V_EINVAL, "lr_schedule '%s': cosine or "
+		    "tri_stage", c->lr_schedule);
+	if (strcmp(c->lr_schedule, "tri_stage") == 0 && (c->hold < 0 ||
+	    c->warmup + c->hold > c->max_update || !(c->init_lr_scale >= 0) ||
+	    !(c->final_lr_scale > 0)))
+		return d2v_err_set(err, D2V_EINVAL, "tri_stage: warmup %ld + hold "
+		    "%ld must fit in %ld updates, the final lr scale be > 0",
+		    c->warmup, c->hold, c->max_update);
 	if (c->clone < 1 || c->batch < 1)
 		return d2v_err_set(err, D2V_EINVAL, "clone and batch must be >= 1");
 	for (int i = 0; image && i < c->channels; i++)
@@ -348,6 +432,15 @@ add_dropout(json_t *j, const d2v_config *c)
 	    json_integer(c->decoder_proj_layers));
 	json_object_set_new(j, "target_final_norm",
 	    json_string(c->target_final_norm));
+	json_object_set_new(j, "target_layer_norm",
+	    json_string(c->target_layer_norm));
+	json_object_set_new(j, "lr_schedule", json_string(c->lr_schedule));
+	if (strcmp(c->lr_schedule, "tri_stage") == 0) {
+		json_object_set_new(j, "hold", json_integer(c->hold));
+		json_object_set_new(j, "init_lr_scale", json_real(c->init_lr_scale));
+		json_object_set_new(j, "final_lr_scale",
+		    json_real(c->final_lr_scale));
+	}
 	if (d2v_config_is_v1(c)) {
 		json_object_set_new(j, "layer_scale", json_real(c->layer_scale));
 		json_object_set_new(j, "loss_beta", json_real(c->loss_beta));
@@ -432,6 +525,14 @@ d2v_config_from_json(d2v_config *c, const json_t *j, d2v_err *err)
 		    (json_is_integer(v) && json_integer_value(v) != 0);
 	if ((s = json_string_value(json_object_get(j, "target_final_norm"))) != NULL)
 		snprintf(c->target_final_norm, sizeof c->target_final_norm, "%s", s);
+	if ((s = json_string_value(json_object_get(j, "target_layer_norm"))) != NULL)
+		snprintf(c->target_layer_norm, sizeof c->target_layer_norm, "%s", s);
+	else if (d2v_config_is_v1(c) && d2v_config_is_image(c))
+		/* checkpoints from before the key: v1 images LN */
+		snprintf(c->target_layer_norm, sizeof c->target_layer_norm, "ln");
+	if ((s = json_string_value(json_object_get(j, "lr_schedule"))) != NULL)
+		snprintf(c->lr_schedule, sizeof c->lr_schedule, "%s", s);
+	NUM(hold, long); NUM(init_lr_scale, double); NUM(final_lr_scale, double);
 	a = json_object_get(j, "mean");
 	json_array_foreach(a, i, v)
 		if (i < 3 && json_is_number(v))

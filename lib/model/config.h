@@ -45,10 +45,13 @@ typedef struct d2v_config {
 	/* text: token and position tables */
 	int vocab;              /* V */
 	int max_positions;      /* position table rows - 2 */
-	/* targets: final norm after averaging, "ln" (images) or "none" */
+	/* targets: the norm of each top-K block's output, "in" (instance
+	 * norm over positions) or "ln" (per token); the final norm after
+	 * averaging, "ln", "in" or "none" */
+	char target_layer_norm[8];
 	char target_final_norm[8];
-	/* v1 (images): LayerScale init of the pre-LN blocks, Smooth-L1 beta
-	 * of the loss (0: L2) */
+	/* v1: LayerScale init of the pre-LN image blocks, Smooth-L1 beta of
+	 * the loss (0: L2) */
 	double layer_scale;
 	double loss_beta;
 	int clone;              /* M masked copies per sample */
@@ -67,8 +70,12 @@ typedef struct d2v_config {
 	double input_dropout;      /* on the encoder output entering the decoder */
 	double layerdrop;          /* probability of skipping a main block */
 	/* training */
+	char lr_schedule[12];   /* "cosine" or "tri_stage" */
 	double lr, min_lr;
 	long warmup, max_update;
+	long hold;              /* tri_stage: updates at the peak after warmup */
+	double init_lr_scale, final_lr_scale; /* tri_stage: lr at the start
+	                         * of warmup, after the decay, times lr */
 	double beta1, beta2, eps, weight_decay, clip_norm;
 	double ema_decay, ema_end_decay;
 	long ema_anneal_end_step;
@@ -85,10 +92,12 @@ int d2v_config_preset(d2v_config *cfg, const char *name, d2v_err *err);
  * decoder, dropouts, optimiser, EMA.  D2V_EINVAL for another modality. */
 int d2v_config_modality(d2v_config *cfg, const char *modality, d2v_err *err);
 /* Switches cfg (after d2v_config_modality) to the data2vec (v1) recipe
- * of its modality (images only for now, DATA2VEC.md §§2.1, 3.1, 4.1, 5.1,
- * 6, 7.1, 8.1, 9): pre-LN blocks with LayerScale, a mask token, the whole
- * sequence through the student, Smooth-L1.  "v2" leaves cfg as it is;
- * D2V_EINVAL for another objective or modality. */
+ * of its modality (DATA2VEC.md §§2-9): the whole sequence through the
+ * student with masked positions replaced by a learned vector, no decoder;
+ * images: BEiT's pre-LN blocks with LayerScale, Smooth-L1 beta 2; audio:
+ * post-LN blocks, final_proj, L2, tri-stage lr; text: post-LN blocks, a
+ * two-layer regression head, Smooth-L1 beta 4.  "v2" leaves cfg as it is;
+ * D2V_EINVAL for another objective. */
 int d2v_config_objective(d2v_config *cfg, const char *objective,
     d2v_err *err);
 /* 1 for the v1 objective. */

@@ -55,7 +55,21 @@ has_dropout(const d2v_config *c)
 {
 	return c->encoder_dropout > 0 || c->attention_dropout > 0 ||
 	    c->activation_dropout > 0 || c->post_mlp_drop > 0 ||
-	    c->drop_path > 0 || c->context_dropout > 0;
+	    c->drop_path > 0 || c->context_dropout > 0 || c->layerdrop > 0;
+}
+
+/* v1 images: BEiT's pre-LN blocks, CLS, final LayerNorm and head */
+static int
+is_v1_image(const d2v_model *m)
+{
+	return m->E && d2v_config_is_v1(&m->cfg);
+}
+
+/* Decoder layers of the step buffers: none in v1. */
+static int
+dec_layers(const d2v_config *c)
+{
+	return d2v_config_is_v1(c) ? 0 : c->decoder_layers;
 }
 
 static int
@@ -99,7 +113,7 @@ acts_alloc(d2v_enc_acts *a, const d2v_model *m, int R, int T, int with_drop)
 	a->m2 = allocv(nb, RT);
 	a->s2 = allocv(nb, RT);
 	a->out = allocv(nb, RT * D);
-	if (d2v_config_is_v1(&m->cfg) && (a->pa = allocv(nb, RT * D)) == NULL)
+	if (is_v1_image(m) && (a->pa = allocv(nb, RT * D)) == NULL)
 		return -1;
 	a->skip = calloc((size_t)nb, sizeof *a->skip);
 	a->pos = malloc(RT * sizeof *a->pos);
@@ -275,7 +289,7 @@ pos_alloc(d2v_pos_acts *p, int n, size_t RN, int D)
 static void
 step_free(d2v_model *m)
 {
-	int L = m->cfg.decoder_layers, np = m->cfg.pos_conv_depth;
+	int L = dec_layers(&m->cfg), np = m->cfg.pos_conv_depth;
 
 	free(m->pix); free(m->tok); free(m->dtok); free(m->keep);
 	free(m->y); free(m->ycls); free(m->dec_in);
@@ -339,9 +353,10 @@ static int
 step_alloc(d2v_model *m, int B, int V, d2v_err *err)
 {
 	const d2v_config *c = &m->cfg;
-	int M = c->clone, R = B * M, N = m->N, D = m->D, L = c->decoder_layers;
-	int Dd = c->decoder_dim, E = m->E, T = V + E;
+	int M = c->clone, R = B * M, N = m->N, D = m->D, L = dec_layers(c);
+	int Dd = c->decoder_dim, E = m->E, T = V + E, v1 = d2v_config_is_v1(c);
 	int wide = D > Dd * c->decoder_proj_layers ? D : Dd * c->decoder_proj_layers;
+	int head2 = v1 && is_text(m); /* the two-layer regression head */
 	int k = c->decoder_kernel, np = is_audio(m) ? c->pos_conv_depth : 0;
 	size_t RN = TEN(R) * N, BN = TEN(B) * N;
 	size_t cmax = RN * (TEN(wide / c->decoder_groups) * k * (E ? k : 1));
@@ -350,6 +365,8 @@ step_alloc(d2v_model *m, int B, int V, d2v_err *err)
 
 	if (m->B == B && m->V == V && m->alen == m->len && m->tok != NULL)
 		return 0;
+	if (head2 && wide < 2 * D)
+		wide = 2 * D;
 	step_free(m);
 	m->B = B;
 	m->V = V;
@@ -403,7 +420,7 @@ step_alloc(d2v_model *m, int B, int V, d2v_err *err)
 		m->drop_in = malloc(TEN(R) * (V > 0 ? V : 1) * D * sizeof(float));
 		bad |= m->drop_in == NULL;
 	}
-	if (d2v_config_is_v1(c)) {
+	if (is_v1_image(m)) {
 		size_t BT = TEN(B) * (N + E);
 
 		m->hn = malloc(BT * D * sizeof(float));
@@ -411,9 +428,11 @@ step_alloc(d2v_model *m, int B, int V, d2v_err *err)
 		m->hs = malloc(BT * sizeof(float));
 		bad |= !m->hn || !m->hm || !m->hs;
 	}
-	if (c->decoder_proj_layers == 2) {
-		m->ph = malloc(RN * 2 * Dd * sizeof(float));
-		m->pg = malloc(RN * 2 * Dd * sizeof(float));
+	if ((!v1 && c->decoder_proj_layers == 2) || head2) {
+		size_t w2 = 2 * TEN(head2 ? D : Dd);
+
+		m->ph = malloc(RN * w2 * sizeof(float)); /* (R,N,2Dd) or (B,N,2D) */
+		m->pg = malloc(RN * w2 * sizeof(float));
 		bad |= !m->ph || !m->pg;
 	}
 	/* the audio feature encoder's backward runs through gdec and gdec2 */
@@ -441,7 +460,8 @@ step_alloc(d2v_model *m, int B, int V, d2v_err *err)
 	m->gdec = malloc(abuf * sizeof(float));
 	m->gdec2 = malloc(abuf * sizeof(float));
 	if (bad || !m->tok || !m->dtok || !m->keep || !m->y || !m->ycls ||
-	    !m->dec_in || !m->dc || !m->dm || !m->ds || !m->dl || !m->dout ||
+	    !m->dec_in || (L > 0 && (!m->dc || !m->dm || !m->ds || !m->dl ||
+	    !m->dout)) ||
 	    !m->pred || !m->col || !m->dcol || !m->gA || !m->gB || !m->gC ||
 	    !m->gF || !m->gF2 || !m->gQKV || !m->gdec || !m->gdec2 ||
 	    acts_alloc(&m->st, m, R, T, has_dropout(c)) < 0 ||
@@ -920,7 +940,10 @@ static int step_v1(d2v_model *m, const uint8_t *img, const uint8_t *mask,
     d2v_err *err);
 static void teacher_v1_forward(d2v_model *m, const float *P,
     const uint8_t *img, int B);
-static void make_targets_v1(d2v_model *m, int B, float *y);
+static int step_v1_seq(d2v_model *m, const void *x, const uint8_t *mask,
+    const float *y, int B, uint64_t rng_seed, d2v_step_out *out,
+    d2v_err *err);
+static void make_targets(d2v_model *m, int B, float *y, float *ycls);
 
 /* The student's local encoder on B samples x into m->tok (and m->pix for
  * images); `drop` applies the text embedding dropout of this step. */
@@ -976,37 +999,54 @@ teacher_forward(d2v_model *m, const float *P, const void *x, int B)
 	encoder_forward(m, P, a);
 }
 
-/* y (B,N,D): IN over positions of each of the top-K main blocks' FFN
- * outputs (CLS dropped), averaged, then (images) LayerNorm per token;
- * ycls (B,D) the mean of y over positions, for images. */
+/*
+ * y (B,N,D): per top-K main block, its FFN output (v1 images: the end of
+ * the block), the CLS dropped, normalised (target_layer_norm: "in" over
+ * positions, "ln" per token), averaged, then normalised again
+ * (target_final_norm); ycls (B,D) the mean of y over positions, for v2
+ * images (DATA2VEC.md §6).
+ */
 static void
 make_targets(d2v_model *m, int B, float *y, float *ycls)
 {
+	const d2v_config *c = &m->cfg;
 	d2v_enc_acts *a = &m->te;
-	int N = m->N, D = m->D, K = m->cfg.top_k, E = m->E;
+	int N = m->N, D = m->D, K = c->top_k, E = m->E;
+	int ln = strcmp(c->target_layer_norm, "ln") == 0;
 	float *tmp = m->gA; /* (B,N,D) scratch */
+	size_t n = TEN(B) * N * D;
 
-	memset(y, 0, TEN(B) * N * D * sizeof(float));
+	memset(y, 0, n * sizeof(float));
 	for (int k = 0; k < K; k++) {
-		const float *f = a->f[m->nb - K + k];
+		int l = m->nb - K + k;
+		const float *f = is_v1_image(m) ? a->out[l] : a->f[l];
 
 		for (int b = 0; b < B; b++)
 			memcpy(tmp + TEN(b) * N * D, f + (TEN(b) * (N + E) + E) * D,
 			    TEN(N) * D * sizeof(float));
-		m->ops->instancenorm_forward(y, tmp, B, N, D, 1e-5f, 1,
-		    1.0f / (float)K);
+		if (!ln) {
+			m->ops->instancenorm_forward(y, tmp, B, N, D, 1e-5f, 1,
+			    1.0f / (float)K);
+			continue;
+		}
+		m->ops->layernorm_forward(tmp, NULL, NULL, tmp, NULL, NULL, B * N,
+		    D, 1e-5f);
+		for (size_t i = 0; i < n; i++)
+			y[i] += tmp[i] / (float)K;
 	}
-	if (strcmp(m->cfg.target_final_norm, "ln") == 0)
+	if (strcmp(c->target_final_norm, "ln") == 0)
 		m->ops->layernorm_forward(y, NULL, NULL, y, NULL, NULL, B * N, D,
 		    1e-5f);
-	if (ycls == NULL || !E)
+	else if (strcmp(c->target_final_norm, "in") == 0)
+		m->ops->instancenorm_forward(y, y, B, N, D, 1e-5f, 0, 1.0f);
+	if (ycls == NULL || !E || d2v_config_is_v1(c))
 		return;
 	for (int b = 0; b < B; b++) {
 		for (int d = 0; d < D; d++) {
 			double s = 0;
 
-			for (int n = 0; n < N; n++)
-				s += y[(TEN(b) * N + n) * D + d];
+			for (int t = 0; t < N; t++)
+				s += y[(TEN(b) * N + t) * D + d];
 			ycls[TEN(b) * D + d] = (float)(s / N);
 		}
 	}
@@ -1020,9 +1060,9 @@ d2v_model_targets(d2v_model *m, const float *params, const void *x,
 
 	if (rc < 0)
 		return rc;
-	if (d2v_config_is_v1(&m->cfg)) {
+	if (is_v1_image(m)) {
 		teacher_v1_forward(m, params, x, B);
-		make_targets_v1(m, B, y);
+		make_targets(m, B, y, NULL);
 		return 0;
 	}
 	if (!m->E)
@@ -1045,7 +1085,7 @@ d2v_model_features(d2v_model *m, const float *params, const void *x,
 	if (layer >= m->nb)
 		return d2v_err_set(err, D2V_EINVAL, "layer %d: the model has %d "
 		    "blocks", layer, m->nb);
-	if (d2v_config_is_v1(&m->cfg)) {
+	if (is_v1_image(m)) {
 		teacher_v1_forward(m, params, x, B);
 	} else {
 		if (!m->E)
@@ -1235,8 +1275,10 @@ d2v_model_step(d2v_model *m, const void *x, const uint8_t *mask,
 
 	if (N < 1)
 		return d2v_err_set(err, D2V_EINVAL, "no sample length set");
-	if (d2v_config_is_v1(c))
+	if (is_v1_image(m))
 		return step_v1(m, x, mask, y, B, rng_seed, out, err);
+	if (d2v_config_is_v1(c))
+		return step_v1_seq(m, x, mask, y, B, rng_seed, out, err);
 	/* visible count: equal in every row */
 	V = 0;
 	for (int n = 0; n < N; n++)
@@ -1507,6 +1549,42 @@ d2v_model_step(d2v_model *m, const void *x, const uint8_t *mask,
 
 /* ---- data2vec (v1), images: pre-LN blocks with LayerScale ---- */
 
+/* The v1 loss of one error e: Smooth-L1 with beta (0.5 e^2 / beta inside
+ * beta, |e| - beta / 2 outside), or e^2 for beta 0; *g its derivative. */
+static double
+elem_loss(double e, double beta, double *g)
+{
+	double ae = fabs(e);
+
+	if (beta > 0 && ae >= beta) {
+		*g = e > 0 ? 1 : -1;
+		return ae - 0.5 * beta;
+	}
+	if (beta > 0) {
+		*g = e / beta;
+		return 0.5 * e * e / beta;
+	}
+	*g = 2 * e;
+	return e * e;
+}
+
+/* std over masked rows of pred (rows of T, the first `off` skipped) */
+static double
+masked_pred_std(d2v_model *m, const uint8_t *mask, int B, int T, int off)
+{
+	float *tmp = m->gA;
+	int N = m->N, D = m->D;
+	long k = 0;
+
+	for (int b = 0; b < B; b++)
+		for (int n = 0; n < N; n++)
+			if (mask[TEN(b) * N + n])
+				memcpy(tmp + TEN(k++) * D,
+				    m->pred + (TEN(b) * T + off + n) * D,
+				    TEN(D) * sizeof(float));
+	return mean_std(tmp, k, D);
+}
+
 /* out (rows,D) += g (D) * x (rows,D) [* s (rows,D) when s] */
 static void
 add_scaled(float *out, const float *g, const float *x, const float *s,
@@ -1633,30 +1711,6 @@ teacher_v1_forward(d2v_model *m, const float *P, const uint8_t *img, int B)
 	encoder_v1_forward(m, P, a);
 }
 
-/* v1 targets (DATA2VEC.md §6, v1 vision): the end of each of the top K
- * blocks, CLS dropped, LayerNorm per token, averaged, LayerNorm again. */
-static void
-make_targets_v1(d2v_model *m, int B, float *y)
-{
-	d2v_enc_acts *a = &m->te;
-	int N = m->N, D = m->D, K = m->cfg.top_k;
-	float *tmp = m->gA;
-
-	memset(y, 0, TEN(B) * N * D * sizeof(float));
-	for (int k = 0; k < K; k++) {
-		const float *e = a->out[m->nb - K + k];
-
-		for (int b = 0; b < B; b++)
-			memcpy(tmp + TEN(b) * N * D, e + (TEN(b) * (N + 1) + 1) * D,
-			    TEN(N) * D * sizeof(float));
-		m->ops->layernorm_forward(tmp, NULL, NULL, tmp, NULL, NULL, B * N,
-		    D, 1e-5f);
-		for (size_t i = 0; i < TEN(B) * N * D; i++)
-			y[i] += tmp[i] / (float)K;
-	}
-	m->ops->layernorm_forward(y, NULL, NULL, y, NULL, NULL, B * N, D, 1e-5f);
-}
-
 static int
 step_v1(d2v_model *m, const uint8_t *img, const uint8_t *mask,
     const float *y, int B, uint64_t rng_seed, d2v_step_out *out, d2v_err *err)
@@ -1679,7 +1733,7 @@ step_v1(d2v_model *m, const uint8_t *img, const uint8_t *mask,
 		memcpy(m->y, y, TEN(B) * N * D * sizeof(float));
 	} else {
 		teacher_v1_forward(m, m->teacher, img, B);
-		make_targets_v1(m, B, m->y);
+		make_targets(m, B, m->y, NULL);
 	}
 	/* student: masked patches replaced by the mask token, then the
 	 * positions added (so that masked tokens still differ by position:
@@ -1729,19 +1783,10 @@ step_v1(d2v_model *m, const uint8_t *img, const uint8_t *mask,
 					continue;
 				for (int d = 0; d < D; d++) {
 					size_t i = (TEN(b) * T + 1 + n) * D + d;
-					double e = m->pred[i] - m->y[(TEN(b) * N + n) * D + d];
-					double ae = fabs(e), g;
+					double g;
 
-					if (beta > 0 && ae >= beta) {
-						loss += ae - 0.5 * beta;
-						g = e > 0 ? 1 : -1;
-					} else if (beta > 0) {
-						loss += 0.5 * e * e / beta;
-						g = e / beta;
-					} else {
-						loss += e * e;
-						g = 2 * e;
-					}
+					loss += elem_loss(m->pred[i] -
+					    m->y[(TEN(b) * N + n) * D + d], beta, &g);
 					dp[i] = (float)(g / den);
 				}
 			}
@@ -1751,18 +1796,7 @@ step_v1(d2v_model *m, const uint8_t *img, const uint8_t *mask,
 	out->loss_cls = 0;
 	out->n_masked = nmask;
 	out->target_var = mean_std(m->y, (long)B * N, D);
-	{
-		float *tmp = m->gA;
-		long k = 0;
-
-		for (int b = 0; b < B; b++)
-			for (int n = 0; n < N; n++)
-				if (mask[TEN(b) * N + n])
-					memcpy(tmp + TEN(k++) * D,
-					    m->pred + (TEN(b) * T + 1 + n) * D,
-					    TEN(D) * sizeof(float));
-		out->pred_var = mean_std(tmp, k, D);
-	}
+	out->pred_var = masked_pred_std(m, mask, B, T, 1);
 
 	/* backward: head, final LayerNorm, blocks */
 	{
@@ -1798,5 +1832,154 @@ step_v1(d2v_model *m, const uint8_t *img, const uint8_t *mask,
 		    m->dtok, m->pix, P + m->lay.patch_w, B * N,
 		    c->channels * c->patch * c->patch, D);
 	}
+	return 0;
+}
+
+/* ---- data2vec (v1), audio and text: post-LN blocks, whole sequence ---- */
+
+void
+d2v_model_set_student_ids(d2v_model *m, const int32_t *xm)
+{
+	m->xm = xm;
+}
+
+/*
+ * One v1 step of audio or text (DATA2VEC.md §§1.1, 7.1, 8.1).  Teacher:
+ * the student's unmasked features (audio; through the shared position
+ * encoder) or the unmasked ids re-embedded without dropout (text), its own
+ * blocks, FFN targets.  Student: audio frames under the mask replaced by
+ * mask_emb, then the position encoder and the context LayerNorm; text
+ * m->xm (x_masked) embedded; every block over the whole sequence; the
+ * head (final_proj, or the two-layer regression head) at every position;
+ * loss_scale times L2 or Smooth-L1 summed over channels, the mean over the
+ * positions where mask is 1.
+ */
+static int
+step_v1_seq(d2v_model *m, const void *x, const uint8_t *mask,
+    const float *y, int B, uint64_t rng_seed, d2v_step_out *out, d2v_err *err)
+{
+	const d2v_config *c = &m->cfg;
+	const d2v_ops *o = m->ops;
+	const d2v_layout *l = &m->lay;
+	int N = m->N, D = m->D, BN = B * N, text = is_text(m), rc;
+	int edrop = text && c->embed_dropout > 0;
+	double s = c->loss_scale > 0 ? c->loss_scale : 1.0 / sqrt((double)D);
+	double loss = 0;
+	long nmask = 0;
+	float *P = m->params, *Gr = m->grads;
+	d2v_enc_acts *a = &m->st;
+	const void *xs = text && m->xm != NULL ? (const void *)m->xm : x;
+	const float *h;
+	size_t nD = TEN(BN) * D;
+
+	for (int i = 0; i < BN; i++)
+		nmask += mask[i] != 0;
+	if (nmask == 0)
+		return d2v_err_set(err, D2V_EINVAL, "no masked %s in the batch",
+		    text ? "token" : "frame");
+	if ((rc = step_alloc(m, B, N, err)) < 0)
+		return rc;
+	if (y != NULL) {
+		memcpy(m->y, y, nD * sizeof(float));
+	} else {
+		local_forward(m, P, x, B, 0);
+		teacher_forward(m, m->teacher, x, B);
+		make_targets(m, B, m->y, NULL);
+	}
+
+	/* student input x_in (B,N,D) */
+	if (edrop)
+		fill_drop(m->drop_emb, B, TEN(N) * D, c->embed_dropout, 0,
+		    rng_seed, 0xe0);
+	if (text || y != NULL)
+		local_forward(m, P, xs, B, edrop);
+	if (text) {
+		memcpy(a->x_in, m->tok, nD * sizeof(float));
+	} else {
+#pragma omp parallel for schedule(static)
+		for (int i = 0; i < BN; i++)
+			memcpy(m->spos.z + TEN(i) * D, mask[i] ? P + l->mask_tok :
+			    m->tok + TEN(i) * D, TEN(D) * sizeof(float));
+		pos_forward(m, P, &m->spos, B, a->x_in);
+	}
+	a->drop = has_dropout(c);
+	if (a->drop)
+		make_dropout(m, a, rng_seed);
+	encoder_forward(m, P, a);
+	h = a->out[m->nb - 1];
+	if (text) {
+		o->matmul_forward(m->ph, h, P + l->head_w, P + l->head_b, BN, D,
+		    2 * D);
+		o->gelu_forward(m->pg, m->ph, 2 * nD);
+		o->matmul_forward(m->pred, m->pg, P + l->head2_w, P + l->head2_b,
+		    BN, 2 * D, D);
+	} else {
+		o->matmul_forward(m->pred, h, P + l->head_w, P + l->head_b, BN, D,
+		    D);
+	}
+
+	/* the loss and its gradient dp (B,N,D) */
+	memset(Gr, 0, l->total * sizeof(float));
+	{
+		float *dp = m->gdec2;
+
+		memset(dp, 0, nD * sizeof(float));
+		for (int i = 0; i < BN; i++) {
+			if (!mask[i])
+				continue;
+			for (int d = 0; d < D; d++) {
+				size_t k = TEN(i) * D + d;
+				double g;
+
+				loss += s * elem_loss(m->pred[k] - m->y[k], c->loss_beta,
+				    &g);
+				dp[k] = (float)(s * g / (double)nmask);
+			}
+		}
+		loss /= (double)nmask;
+	}
+	out->loss = out->loss_reg = loss;
+	out->loss_cls = 0;
+	out->n_masked = nmask;
+	out->target_var = mean_std(m->y, (long)BN, D);
+	out->pred_var = masked_pred_std(m, mask, B, N, 0);
+
+	/* backward: the head into gB, the blocks into gdec */
+	memset(m->gB, 0, nD * sizeof(float));
+	if (text) {
+		memset(m->gA, 0, 2 * nD * sizeof(float));
+		o->matmul_backward(m->gA, Gr + l->head2_w, Gr + l->head2_b,
+		    m->gdec2, m->pg, P + l->head2_w, BN, 2 * D, D);
+		memset(m->gC, 0, 2 * nD * sizeof(float));
+		o->gelu_backward(m->gC, m->ph, m->gA, 2 * nD);
+		o->matmul_backward(m->gB, Gr + l->head_w, Gr + l->head_b, m->gC, h,
+		    P + l->head_w, BN, D, 2 * D);
+	} else {
+		o->matmul_backward(m->gB, Gr + l->head_w, Gr + l->head_b, m->gdec2,
+		    h, P + l->head_w, BN, D, D);
+	}
+	encoder_backward(m, a, m->gB, m->gdec);
+	a->drop = 0;
+	if (text) {
+		memcpy(m->dtok, m->gdec, nD * sizeof(float));
+		text_local_backward(m, xs, m->dtok, B, edrop);
+		return 0;
+	}
+	/* x_in = z + pos(z): dz in gB; masked frames are mask_emb */
+	memcpy(m->gdec2, m->gdec, nD * sizeof(float));
+	pos_backward(m, &m->spos, B, m->gdec2, m->gB);
+	for (int i = 0; i < BN; i++) {
+		float *dt = m->dtok + TEN(i) * D;
+		const float *src = m->gB + TEN(i) * D;
+
+		if (!mask[i]) {
+			memcpy(dt, src, TEN(D) * sizeof(float));
+			continue;
+		}
+		memset(dt, 0, TEN(D) * sizeof(float));
+		for (int d = 0; d < D; d++)
+			Gr[l->mask_tok + d] += src[d];
+	}
+	audio_local_backward(m, x, m->dtok, B);
 	return 0;
 }

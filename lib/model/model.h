@@ -1,6 +1,6 @@
 /*
- * model.h - the data2vec 2.0 models (image, audio, text) on one backend
- * (DATA2VEC.md §14 and §§2.2, 2.3).
+ * model.h - the data2vec 2.0 and data2vec (v1) models of images, audio and
+ * text on one backend (DATA2VEC.md §14 and §§2-8).
  *
  * Dimension letters: B samples, M masked copies, R = B*M student rows,
  * N tokens per sample (patches, frames or text tokens), V visible tokens
@@ -21,7 +21,10 @@
  *
  * The step runs the teacher on the unmasked images (targets y), the student
  * on the visible tokens of every copy, the decoder, the loss, and the
- * backward pass, leaving the gradient of the loss in m.grads.
+ * backward pass, leaving the gradient of the loss in m.grads.  With the
+ * v1 objective (one copy) the student runs on the whole sequence with the
+ * masked positions replaced by a learned vector, and a head replaces the
+ * decoder; a v1 text student reads x_masked (d2v_model_set_student_ids).
  */
 #ifndef D2V_MODEL_H
 #define D2V_MODEL_H
@@ -120,6 +123,7 @@ typedef struct d2v_model {
 	float *hn, *hm, *hs; /* v1: (B,N+1,D) final LayerNorm out, (B*(N+1))
 	                    * mean, rstd */
 	int *keep;         /* (R,V) kept token indices, ascending */
+	const int32_t *xm; /* v1 text: the student's ids (B,N), or NULL */
 	d2v_enc_acts st;   /* student, R x (V+1) */
 	d2v_enc_acts te;   /* teacher, B x (N+1) */
 	float *y;          /* (B,N,D) targets */
@@ -160,6 +164,11 @@ void d2v_model_sync_teacher(d2v_model *m);
 int d2v_model_step(d2v_model *m, const void *x, const uint8_t *mask,
     const float *noise, const float *y, const float *ycls, int B,
     uint64_t rng_seed, d2v_step_out *out, d2v_err *err);
+
+/* v1 text: the student's input ids xm (B,N), x_masked, for the steps that
+ * follow (the teacher reads x); the caller's mask marks the loss
+ * positions, where xm is <mask>.  NULL: the student reads x. */
+void d2v_model_set_student_ids(d2v_model *m, const int32_t *xm);
 
 /* Teacher targets only: y (B,N,D) and ycls (B,D; images) from the given
  * parameter buffer (m->teacher normally).  Audio and text take their shared

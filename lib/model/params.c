@@ -29,12 +29,20 @@ add(d2v_layout *l, int rank, const int64_t *shape, const char *fmt, ...)
 	p->decay = rank > 1 && strcmp(p->name + strlen(p->name) -
 	    (strlen(p->name) >= 5 ? 5 : 0), ".bias") != 0 &&
 	    strcmp(p->name, "alibi_scale") != 0;
-	p->teacher = strncmp(p->name, "decoder.", 8) != 0;
 	l->total += n;
 	return p->offset;
 }
 
 #define S(...) ((const int64_t[]){__VA_ARGS__})
+
+/* Marks the entries before teacher_end as the teacher's. */
+static int
+teacher_flags(d2v_layout *l)
+{
+	for (int i = 0; i < l->count; i++)
+		l->p[i].teacher = l->p[i].offset < l->teacher_end;
+	return 0;
+}
 
 /* Block i's attention (qkv, proj), MLP (fc1, fc2) and LayerNorm k. */
 static void
@@ -71,7 +79,7 @@ d2v_layout_init(d2v_layout *l, const d2v_config *c, d2v_err *err)
 	int nb = c->prenet_depth + c->depth, D = c->dim, F = c->mlp_dim;
 	int Dd = c->decoder_dim, G = c->decoder_groups, k = c->decoder_kernel;
 	int image = d2v_config_is_image(c), audio = !strcmp(c->modality, "audio");
-	int v1 = d2v_config_is_v1(c);
+	int v1 = d2v_config_is_v1(c), text = !image && !audio;
 	int npos = audio ? c->pos_conv_depth : 0;
 	int max = 8 + 3 * D2V_CONV_LAYERS + 6 + 2 * npos + 14 * nb +
 	    2 * c->decoder_layers + 8;
@@ -111,12 +119,17 @@ d2v_layout_init(d2v_layout *l, const d2v_config *c, d2v_err *err)
 		l->fnorm_b = add(l, 1, S(C), "feature_norm.bias");
 		l->fproj_w = add(l, 2, S(D, C), "feature_proj.weight");
 		l->fproj_b = add(l, 1, S(D), "feature_proj.bias");
-		l->teacher_begin = l->total;
+		/* v2: the teacher has its own position encoder; v1 shares it
+		 * (fairseq's skip_keys, DATA2VEC.md §5.2) */
+		if (!v1)
+			l->teacher_begin = l->total;
 		for (int j = 0; j < npos; j++) {
 			l->pos_w[j] = add(l, 3, S(D, D / c->pos_conv_groups,
 			    c->pos_conv_kernel), "pos_conv.%d.weight", j);
 			l->pos_b[j] = add(l, 1, S(D), "pos_conv.%d.bias", j);
 		}
+		if (v1)
+			l->teacher_begin = l->total;
 		if (c->alibi)
 			l->alibi = add(l, 5, S(1, 1, c->heads, 1, 1), "alibi_scale");
 	} else {
@@ -128,13 +141,14 @@ d2v_layout_init(d2v_layout *l, const d2v_config *c, d2v_err *err)
 		l->teacher_begin = l->total;
 	}
 	/* the context LayerNorm: images and audio always, text with a prenet
-	 * (DATA2VEC.md §2.3) */
-	l->has_ctx = !v1 && (image || audio || c->prenet_depth > 0);
+	 * (DATA2VEC.md §2.3); in v1 audio only (the LayerNorm after the
+	 * position encoder; BEiT is pre-LN) */
+	l->has_ctx = v1 ? audio : image || audio || c->prenet_depth > 0;
 	if (l->has_ctx) {
 		l->ctx_w = add(l, 1, S(D), "context_norm.weight");
 		l->ctx_b = add(l, 1, S(D), "context_norm.bias");
 	}
-	for (int i = 0; i < nb && v1; i++) {
+	for (int i = 0; i < nb && v1 && image; i++) {
 		/* pre-LN with LayerScale, BEiT's names and order */
 		d2v_block_off *b = &l->blocks[i];
 
@@ -145,14 +159,14 @@ d2v_layout_init(d2v_layout *l, const d2v_config *c, d2v_err *err)
 		add_mlp(l, b, i, D, F);
 		b->gamma2 = add(l, 1, S(D), "blocks.%d.gamma_2", i);
 	}
-	if (v1) {
+	if (v1 && image) {
 		/* the whole model is the teacher's (BEiT's EMA of everything) */
 		l->norm_w = add(l, 1, S(D), "norm.weight");
 		l->norm_b = add(l, 1, S(D), "norm.bias");
 		l->head_w = add(l, 2, S(D, D), "head.weight");
 		l->head_b = add(l, 1, S(D), "head.bias");
 		l->teacher_end = l->total;
-		return 0;
+		return teacher_flags(l);
 	}
 	for (int i = 0; i < nb; i++) {
 		/* post-LN (AltBlock) */
@@ -164,6 +178,21 @@ d2v_layout_init(d2v_layout *l, const d2v_config *c, d2v_err *err)
 		add_norm(l, &b->norm2_w, &b->norm2_b, D, i, 2);
 	}
 	l->teacher_end = l->total;
+	if (v1 && audio) {
+		/* student only: the mask vector, final_proj */
+		l->mask_tok = add(l, 1, S(D), "mask_emb");
+		l->head_w = add(l, 2, S(D, D), "final_proj.weight");
+		l->head_b = add(l, 1, S(D), "final_proj.bias");
+		return teacher_flags(l);
+	}
+	if (v1 && text) {
+		/* the regression head, fairseq's Sequential numbering */
+		l->head_w = add(l, 2, S(2 * D, D), "regression_head.0.weight");
+		l->head_b = add(l, 1, S(2 * D), "regression_head.0.bias");
+		l->head2_w = add(l, 2, S(D, 2 * D), "regression_head.2.weight");
+		l->head2_b = add(l, 1, S(D), "regression_head.2.bias");
+		return teacher_flags(l);
+	}
 	for (int j = 0; j < c->decoder_layers; j++) {
 		int cin = j == 0 ? D : Dd;
 
@@ -184,7 +213,7 @@ d2v_layout_init(d2v_layout *l, const d2v_config *c, d2v_err *err)
 		l->dproj_w = add(l, 2, S(D, Dd), "decoder.proj.weight");
 		l->dproj_b = add(l, 1, S(D), "decoder.proj.bias");
 	}
-	return 0;
+	return teacher_flags(l);
 }
 
 void
@@ -275,7 +304,7 @@ d2v_params_init(const d2v_layout *l, const d2v_config *c, float *params,
     uint64_t seed)
 {
 	memset(params, 0, l->total * sizeof *params);
-	if (d2v_config_is_v1(c)) {
+	if (d2v_config_is_v1(c) && d2v_config_is_image(c)) {
 		init_v1(l, c, params, seed);
 		return;
 	}
@@ -298,6 +327,10 @@ d2v_params_init(const d2v_layout *l, const d2v_config *c, float *params,
 			    c->patch * c->patch)), &r);
 		} else if (strcmp(n, "cls_token") == 0) {
 			fill_normal(w, p->size, 1.0, &r);
+		} else if (strcmp(n, "mask_emb") == 0) {
+			/* fairseq: uniform_() */
+			for (size_t k = 0; k < p->size; k++)
+				w[k] = (float)d2v_rng_uniform(&r);
 		} else if (strcmp(n, "alibi_scale") == 0) {
 			for (size_t k = 0; k < p->size; k++)
 				w[k] = 1.0f;
@@ -318,6 +351,7 @@ d2v_params_init(const d2v_layout *l, const d2v_config *c, float *params,
 				fill_normal(w, p->size, 0.02, &r);
 		} else if (strncmp(n, "decoder.", 8) == 0 ||
 		    strncmp(n, "feature_proj.", 13) == 0 ||
+		    strncmp(n, "final_proj.", 11) == 0 ||
 		    strncmp(n, "pos_conv.", 9) == 0) {
 			/* PyTorch defaults: kaiming_uniform(a=sqrt(5)) gives
 			 * U(+-1/sqrt(fan_in)) for weight and bias alike. */

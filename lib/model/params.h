@@ -26,8 +26,8 @@ typedef struct d2v_param {
 	size_t offset;       /* in floats */
 	size_t size;         /* in floats */
 	int decay;           /* weight decay applies (not rank 1, not .bias) */
-	int teacher;         /* in the teacher (not decoder.*): averaged, or
-	                      * copied when shared (before teacher_begin) */
+	int teacher;         /* in the teacher (before teacher_end): averaged,
+	                      * or copied when shared (before teacher_begin) */
 } d2v_param;
 
 /* Offsets (in floats) of one block's tensors. */
@@ -53,9 +53,11 @@ typedef struct d2v_layout {
 	/* named offsets for the model code (0 where the modality has none) */
 	size_t patch_w, patch_b; /* image: [D, C, P, P], [D] */
 	size_t cls;              /* image: [1, 1, D] */
-	size_t mask_tok;         /* v1 image: [1, 1, D] */
-	size_t norm_w, norm_b;   /* v1: final LayerNorm [D] */
-	size_t head_w, head_b;   /* v1: regression head [D, D], [D] */
+	size_t mask_tok;         /* v1: image [1, 1, D]; audio mask_emb [D] */
+	size_t norm_w, norm_b;   /* v1 image: final LayerNorm [D] */
+	size_t head_w, head_b;   /* v1: image head, audio final_proj [D, D],
+	                          * [D]; text regression_head.0 [2D, D], [2D] */
+	size_t head2_w, head2_b; /* v1 text: regression_head.2 [D, 2D], [D] */
 	size_t conv_w[D2V_CONV_LAYERS];  /* audio: [C, Cin, k] */
 	size_t conv_nw[D2V_CONV_LAYERS], conv_nb[D2V_CONV_LAYERS]; /* [C] */
 	size_t fnorm_w, fnorm_b; /* audio: [C] */
@@ -86,7 +88,9 @@ const d2v_param *d2v_layout_find(const d2v_layout *l, const char *name);
  * LayerNorms 1 and 0, the audio feature convolutions kaiming-normal, the
  * audio projection, positional convolutions and the decoder convolutions
  * with PyTorch's defaults, the decoder projection with PyTorch's defaults
- * (images, audio) or N(0, 0.02) (text), ALiBi scales 1.  v1 (BEiT):
+ * (images, audio) or N(0, 0.02) (text), ALiBi scales 1; v1 audio and
+ * text likewise, with mask_emb U[0, 1), final_proj PyTorch's default and
+ * the regression head N(0, 0.02).  v1 images (BEiT):
  * weights, CLS and mask tokens truncated N(0, 0.02) at one std, the
  * attention projection and fc2 of block i (1-based) divided by sqrt(2i),
  * LayerScale gammas layer_scale. */

@@ -4,9 +4,30 @@
 #include <math.h>
 #include <string.h>
 
+/* fairseq tri_stage: warmup from init_lr_scale lr to lr, hold, then an
+ * exponential decay to final_lr_scale lr over the remaining updates. */
+static double
+tri_stage(const d2v_config *c, long k)
+{
+	double peak = c->lr, init = c->init_lr_scale * peak;
+	double final = c->final_lr_scale * peak;
+	long decay = c->max_update - c->warmup - c->hold;
+
+	if (k < c->warmup)
+		return init + (peak - init) * (double)k / (double)c->warmup;
+	if (k < c->warmup + c->hold)
+		return peak;
+	if (decay > 0 && k <= c->warmup + c->hold + decay)
+		return peak * exp(log(c->final_lr_scale) / (double)decay *
+		    (double)(k - c->warmup - c->hold));
+	return final;
+}
+
 double
 d2v_lr(const d2v_config *c, long k)
 {
+	if (strcmp(c->lr_schedule, "tri_stage") == 0)
+		return tri_stage(c, k);
 	if (k < c->warmup)
 		return c->min_lr + (c->lr - c->min_lr) * (double)k / (double)c->warmup;
 	if (c->max_update <= c->warmup)

@@ -14,7 +14,9 @@
 #include "model/config.h"
 #include "model/params.h"
 
-/* Cosine schedule with linear warmup from min_lr (fairseq "cosine"). */
+/* Cosine schedule with linear warmup from min_lr (fairseq "cosine"), or
+ * fairseq's "tri_stage" (warmup, hold, exponential decay) by
+ * cfg->lr_schedule. */
 double d2v_lr(const d2v_config *cfg, long k);
 /* EMA decay after t updates: linear from ema_decay to ema_end_decay over
  * ema_anneal_end_step updates, then constant. */

@@ -1,19 +1,20 @@
 #!/usr/bin/python3
 """Helpers shared by the PyTorch references of tests/ref (v2_image.py,
-v2_text.py, v2_audio.py, v1_image.py; see tests/ref/README.md).
+v2_text.py, v2_audio.py, v1_image.py, v1_audio.py, v1_text.py; see
+tests/ref/README.md).
 
 Written, like those scripts, from ../../../shared/DATA2VEC.md and
-tests/ref/README.md only, never from d2v's C code. It holds what the four
+tests/ref/README.md only, never from d2v's C code. It holds what the six
 scripts do alike: the check() bookkeeping, float32 rounding, the parameter
-init rule, the safetensors writer and reader, the lr and tau schedules, the
-training loop (fairseq Adam with decoupled decay, gradient clipping, the EMA
-teacher with shared parameters copied), the post-LN AltBlock with its
-attention, the decoder's conv stack, the image models' 2-D sin-cos table and
-patch embedding, formula twins (GELU, LayerNorm, attention, sin-cos, patch
-embedding), the finite-difference gradient checks and the final
-determinism / read-back checks. What belongs to one model (its
-configuration, parameters, inputs, forward passes, targets, loss and the
-checks of those) stays in its script.
+init rule, the safetensors writer and reader, the lr schedules (cosine and
+tri-stage) and the tau schedule, the training loop (fairseq Adam with
+decoupled decay, gradient clipping, the EMA teacher with shared parameters
+copied), the post-LN AltBlock with its attention, the decoder's conv stack,
+the image models' 2-D sin-cos table and patch embedding, formula twins
+(GELU, LayerNorm, attention, sin-cos, patch embedding), the
+finite-difference gradient checks and the final determinism / read-back
+checks. What belongs to one model (its configuration, parameters, inputs,
+forward passes, targets, loss and the checks of those) stays in its script.
 
 Importing it sets torch to float64 and one thread (a fixed reduction order:
 identical bytes on every run). Run on its own (`make check-ref` runs every
@@ -316,10 +317,45 @@ def regression_loss(cfg, pred, y, mask):
 # Schedules and the update (fairseq semantics, README "Update").
 
 def lr_at(cfg, k):
+    """lr of update k (k updates done): cfg["lr_schedule"] "tri_stage" selects
+    tri_stage_lr_at; "cosine" or no key, the cosine schedule."""
+    if cfg.get("lr_schedule", "cosine") == "tri_stage":
+        return tri_stage_lr_at(cfg, k)
     lr, lo, w, T = cfg["lr"], cfg["min_lr"], cfg["warmup"], cfg["max_update"]
     if k < w:
         return lo + (lr - lo) * k / w
     return lo + 0.5 * (lr - lo) * (1 + math.cos(math.pi * (k - w) / (T - w)))
+
+
+def tri_stage_stage(cfg, k):
+    """fairseq tri_stage's _decide_stage: -> (stage 0..3, steps into it)."""
+    w, hold = cfg["warmup"], cfg["hold"]
+    decay = cfg["max_update"] - w - hold
+    if k < w:
+        return 0, k
+    if k < w + hold:
+        return 1, k - w
+    if k <= w + hold + decay:
+        return 2, k - w - hold
+    return 3, k - w - hold - decay
+
+
+def tri_stage_lr_at(cfg, k):
+    """fairseq's tri_stage (README v1_audio "Update"): linear warmup from
+    init_lr_scale * lr over warmup updates, hold at lr, exponential decay to
+    final_lr_scale * lr over the max_update - warmup - hold remaining updates,
+    then final_lr_scale * lr."""
+    peak = cfg["lr"]
+    init, final = cfg["init_lr_scale"] * peak, cfg["final_lr_scale"] * peak
+    decay = cfg["max_update"] - cfg["warmup"] - cfg["hold"]
+    stage, n = tri_stage_stage(cfg, k)
+    if stage == 0:
+        return init + (peak - init) * n / cfg["warmup"]
+    if stage == 1:
+        return peak
+    if stage == 2:
+        return peak * math.exp(-(-math.log(cfg["final_lr_scale"]) / decay) * n) if n else peak
+    return final
 
 
 def tau_at(cfg, t):
@@ -498,6 +534,34 @@ def mha_ref(p, pre, xs, heads, attn_mask=None):
         p[pre + "attn.proj.weight"], p[pre + "attn.proj.bias"],
         training=False, need_weights=False, attn_mask=attn_mask)
     return ref.transpose(0, 1)
+
+
+def attn_ref(p, pre, x, heads):
+    """Attention head by head with an explicit softmax, from the stored [3D, D]
+    qkv weight and [3D] bias (no position bias). x [..., T, D]."""
+    D = x.shape[-1]
+    HD = D // heads
+    wq, wk, wv = p[pre + "attn.qkv.weight"].split(D)
+    bq, bk, bv = p[pre + "attn.qkv.bias"].split(D)
+    q, k, v = x @ wq.t() + bq, x @ wk.t() + bk, x @ wv.t() + bv
+    out = []
+    for hh in range(heads):
+        sl = slice(hh * HD, (hh + 1) * HD)
+        logit = q[..., sl] @ k[..., sl].transpose(-2, -1) / math.sqrt(HD)
+        e = torch.exp(logit - logit.max(-1, keepdim=True).values)
+        out.append((e / e.sum(-1, keepdim=True)) @ v[..., sl])
+    return torch.cat(out, -1) @ p[pre + "attn.proj.weight"].t() + p[pre + "attn.proj.bias"]
+
+
+def altblock_ref(p, i, x, heads, eps):
+    """The post-LN AltBlock by its formulas (attn_ref, ln_ref, gelu_ref):
+    x += attn(x); r = LN1(x); f = fc2(gelu(fc1(r))); out = LN2(r + f). -> (out, f)."""
+    pre = "blocks.%d." % i
+    x = x + attn_ref(p, pre, x, heads)
+    r = ln_ref(x, p[pre + "norm1.weight"], p[pre + "norm1.bias"], eps)
+    f = gelu_ref(r @ p[pre + "mlp.fc1.weight"].t() + p[pre + "mlp.fc1.bias"]) \
+        @ p[pre + "mlp.fc2.weight"].t() + p[pre + "mlp.fc2.bias"]
+    return ln_ref(r + f, p[pre + "norm2.weight"], p[pre + "norm2.bias"], eps), f
 
 
 def check_sincos(pos, G, D):
@@ -716,6 +780,18 @@ def main():
            "ema_decay": 0.9, "ema_end_decay": 0.99, "ema_anneal_end_step": 4}
     check_schedules({"lr": [lr_at(cfg, k) for k in range(5)],
                      "tau": [tau_at(cfg, k + 1) for k in range(5)]})
+    check(lr_at(dict(cfg, lr_schedule="cosine"), 3) == lr_at(cfg, 3),
+          "lr_schedule \"cosine\" is the default")
+    tri = dict(cfg, lr_schedule="tri_stage", warmup=2, hold=3, max_update=9,
+               init_lr_scale=0.01, final_lr_scale=0.05)
+    want = [1e-5, 5.05e-4, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3 * 0.05 ** 0.25, 1e-3 * 0.05 ** 0.5,
+            1e-3 * 0.05 ** 0.75, 5e-5, 5e-5, 5e-5]
+    got = [lr_at(tri, k) for k in range(12)]
+    stages = [tri_stage_stage(tri, k)[0] for k in range(12)]
+    check(all(abs(a - b) < 1e-18 for a, b in zip(got, want))
+          and stages == [0, 0, 1, 1, 1, 2, 2, 2, 2, 2, 3, 3],
+          "tri_stage lr: warmup from 0.01 lr, hold, exponential decay to 0.05 lr at "
+          "max_update, then constant")
     t = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.array([1, 255], dtype=np.uint8),
          "c": np.array([[-1, 7]], dtype=np.int32)}
     buf = safetensors_bytes(t, {"config": "{}"})

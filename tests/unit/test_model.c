@@ -159,25 +159,42 @@ tiny_seq(const char *mod, double drop)
 
 /*
  * Finite differences over every parameter tensor of an audio or a text
- * model, with the targets held fixed (the teacher runs without gradient,
- * but its input is the student's local encoder: perturbing those weights
- * would move the targets too).
+ * model, v2 or v1 (obj), with the targets held fixed (the teacher runs
+ * without gradient, but its input is the student's local encoder:
+ * perturbing those weights would move the targets too).  v1: one mask per
+ * sample, different counts per sample; text reads x_masked, with one
+ * token replaced by another id (not a loss position).
  */
 static void
-test_seq_gradients(const char *mod, double drop)
+test_seq_gradients(const char *mod, const char *obj, double drop)
 {
 	d2v_config c = tiny_seq(mod, drop);
 	d2v_model m;
 	d2v_err err;
 	d2v_step_out out, o2;
 	int audio = strcmp(mod, "audio") == 0, len = audio ? 3600 : 11;
-	int N, R = 4, checked = 0, bad = 0;
+	int v1 = strcmp(obj, "v1") == 0;
+	int N, R, checked = 0, bad = 0;
 	float *x = malloc(2 * (size_t)len * sizeof(float)), *noise, *y, *g;
-	int32_t ids[22];
+	int32_t ids[22], xm[22];
 	uint8_t mask[4 * 64];
 	const void *in = audio ? (const void *)x : (const void *)ids;
+	char what[32];
 	d2v_rng r;
 
+	snprintf(what, sizeof what, "%s %s", obj, mod);
+	mod = what;
+	if (v1) {
+		d2v_config_objective(&c, "v1", NULL);
+		c.prenet_depth = 0; c.depth = 3; c.top_k = 2;
+		c.loss_beta = audio ? 0 : 0.5; /* both Smooth-L1 branches */
+		c.encoder_dropout = c.attention_dropout = c.post_mlp_drop = drop;
+		c.activation_dropout = drop;
+		c.embed_dropout = audio ? 0 : drop;
+		c.context_dropout = audio ? drop : 0;
+		c.layerdrop = drop > 0 ? 0.3 : 0;
+	}
+	R = 2 * c.clone;
 	d2v_rng_seed(&r, 11, 0, 0);
 	T_OK(d2v_model_init(&m, &c, d2v_backend_cpu(), &err) == 0 &&
 	    d2v_model_set_length(&m, len, &err) == 0, "%s model of length %d: "
@@ -203,8 +220,23 @@ test_seq_gradients(const char *mod, double drop)
 		for (int n = 0; n < N; n++)
 			idx[n] = n;
 		d2v_rng_shuffle_int(&r, idx, N);
-		for (int n = 0; n < N / 2; n++)
+		for (int n = 0; n < N / 2 - (v1 ? 2 * row : 0); n++)
 			mask[row * N + idx[n]] = 1;
+	}
+	if (v1 && !audio) {
+		/* x_masked: <mask> (id 22, outside the ids drawn above) at
+		 * the loss positions, one more token replaced by id 5 */
+		for (int i = 0; i < 22; i++) {
+			ids[i] %= 22;
+			xm[i] = mask[i] ? 22 : ids[i];
+		}
+		for (int b = 0; b < 2; b++)
+			for (int n = 0; n < N; n++)
+				if (!mask[b * N + n]) {
+					xm[b * N + n] = ids[b * N + n] == 5 ? 6 : 5;
+					break;
+				}
+		d2v_model_set_student_ids(&m, xm);
 	}
 	noise = malloc((size_t)R * N * c.dim * sizeof(float));
 	y = malloc(2 * (size_t)N * c.dim * sizeof(float));
@@ -224,11 +256,12 @@ test_seq_gradients(const char *mod, double drop)
 		for (int k = 0; k < 3; k++) {
 			size_t j = p->offset + (size_t)d2v_rng_below(&r, p->size);
 			float save = m.params[j];
-			double h = 5e-3, lp, lm, num, e;
+			double h = v1 ? 3e-3 : 5e-3, lp, lm, num, e;
 
 			if (strstr(p->name, "embed_tokens") != NULL) {
 				/* a row that the input uses */
-				j = p->offset + (size_t)ids[k] * c.dim +
+				j = p->offset + (size_t)(v1 && k == 2 ? xm[k] :
+				    ids[k]) * c.dim +
 				    (size_t)d2v_rng_below(&r, c.dim);
 				save = m.params[j];
 			} else if (strstr(p->name, "embed_positions") != NULL) {
@@ -261,10 +294,25 @@ test_seq_gradients(const char *mod, double drop)
 	T_OK(bad == 0, "%s%s: finite differences agree on all %d parameter "
 	    "tensors (%d coordinates)", mod, drop > 0 ? " with dropout and "
 	    "layerdrop" : "", m.lay.count, checked);
-	if (audio)
+	if (audio && !v1)
 		T_OK(g[m.lay.alibi] != 0 && g[m.lay.alibi + 1] == 0,
 		    "audio: a positive ALiBi scale has a gradient, a negative "
 		    "one (clamped to 0) none");
+	if (v1) {
+		const d2v_param *me = d2v_layout_find(&m.lay, "mask_emb");
+		const d2v_param *emb = d2v_layout_find(&m.lay, "embed_tokens.weight");
+
+		T_OK(d2v_layout_find(&m.lay, audio ? "final_proj.weight" :
+		    "regression_head.2.weight") != NULL &&
+		    d2v_layout_find(&m.lay, "decoder.proj.weight") == NULL &&
+		    d2v_layout_find(&m.lay, "decoder.proj.1.weight") == NULL &&
+		    (audio ? me != NULL && g[me->offset] != 0 &&
+		    !me->teacher && d2v_layout_find(&m.lay, "alibi_scale") == NULL :
+		    g[emb->offset + 22 * (size_t)c.dim] != 0),
+		    "%s: the head, no decoder; %s", mod, audio ?
+		    "mask_emb has a gradient and is the student's only, no ALiBi" :
+		    "the <mask> row of the embedding has a gradient");
+	}
 	if (drop > 0) {
 		d2v_model_step(&m, in, mask, noise, y, NULL, 2, 99, &o2, &err);
 		T_OK(fabs(o2.loss - out.loss) > 1e-6, "%s: dropout changes the "
@@ -370,6 +418,52 @@ test_v1_gradients(double drop)
 	    "v1: a mask token with a gradient, no decoder, no context norm");
 	free(g); free(y);
 	d2v_model_free(&m);
+}
+
+/* The text large recipe's targets: LayerNorm per layer, then instance
+ * norm over positions after averaging (DATA2VEC.md §6). */
+static void
+test_target_norms(void)
+{
+	d2v_config c = tiny_seq("text", 0);
+	d2v_model m;
+	d2v_err err;
+	int32_t ids[22];
+	float y[2 * 11 * 16];
+	double worst = 0;
+
+	snprintf(c.target_layer_norm, sizeof c.target_layer_norm, "ln");
+	snprintf(c.target_final_norm, sizeof c.target_final_norm, "in");
+	for (int i = 0; i < 22; i++)
+		ids[i] = (i * 7) % 23;
+	T_OK(d2v_model_init(&m, &c, d2v_backend_cpu(), &err) == 0 &&
+	    d2v_model_set_length(&m, 11, &err) == 0, "text model, ln/in targets");
+	d2v_params_init(&m.lay, &c, m.params, 8);
+	d2v_model_sync_teacher(&m);
+	T_OK(d2v_model_targets(&m, m.teacher, ids, 2, y, NULL, &err) == 0,
+	    "targets of 2 texts");
+	for (int b = 0; b < 2; b++)
+		for (int d = 0; d < 16; d++) {
+			double s = 0, s2 = 0;
+
+			for (int n = 0; n < 11; n++) {
+				double v = y[(b * 11 + n) * 16 + d];
+
+				s += v;
+				s2 += v * v;
+			}
+			s /= 11;
+			worst = fmax(worst, fmax(fabs(s), fabs(s2 / 11 - s * s - 1)));
+		}
+	T_OK(worst < 1e-3, "instance norm after averaging: every channel of "
+	    "every text has mean 0 and variance 1 over positions (worst %.2g)",
+	    worst);
+	d2v_model_free(&m);
+	T_OK(d2v_config_preset(&c, "large", NULL) == 0 &&
+	    d2v_config_modality(&c, "text", NULL) == 0 &&
+	    !strcmp(c.target_layer_norm, "ln") &&
+	    !strcmp(c.target_final_norm, "in"), "the text large recipe: ln "
+	    "per layer, in after averaging");
 }
 
 /* Lengths outside what the model takes. */
@@ -483,11 +577,16 @@ main(void)
 {
 	test_gradients("no dropout", 0);
 	test_gradients("dropout 0.2 everywhere, drop path 0.4", 0.2);
-	test_seq_gradients("audio", 0);
-	test_seq_gradients("audio", 0.2);
-	test_seq_gradients("text", 0);
-	test_seq_gradients("text", 0.2);
+	test_seq_gradients("audio", "v2", 0);
+	test_seq_gradients("audio", "v2", 0.2);
+	test_seq_gradients("text", "v2", 0);
+	test_seq_gradients("text", "v2", 0.2);
+	test_seq_gradients("audio", "v1", 0);
+	test_seq_gradients("audio", "v1", 0.2);
+	test_seq_gradients("text", "v1", 0);
+	test_seq_gradients("text", "v1", 0.2);
 	test_lengths();
+	test_target_norms();
 	test_v1_gradients(0);
 	test_v1_gradients(0.2);
 	test_unequal_mask();

@@ -111,6 +111,13 @@ run_fixture(const char *rel, const char *xdt)
 	mask = d2v_st_get(&fx, "input.mask", "U8", NULL, NULL, &nb, &err);
 	T_OK(mask && nb == (size_t)R * N, "%s: fixture mask of [%d, %d]", rel,
 	    R, N);
+	if (d2v_st_get(&fx, "input.x_masked", "I32", NULL, NULL, &nb, &err)) {
+		/* v1 text: the student reads x_masked */
+		T_OK(nb == (size_t)B * N * 4, "%s: input.x_masked of [%d, %d]", rel, B,
+		    N);
+		d2v_model_set_student_ids(&m, d2v_st_get(&fx, "input.x_masked",
+		    "I32", NULL, NULL, &nb, &err));
+	}
 
 	/* step 0 */
 	T_OK(d2v_model_step(&m, x, mask, d2v_config_is_v1(&m.cfg) ? NULL :
@@ -131,7 +138,7 @@ run_fixture(const char *rel, const char *xdt)
 		T_OK(e < TOL, "%s: target_cls matches (rel %.2e)", rel, e);
 	}
 	{
-		size_t np = (size_t)R * (N + (d2v_config_is_v1(&m.cfg) ? 1 : 0)) * D;
+		size_t np = (size_t)R * (N + (d2v_config_is_v1(&m.cfg) ? m.E : 0)) * D;
 
 		e = relerr(m.pred, get("expect.pred", np), np);
 	}
@@ -188,5 +195,7 @@ main(void)
 	run_fixture("tests/ref/v2_text_tiny.safetensors", "I32");
 	run_fixture("tests/ref/v2_audio_tiny.safetensors", "F32");
 	run_fixture("tests/ref/v1_image_tiny.safetensors", "U8");
+	run_fixture("tests/ref/v1_audio_tiny.safetensors", "F32");
+	run_fixture("tests/ref/v1_text_tiny.safetensors", "I32");
 	return T_DONE();
 }
