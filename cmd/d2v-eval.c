@@ -600,8 +600,12 @@ masked_loss(const char *path)
 	json_t *mk;
 	char *xs = NULL;
 	uint8_t *mask = NULL;
+	int32_t *xm = NULL;   /* (bs, N) v1 text: x_masked */
 	size_t xcap = 0, mcap = 0;
 	long batches = 0;
+	int v1text = d2v_config_is_v1(&m.cfg) && !strcmp(m.cfg.modality, "text");
+	int64_t mask_id = -1;
+	long skipped = 0;   /* v1 text: records of batches without <mask> */
 	double tshow = 0;
 
 	if (d2v_reader_open_fd(&r, fd, name, &err) < 0 ||
@@ -622,6 +626,15 @@ masked_loss(const char *path)
 		d2v_fatal(1, "%s: masks of %lld copies; the checkpoint's model "
 		    "trains with %d", name, (long long)json_integer_value(
 		    json_object_get(mk, "copies")), M);
+	if (v1text) {
+		json_t *mid = json_object_get(mk, "mask_id");
+
+		mask_id = json_is_integer(mid) ? json_integer_value(mid) : -1;
+		if (mask_id < 0 || mask_id >= m.cfg.vocab)
+			d2v_fatal(1, "%s: no <mask> id (meta.mask.mask_id); the v1 "
+			    "text model reads x_masked from d2v-mask --strategy bert",
+			    name);
+	}
 	/* evaluation: no dropout in the student */
 	m.cfg.encoder_dropout = m.cfg.attention_dropout = 0;
 	m.cfg.activation_dropout = m.cfg.post_mlp_drop = m.cfg.drop_path = 0;
@@ -637,9 +650,16 @@ masked_loss(const char *path)
 			d2v_fatal(1, "%s", err.msg);
 		if (rc > 0)
 			len = d2v_check_input(&rec, &m.cfg, name);
+		if (nb > 0 && (rc == 0 || len != blen || nb == bs) && v1text &&
+		    memchr(mask, 1, (size_t)nb * m.N) == NULL) {
+			/* v1 text: no <mask> token in these records, no loss */
+			skipped += nb;
+			nb = 0;
+		}
 		if (nb > 0 && (rc == 0 || len != blen || nb == bs)) {
 			d2v_step_out o;
 
+			d2v_model_set_student_ids(&m, xm);
 			if (d2v_model_set_length(&m, blen, &err) < 0 ||
 			    d2v_model_step(&m, xs, mask, NULL, NULL, NULL, nb,
 			    (uint64_t)opt.seed * 0x9e3779b97f4a7c15ull + (uint64_t)batches,
@@ -686,6 +706,30 @@ masked_loss(const char *path)
 			}
 			memcpy(xs + (size_t)nb * x->nbytes, x->data, x->nbytes);
 			memcpy(mask + (size_t)nb * k->nbytes, k->data, k->nbytes);
+			if (v1text) {
+				/* the student reads x_masked; the loss where it is
+				 * <mask> */
+				d2v_tensor *t = d2v_record_tensor(&rec, "x_masked");
+				int32_t *dst;
+
+				if (t == NULL || t->dtype != D2V_DTYPE_I32 ||
+				    t->rank != 2 || t->shape[0] != 1 || t->shape[1] != N)
+					d2v_fatal(1, "%s: record %lld (%s): the v1 text model "
+					    "needs x_masked i32 [1,%d] (d2v-mask --strategy "
+					    "bert)", name, (long long)rec.index, rec.id, N);
+				if ((xm = realloc(xm, (size_t)bs * N * sizeof *xm)) == NULL)
+					d2v_fatal(1, "out of memory");
+				dst = xm + (size_t)nb * N;
+				for (int n = 0; n < N; n++) {
+					dst[n] = ((const int32_t *)t->data)[n];
+					if (dst[n] < 0 || dst[n] >= m.cfg.vocab)
+						d2v_fatal(1, "%s: record %lld (%s): x_masked "
+						    "token %d has id %d, outside the vocabulary",
+						    name, (long long)rec.index, rec.id, n,
+						    (int)dst[n]);
+					mask[(size_t)nb * N + n] = dst[n] == mask_id;
+				}
+			}
 			blen = len;
 			nb++;
 		}
@@ -693,7 +737,8 @@ masked_loss(const char *path)
 	if (progress)
 		fputc('\n', stderr);
 	if (res.records == 0)
-		d2v_fatal(1, "%s: no records", name);
+		d2v_fatal(1, "%s: no records%s", name, skipped ? " with a <mask> "
+		    "token" : "");
 	res.loss_reg /= res.records;
 	res.loss_cls *= (double)bs / res.records;
 	res.loss = res.loss_reg + res.loss_cls;
@@ -701,7 +746,7 @@ masked_loss(const char *path)
 	d2v_reader_free(r);
 	if (fd != 0)
 		close(fd);
-	free(xs); free(mask);
+	free(xs); free(mask); free(xm);
 	return res;
 }
 

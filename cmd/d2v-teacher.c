@@ -173,9 +173,9 @@ main(int argc, char **argv)
 	    &err) < 0)
 		d2v_fatal(1, "%s", err.msg);
 	if (opt.objective && strcmp(opt.objective, m.cfg.objective) != 0)
-		d2v_fatal(1, "%s: a %s checkpoint; --objective %s wants the other "
-		    "targets (v1: end of block, LayerNorm; v2: FFN output, "
-		    "instance norm)", opt.ckpt, m.cfg.objective, opt.objective);
+		d2v_fatal(1, "%s: a %s checkpoint; --objective %s asks for the "
+		    "targets of the other objective", opt.ckpt, m.cfg.objective,
+		    opt.objective);
 	if (opt.features && opt.layer >= m.nb)
 		d2v_usage("--features %d: the model has %d blocks (0..%d)",
 		    opt.layer, m.nb, m.nb - 1);

@@ -46,9 +46,11 @@ static const char usage_text[] =
 "      --dim D --heads H --mlp F --depth L --prenet P --top-k K\n"
 "      --decoder-dim D --decoder-layers L --decoder-kernel K --decoder-groups G\n"
 "      --conv-dim C        audio feature encoder channels (512)\n"
-"      --objective v1|v2   data2vec (v1, images: pre-LN blocks, mask token,\n"
-"                          Smooth-L1) or data2vec 2.0 (v2, the default)\n"
-"      --layer-scale X --loss-beta X   v1: LayerScale init, Smooth-L1 beta\n"
+"      --objective v1|v2   data2vec (v1: the whole sequence, masked positions\n"
+"                          replaced by a learned vector, no decoder) or\n"
+"                          data2vec 2.0 (v2, the default)\n"
+"      --layer-scale X --loss-beta X   v1: LayerScale init (images),\n"
+"                          Smooth-L1 beta (0: L2)\n"
 "Training (defaults: the data2vec 2.0 recipe of the stream's modality):\n"
 "  -b, --batch B           samples per update (images 16, audio 8, text 64)\n"
 "      --lr X --min-lr X --warmup N --weight-decay X --clip X\n"
@@ -251,6 +253,8 @@ parse_args(int argc, char **argv)
 }
 
 static const char *in_name;
+/* v1 text: the <mask> id of the stream (meta.mask.mask_id) */
+static int32_t mask_id = -1;
 
 /* Image channels of the first record, for a stream whose header leaves
  * them to the source (d2v-tokenize of JPEGs without --channels). */
@@ -269,7 +273,7 @@ make_config(d2v_config *c, const json_t *hdr, long steps)
 	size_t i;
 
 	const char *mod = d2v_header_modality(hdr);
-	long total;
+	long total, hold0, warm0;
 
 	if (d2v_config_preset(c, opt.preset ? opt.preset : "tiny", &err) < 0)
 		d2v_usage("--preset: %s", err.msg);
@@ -303,7 +307,8 @@ make_config(d2v_config *c, const json_t *hdr, long steps)
 			c->std[i] = json_number_value(v);
 	if (json_integer_value(json_object_get(mask, "patch")) > 0)
 		c->patch = (int)json_integer_value(json_object_get(mask, "patch"));
-	if (json_integer_value(json_object_get(mask, "copies")) > 0)
+	if (json_integer_value(json_object_get(mask, "copies")) > 0 &&
+	    !d2v_config_is_v1(c)) /* v1: one copy, checked with the header */
 		c->clone = (int)json_integer_value(json_object_get(mask, "copies"));
 	SET(dim, opt.dim); SET(heads, opt.heads);
 	c->mlp_dim = opt.mlp >= 0 ? (int)opt.mlp : 4 * c->dim;
@@ -311,8 +316,10 @@ make_config(d2v_config *c, const json_t *hdr, long steps)
 	/* top-K and the decoder width follow the depth and width given */
 	if (opt.topk >= 0)
 		c->top_k = (int)opt.topk;
-	else if (d2v_config_is_v1(c))
+	else if (d2v_config_is_v1(c) && d2v_config_is_image(c))
 		c->top_k = c->depth >= 6 ? 6 : c->depth;
+	else if (d2v_config_is_v1(c) && strcmp(mod, "text") == 0)
+		c->top_k = (5 * c->depth + 3) / 6; /* 10 of 12 */
 	else if (strcmp(mod, "audio") == 0)
 		c->top_k = c->depth >= 3 ? (c->depth * 2 + 2) / 3 : c->depth;
 	else
@@ -335,11 +342,21 @@ make_config(d2v_config *c, const json_t *hdr, long steps)
 	SETD(input_dropout, opt.idrop); SETD(layerdrop, opt.ldrop);
 	if (opt.seed >= 0)
 		c->seed = (unsigned long long)opt.seed;
+	hold0 = c->hold;
+	warm0 = c->warmup;
 	/* the recipe's warmup and EMA anneal, as fractions of its updates */
 	c->warmup = opt.warmup >= 0 ? opt.warmup :
 	    (long)(steps * ((double)c->warmup / (double)total));
 	c->ema_anneal_end_step = opt.ema_n >= 0 ? opt.ema_n :
 	    (long)fmax(1, steps * ((double)c->ema_anneal_end_step / (double)total));
+	/* tri_stage: the decay phase is the recipe's fraction too, the hold
+	 * what lies between */
+	{
+		long decay = (long)(steps * ((double)(total - hold0 - warm0) /
+		    (double)total));
+
+		c->hold = steps - c->warmup - decay > 0 ? steps - c->warmup - decay : 0;
+	}
 	c->max_update = steps;
 	if (d2v_config_check(c, &err) < 0)
 		d2v_fatal(1, "%s", err.msg);
@@ -358,10 +375,18 @@ typedef struct batch {
 	int *len;          /* (cap) samples or tokens */
 	void *x;           /* (cap, C, S, S) u8, (cap, L) f32 or i32 */
 	uint8_t *mask;     /* (cap*M, N) */
+	int32_t *xm;       /* (cap, L) v1 text: x_masked */
 	float *y, *ycls;   /* (cap, N, D), (cap, D) with --targets stream */
 	float *tall;       /* (N_i, D) one record's uncropped target */
-	size_t xcap, mcap, ycap, tcap;
+	size_t xcap, mcap, ycap, tcap, xmcap;
 } batch;
+
+/* v1 text: the student reads x_masked, the teacher x */
+static int
+reads_x_masked(const d2v_config *c)
+{
+	return d2v_config_is_v1(c) && strcmp(c->modality, "text") == 0;
+}
 
 /* N of a sample of length len under the model's modality. */
 static int
@@ -395,6 +420,24 @@ batch_add(batch *b, const d2v_config *c)
 		d2v_fatal(1, "%s: record %lld (%s): mask has %lld copies, the "
 		    "model trains with --clone %d", in_name,
 		    (long long)rec->index, rec->id, (long long)mk->shape[0], M);
+	if (reads_x_masked(c)) {
+		d2v_tensor *xm = d2v_record_tensor(rec, "x_masked");
+
+		if (xm == NULL || xm->dtype != D2V_DTYPE_I32 || xm->rank != 2 ||
+		    xm->shape[0] != 1 || xm->shape[1] != N)
+			d2v_fatal(1, "%s: record %lld (%s): the v1 text objective "
+			    "needs x_masked i32 [1,%d], the BERT-masked ids (d2v-mask "
+			    "--strategy bert)", in_name, (long long)rec->index, rec->id,
+			    N);
+		for (int i = 0; i < N; i++) {
+			int32_t id = ((const int32_t *)xm->data)[i];
+
+			if (id < 0 || id >= c->vocab)
+				d2v_fatal(1, "%s: record %lld (%s): x_masked token %d has "
+				    "id %d, outside the model's vocabulary of %d", in_name,
+				    (long long)rec->index, rec->id, i, (int)id, c->vocab);
+		}
+	}
 	if (opt.stream_targets) {
 		d2v_tensor *t = d2v_record_tensor(rec, "target");
 		d2v_tensor *tc = d2v_record_tensor(rec, "target_cls");
@@ -424,8 +467,9 @@ grow(void *p, size_t *cap, size_t need)
 }
 
 /* Dense arrays of the batch at its shortest length; sets the model's
- * length.  Returns the length. */
-static int
+ * length.  Returns the masked count (of every row; v1 text: of the
+ * batch). */
+static long
 batch_build(batch *b, d2v_model *m, d2v_rng *rng)
 {
 	const d2v_config *c = &m->cfg;
@@ -444,6 +488,8 @@ batch_build(batch *b, d2v_model *m, d2v_rng *rng)
 	    c->image_size : (size_t)L * 4;
 	b->x = grow(b->x, &b->xcap, (size_t)b->n * esz);
 	b->mask = grow(b->mask, &b->mcap, (size_t)b->n * M * N);
+	if (reads_x_masked(c))
+		b->xm = grow(b->xm, &b->xmcap, (size_t)b->n * N * sizeof(int32_t));
 	if (opt.stream_targets) {
 		b->y = grow(b->y, &b->ycap, (size_t)b->n * N * D * sizeof(float));
 		b->ycls = realloc(b->ycls, (size_t)b->n * D * sizeof(float));
@@ -468,6 +514,17 @@ batch_build(batch *b, d2v_model *m, d2v_rng *rng)
 		    (size_t)off * 4, esz);
 		d2v_mask_crop(b->mask + (size_t)i * M * N, mk->data, M, Ni, foff,
 		    N);
+		if (reads_x_masked(c)) {
+			/* the ids the student reads; the loss where they are
+			 * <mask> (data2vec_text; not the random or unchanged
+			 * share of the selected tokens) */
+			const int32_t *src = d2v_record_tensor(rec, "x_masked")->data;
+			int32_t *dst = b->xm + (size_t)i * N;
+
+			memcpy(dst, src, (size_t)N * sizeof(int32_t));
+			for (int n = 0; n < N; n++)
+				b->mask[(size_t)i * N + n] = dst[n] == mask_id;
+		}
 		if (opt.stream_targets) {
 			d2v_tensor *t = d2v_record_tensor(rec, "target");
 			d2v_tensor *tc = d2v_record_tensor(rec, "target_cls");
@@ -480,13 +537,21 @@ batch_build(batch *b, d2v_model *m, d2v_rng *rng)
 				d2v_tensor_to_f32(tc, b->ycls + (size_t)i * D);
 		}
 	}
-	if (!d2v_config_is_image(c) && d2v_mask_equalize(b->mask, b->n * M, N,
-	    rng) == 0)
+	if (reads_x_masked(c)) {
+		/* v1 keeps the whole sequence: counts may differ, and a batch
+		 * of short lines may hold no <mask> at all */
+		long k = 0;
+
+		for (size_t i = 0; i < (size_t)b->n * N; i++)
+			k += b->mask[i];
+		return k;
+	} else if (!d2v_config_is_image(c) && d2v_mask_equalize(b->mask,
+	    b->n * M, N, rng) == 0)
 		d2v_fatal(1, "%s: records %lld..%lld cropped to %d %s keep no "
 		    "masked position in some copy", in_name,
 		    (long long)b->rec[0].index, (long long)b->rec[b->n - 1].index,
 		    N, audio ? "frames" : "tokens");
-	return L;
+	return d2v_config_is_image(c) ? 1 : (long)N;
 }
 
 /* Counts the records of a file (to size the schedules). */
@@ -553,7 +618,20 @@ check_header(const json_t *hdr, const d2v_config *cfg)
 		if (d2v_config_is_v1(cfg) && copies > 1)
 			d2v_fatal(1, "%s: masks of %ld copies; the v1 objective takes "
 			    "one mask per sample (d2v-mask --copies 1 --strategy "
-			    "block)", in_name, copies);
+			    "%s)", in_name, copies, d2v_config_is_image(cfg) ? "block" :
+			    !strcmp(cfg->modality, "audio") ? "span" : "bert");
+		if (reads_x_masked(cfg)) {
+			json_t *mid = json_object_get(d2v_header_meta(hdr, "mask"),
+			    "mask_id");
+
+			if (!json_is_integer(mid) || json_integer_value(mid) < 0 ||
+			    json_integer_value(mid) >= cfg->vocab)
+				d2v_fatal(1, "%s: masks of strategy %s without a <mask> "
+				    "id (meta.mask.mask_id); the v1 text objective needs "
+				    "x_masked from d2v-mask --strategy bert", in_name,
+				    st ? st : "(none)");
+			mask_id = (int32_t)json_integer_value(mid);
+		}
 	}
 	{
 		long copies = (long)json_integer_value(json_object_get(
@@ -699,7 +777,18 @@ main(int argc, char **argv)
 			}
 			if (b.n == 0 || (rc < 0 && b.n < b.cap))
 				break;
-			batch_build(&b, &m, &rng);
+			if (batch_build(&b, &m, &rng) == 0) {
+				/* v1 text: no <mask> in these records; no update */
+				if (!opt.quiet)
+					d2v_warn("%s: records %ld..%ld hold no <mask> "
+					    "token; skipped", in_name, seen - b.n, seen - 1);
+				b.n = 0;
+				if (rc <= 0)
+					break;
+				continue;
+			}
+			if (reads_x_masked(&cfg))
+				d2v_model_set_student_ids(&m, b.xm);
 			if (d2v_model_step(&m, b.x, b.mask, NULL, b.y, b.ycls, b.n,
 			    cfg.seed * 0x9e3779b97f4a7c15ull + (uint64_t)step, &o,
 			    &err) < 0)
@@ -759,7 +848,7 @@ main(int argc, char **argv)
 	d2v_reader_free(r);
 	for (int i = 0; i < b.cap; i++)
 		d2v_record_clear(&b.rec[i]);
-	free(b.rec); free(b.len); free(b.x); free(b.mask); free(b.y);
+	free(b.rec); free(b.len); free(b.x); free(b.mask); free(b.y); free(b.xm);
 	free(b.ycls); free(b.tall);
 	d2v_model_free(&m);
 	return stop == 2 ? 1 : 0;
