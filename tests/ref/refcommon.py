@@ -9,12 +9,20 @@ scripts do alike: the check() bookkeeping, float32 rounding, the parameter
 init rule, the safetensors writer and reader, the lr schedules (cosine and
 tri-stage) and the tau schedule, the training loop (fairseq Adam with
 decoupled decay, gradient clipping, the EMA teacher with shared parameters
-copied), the post-LN AltBlock with its attention, the decoder's conv stack,
-the image models' 2-D sin-cos table and patch embedding, formula twins
-(GELU, LayerNorm, attention, sin-cos, patch embedding), the
-finite-difference gradient checks and the final determinism / read-back
-checks. What belongs to one model (its configuration, parameters, inputs,
-forward passes, targets, loss and the checks of those) stays in its script.
+copied), the post-LN AltBlock with its attention, the v2 decoder's conv
+stack and its input (kept tokens gathered, encoder output scattered back,
+noise at the masked slots), and the pieces two models of one modality share,
+each parameterised by the script's config dict: the image models' patch
+embedding and 2-D sin-cos table, the text models' token + position
+embedding, the speech models' wav2vec 2.0 feature encoder (FEATURE_CONV)
+and conv-pos encoder, with the parameter shapes of each. Then the formula
+twins (GELU, LayerNorm, attention, AltBlock, sin-cos, patch embedding, text
+embedding, Conv1d, feature encoder, conv-pos) and the checks built on them,
+the finite-difference gradient checks, the teacher checks and the final
+determinism / read-back / tensor-name checks. What belongs to one model
+(its configuration, the order of its parameters, its inputs, forward
+passes, targets, loss and the checks of those) stays in its script, which
+names every shared piece it uses.
 
 Importing it sets torch to float64 and one thread (a fixed reduction order:
 identical bytes on every run). Run on its own (`make check-ref` runs every
@@ -90,6 +98,65 @@ def decoder_conv_shapes(s, cfg, ndim):
         s[p + "bias"] = (DD,)
 
 
+def patch_embed_shapes(s, cfg):
+    """Add the image models' patch_embed.* (Conv2d [D, C, P, P], stride P) and
+    cls_token [1, 1, D] to s."""
+    D, P = cfg["dim"], cfg["patch"]
+    s["patch_embed.weight"] = (D, cfg["channels"], P, P)
+    s["patch_embed.bias"] = (D,)
+    s["cls_token"] = (1, 1, D)
+
+
+def text_positions(cfg):
+    """Rows of embed_positions: fairseq's max_positions + pad_idx + 1."""
+    return cfg["max_positions"] + 2
+
+
+def text_embed_shapes(s, cfg):
+    """Add the text models' embed_tokens [vocab, D], embed_positions
+    [max_positions + 2, D] and embed_norm.* [D] to s."""
+    D = cfg["dim"]
+    s["embed_tokens.weight"] = (cfg["vocab"], D)
+    s["embed_positions.weight"] = (text_positions(cfg), D)
+    s["embed_norm.weight"] = (D,)
+    s["embed_norm.bias"] = (D,)
+
+
+FEATURE_CONV = [(10, 5)] + [(3, 2)] * 4 + [(2, 2)] * 2   # (kernel, stride) of the 7 layers
+
+
+def conv_len(t):
+    """Frames out of the feature encoder for t samples."""
+    for k, s in FEATURE_CONV:
+        t = (t - k) // s + 1
+    return t
+
+
+def feature_encoder_shapes(s, cfg):
+    """Add the speech models' feature encoder to s: feature_extractor.conv_layers.{i}
+    (conv.weight [C, Cin, k], no bias; norm.* [C]) for the 7 layers of
+    FEATURE_CONV, feature_norm.* [C] and feature_proj [D, C], C = conv_dim."""
+    CC, D = cfg["conv_dim"], cfg["dim"]
+    for i, (k, _) in enumerate(FEATURE_CONV):
+        p = "feature_extractor.conv_layers.%d." % i
+        s[p + "conv.weight"] = (CC, 1 if i == 0 else CC, k)
+        s[p + "norm.weight"] = (CC,)
+        s[p + "norm.bias"] = (CC,)
+    s["feature_norm.weight"] = (CC,)
+    s["feature_norm.bias"] = (CC,)
+    s["feature_proj.weight"] = (D, CC)
+    s["feature_proj.bias"] = (D,)
+
+
+def pos_conv_shapes(s, cfg):
+    """Add the speech models' conv-pos layers pos_conv.{j} ([D, D/G, k], bias
+    [D]) to s."""
+    D, PG = cfg["dim"], cfg["pos_conv_groups"]
+    for j in range(cfg["pos_conv_depth"]):
+        s["pos_conv.%d.weight" % j] = (D, D // PG, cfg["pos_conv_kernel"])
+        s["pos_conv.%d.bias" % j] = (D,)
+
+
 def init_rule(name, z):
     """Linear/conv weights N(0, 1/fan_in) so attention, GELU and the decoder
     work away from their linear regions; biases N(0, 0.02); LayerNorm weight
@@ -114,6 +181,12 @@ def init_params(shapes, rng, special=None):
         v = special(name, z) if special else None
         out[name] = torch.tensor(f32(init_rule(name, z) if v is None else v))
     return out
+
+
+def embed_tables_normal(name, z):
+    """init_params' special of the text models: both embedding tables N(0, 1)
+    (every row random; position rows 0 and 1 are never used)."""
+    return z if name.startswith(("embed_tokens.", "embed_positions.")) else None
 
 
 def decayed(name, t):
@@ -186,6 +259,26 @@ def input_tensors(x_np, mask_np, noise_np=(), x_dtype=None):
             [torch.from_numpy(a.astype(np.float64)) for a in noise_np])
 
 
+def normalised_waves(waves):
+    """[B] waveforms of S samples -> f32 [B, S], each with zero mean and unit
+    variance (used as given)."""
+    x = np.stack(waves)
+    x = (x - x.mean(1, keepdims=True)) / x.std(1, keepdims=True)
+    return x.astype(np.float32)
+
+
+def runs(row):
+    """Lengths of the maximal runs of ones in a 0/1 row."""
+    out, n = [], 0
+    for v in list(row) + [0]:
+        if v:
+            n += 1
+        elif n:
+            out.append(n)
+            n = 0
+    return out
+
+
 # ---------------------------------------------------------------------------
 # Model pieces.
 
@@ -213,6 +306,43 @@ def patch_tokens(p, x_u8, cfg):
     x = (x_u8.double() / 255.0 - mean) / std
     t = F.conv2d(x, p["patch_embed.weight"], p["patch_embed.bias"], stride=P)
     return t.flatten(2).transpose(1, 2)
+
+
+def text_embed(p, x, cfg):
+    """ids [B, N] -> LN(embed_tokens[x] + embed_positions[n + 2]) [B, N, D]
+    (fairseq's pad offset 2; LayerNorm eps norm_eps)."""
+    pos = torch.arange(x.shape[1]) + 2
+    e = p["embed_tokens.weight"][x.long()] + p["embed_positions.weight"][pos]
+    return F.layer_norm(e, (cfg["dim"],), p["embed_norm.weight"], p["embed_norm.bias"],
+                        cfg["norm_eps"])
+
+
+def feature_encoder(p, x, cfg):
+    """waveform [B, S] -> feat [B, N, D]: 7 x (Conv1d of FEATURE_CONV, no bias ->
+    LN(C) affine -> GELU), then feature_norm LN(C) and feature_proj Linear(C -> D)."""
+    CC = cfg["conv_dim"]
+    h = x.unsqueeze(1)
+    for i, (_, s) in enumerate(FEATURE_CONV):
+        pre = "feature_extractor.conv_layers.%d." % i
+        h = F.conv1d(h, p[pre + "conv.weight"], stride=s)
+        h = F.layer_norm(h.transpose(1, 2), (CC,), p[pre + "norm.weight"],
+                         p[pre + "norm.bias"], 1e-5).transpose(1, 2)
+        h = F.gelu(h)
+    h = F.layer_norm(h.transpose(1, 2), (CC,), p["feature_norm.weight"],
+                     p["feature_norm.bias"], 1e-5)
+    return F.linear(h, p["feature_proj.weight"], p["feature_proj.bias"])
+
+
+def pos_encode(p, z, cfg):
+    """z [R, T, D] -> z + pos(z): pos_conv_depth x (Conv1d(k, pad k//2, groups g)
+    -> LN over channels (no affine) -> GELU)."""
+    PK = cfg["pos_conv_kernel"]
+    y = z.transpose(1, 2)
+    for j in range(cfg["pos_conv_depth"]):
+        y = F.conv1d(y, p["pos_conv.%d.weight" % j], p["pos_conv.%d.bias" % j],
+                     padding=PK // 2, groups=cfg["pos_conv_groups"])
+        y = F.gelu(channel_ln(y))
+    return z + y.transpose(1, 2)
 
 
 def attention(p, pre, x, heads, bias=None, qkv_bias=None):
@@ -293,6 +423,21 @@ def decoder_convs(p, z, cfg, conv):
 def keep_index(mask):
     """mask u8 [R, N] -> ascending kept indices [R, V]."""
     return torch.stack([torch.nonzero(row == 0).flatten() for row in mask])
+
+
+def gather_kept(x, mask):
+    """x [R, N, D] -> (the kept tokens [R, V, D], their indices [R, V], the
+    indices expanded over D [R, V, D])."""
+    idx = keep_index(mask)
+    idx3 = idx.unsqueeze(-1).expand(-1, -1, x.shape[-1])
+    return torch.gather(x, 1, idx3), idx, idx3
+
+
+def decoder_input(h, idx3, mask, noise):
+    """The v2 decoder's input [R, N, D]: the encoder output h [R, V, D] of the
+    kept tokens back at idx3, the noise [R, N, D] at the masked slots."""
+    placed = torch.zeros(noise.shape).scatter(1, idx3, h)
+    return torch.where(mask.bool().unsqueeze(-1), noise, placed)
 
 
 def loss_scale(cfg):
@@ -564,6 +709,63 @@ def altblock_ref(p, i, x, heads, eps):
     return ln_ref(r + f, p[pre + "norm2.weight"], p[pre + "norm2.bias"], eps), f
 
 
+def altblocks_ref(p, h, cfg):
+    """Every block (prenet first) by altblock_ref -> (h, FFN outputs of every block)."""
+    fs = []
+    for i in range(cfg["prenet_depth"] + cfg["depth"]):
+        h, f = altblock_ref(p, i, h, cfg["heads"], cfg["norm_eps"])
+        fs.append(f)
+    return h, fs
+
+
+def conv1d_ref(x, w, b, stride=1, pad=0, groups=1):
+    """Explicit (cross-correlation) Conv1d by windows and einsum. x [R, Cin, T]."""
+    if pad:
+        x = F.pad(x, (pad, pad))
+    k = w.shape[2]
+    win = x.unfold(2, k, stride)                                 # [R, Cin, T_out, k]
+    cin_g, cout_g = w.shape[1], w.shape[0] // groups
+    outs = []
+    for g in range(groups):
+        outs.append(torch.einsum("rctk,ock->rot", win[:, g * cin_g:(g + 1) * cin_g],
+                                 w[g * cout_g:(g + 1) * cout_g]))
+    y = torch.cat(outs, 1)
+    return y if b is None else y + b.view(1, -1, 1)
+
+
+def feature_encoder_ref(p, x):
+    """The feature encoder by conv1d_ref, ln_ref and gelu_ref."""
+    h = x.unsqueeze(1)
+    for i, (_, s) in enumerate(FEATURE_CONV):
+        pre = "feature_extractor.conv_layers.%d." % i
+        h = conv1d_ref(h, p[pre + "conv.weight"], None, stride=s)
+        h = ln_ref(h.transpose(1, 2), p[pre + "norm.weight"], p[pre + "norm.bias"])
+        h = gelu_ref(h).transpose(1, 2)
+    h = ln_ref(h.transpose(1, 2), p["feature_norm.weight"], p["feature_norm.bias"])
+    return h @ p["feature_proj.weight"].t() + p["feature_proj.bias"]
+
+
+def pos_encode_ref(p, z, cfg):
+    """The conv-pos encoder by conv1d_ref, ln_ref and gelu_ref. z [R, T, D]."""
+    PK = cfg["pos_conv_kernel"]
+    y = z.transpose(1, 2)
+    for j in range(cfg["pos_conv_depth"]):
+        y = conv1d_ref(y, p["pos_conv.%d.weight" % j], p["pos_conv.%d.bias" % j],
+                       pad=PK // 2, groups=cfg["pos_conv_groups"])
+        y = gelu_ref(ln_ref(y.transpose(1, 2))).transpose(1, 2)
+    return z + y.transpose(1, 2)
+
+
+def text_embed_ref(p, x, cfg):
+    """The text embedding token by token: row x[b, n] + position row n + 2, ln_ref."""
+    e = torch.zeros(x.shape[0], x.shape[1], cfg["dim"])
+    for b in range(x.shape[0]):
+        for n in range(x.shape[1]):
+            e[b, n] = ln_ref(p["embed_tokens.weight"][int(x[b, n])] + p["embed_positions.weight"][n + 2],
+                             p["embed_norm.weight"], p["embed_norm.bias"], cfg["norm_eps"])
+    return e
+
+
 def check_sincos(pos, G, D):
     """The table against the MAE construction (meshgrid with w first, numpy)."""
     gw, gh = np.meshgrid(np.arange(G, dtype=np.float64), np.arange(G, dtype=np.float64))
@@ -604,6 +806,76 @@ def check_instance_norm(n, d, over):
     a = torch.randn(2, n, d, generator=torch.Generator().manual_seed(3))
     check(close(mean_instance_norm([a]), dim1_norm_ref(a), 1e-12, 1e-12),
           "instance norm over %s (biased variance) equals the formula" % over)
+
+
+def check_layer_norm(z):
+    D = z.shape[-1]
+    check(close(F.layer_norm(z, (D,), eps=1e-5), ln_ref(z), 1e-12, 1e-12),
+          "LayerNorm (no affine, eps 1e-5) equals the formula")
+
+
+def check_attention(p, cfg, T, attn=None):
+    """attn(p, pre, x) (default: attention with the stored bias) of blocks.1.
+    on [3, T, D] against torch's multi-head attention and attn_ref."""
+    H = cfg["heads"]
+    attn = attn or (lambda p, pre, x: attention(p, pre, x, H))
+    xs = torch.randn(3, T, cfg["dim"], generator=torch.Generator().manual_seed(1))
+    got = attn(p, "blocks.1.", xs)
+    check(close(got, mha_ref(p, "blocks.1.", xs, H), 1e-12, 1e-12)
+          and close(got, attn_ref(p, "blocks.1.", xs, H), 1e-12, 1e-12),
+          "attention equals F.multi_head_attention_forward and the head-by-head formula")
+
+
+def check_altblocks(p, cfg, T):
+    """Every AltBlock against altblock_ref on [2, T, D] (out and f)."""
+    xb = torch.randn(2, T, cfg["dim"], generator=torch.Generator().manual_seed(3))
+    ok = True
+    for i in range(cfg["prenet_depth"] + cfg["depth"]):
+        o1, f1 = altblock(p, i, xb, cfg["heads"], cfg["norm_eps"])
+        o2, f2 = altblock_ref(p, i, xb, cfg["heads"], cfg["norm_eps"])
+        ok = ok and close(o1, o2, 1e-12, 1e-12) and close(f1, f2, 1e-12, 1e-12)
+    check(ok, "every block equals the post-LN formula (out and f)")
+
+
+def check_frame_counts(S, N, want):
+    """Frames per feature-encoder layer by floor((t - k) / s) + 1: want at the end."""
+    t, lens = S, []
+    for k, s in FEATURE_CONV:
+        t = math.floor((t - k) / s) + 1
+        lens.append(t)
+    check(N == want and lens[-1] == want, "frame counts per layer %s, N = %d" % (lens, N))
+
+
+def check_feature_encoder(p, x, cfg, N):
+    feat = feature_encoder(p, x, cfg)
+    check(feat.shape == (x.shape[0], N, cfg["dim"])
+          and close(feat, feature_encoder_ref(p, x), 1e-11, 1e-11),
+          "feature encoder equals explicit strided conv + LN + GELU, LN, Linear")
+
+
+def check_pos_encode(p, cfg, N):
+    z = torch.randn(3, N, cfg["dim"], generator=torch.Generator().manual_seed(5))
+    check(close(pos_encode(p, z, cfg), pos_encode_ref(p, z, cfg), 1e-12, 1e-12),
+          "conv-pos equals explicit grouped conv (pad k//2) + LN + GELU, added to its input")
+
+
+def check_text_embed(p, x, cfg):
+    check(close(text_embed(p, x, cfg), text_embed_ref(p, x, cfg), 1e-12, 1e-12),
+          "embedding equals explicit lookup + position row n+2 + LayerNorm")
+
+
+def check_wave_input(x_np, B, S):
+    check(x_np.dtype == np.float32 and x_np.shape == (B, S), "input.x f32 [B, S]")
+    xm = x_np.astype(np.float64)
+    check(bool((np.abs(xm.mean(1)) < 1e-6).all() and (np.abs(xm.std(1) - 1) < 1e-6).all()),
+          "input.x rows have zero mean and unit variance")
+
+
+def check_image_input(x_np, cfg, B):
+    C, S = cfg["channels"], cfg["image_size"]
+    check(x_np.dtype == np.uint8 and x_np.shape == (B, C, S, S)
+          and all(len(np.unique(x_np[b])) > 20 for b in range(B)),
+          "input.x u8 [B, C, S, S], not constant")
 
 
 def check_mask_rows(mask_np, rows, n, nmask):
@@ -706,6 +978,45 @@ def random_entries(count):
     return picks
 
 
+def nonzero_and_random_entries(n, t, g, rs):
+    """picks for central_diff: of every parameter of rank > 1, two entries with
+    a non-zero gradient and one anywhere."""
+    if t.dim() < 2:
+        return []
+    nz = torch.nonzero(g.abs() > 0)
+    out = [tuple(int(c) for c in nz[rs.randint(len(nz))]) for _ in range(2)]
+    return out + [tuple(int(rs.randint(s)) for s in t.shape)]
+
+
+def check_grads_nonzero(rec, init):
+    check(all(float(rec["grad"][n].abs().max()) > 0 for n in init),
+          "every parameter has a non-zero step-0 gradient")
+
+
+def check_embed_grads(grad, ids, cfg, ids_text):
+    """The text embedding's step-0 gradient: embed_tokens rows non-zero exactly
+    on the ids (ids_text says which), embed_positions rows on 2..N+1."""
+    used = set(int(v) for v in ids.flatten())
+    g = grad["embed_tokens.weight"]
+    check(all((float(g[i].abs().sum()) > 0) == (i in used) for i in range(cfg["vocab"])),
+          "embed_tokens gradient is non-zero exactly on " + ids_text)
+    N = ids.shape[1]
+    g = grad["embed_positions.weight"]
+    check(all((float(g[i].abs().sum()) > 0) == (2 <= i < N + 2) for i in range(text_positions(cfg))),
+          "embed_positions gradient is non-zero exactly on rows 2..N+1")
+
+
+def masked_preds_differ(pred, mask):
+    """The masked positions of every row of pred [R, N, D] get pairwise
+    different predictions (by more than 1e-3 somewhere)."""
+    ok = True
+    for b in range(pred.shape[0]):
+        pm = pred[b][mask[b].bool()]
+        gap = (pm.unsqueeze(0) - pm.unsqueeze(1)).abs().amax(-1).fill_diagonal_(1)
+        ok = ok and float(gap.min()) > 1e-3
+    return ok
+
+
 def check_schedules(rec):
     lr_ref = [0.0, 5e-4, 1e-3, 7.5e-4, 2.5e-4]
     check(all(abs(a - b) < 1e-15 for a, b in zip(rec["lr"], lr_ref)), "lr schedule %s" % rec["lr"])
@@ -729,16 +1040,17 @@ def ema_moved(rec, init, names):
     return all(not torch.equal(te[n], st[n]) and not torch.equal(te[n], init[n]) for n in names)
 
 
-def check_shared_teacher(rec, init, is_shared, shared_text):
-    """v2 text and audio: shared parameters copied at every step, the others
-    EMA'd, the teacher holding every parameter but decoder.*."""
+def check_shared_teacher(rec, init, in_teacher, is_shared, held, shared, emad):
+    """The text and audio teachers: they hold exactly the parameters in_teacher
+    keeps (held, in words); the shared ones equal the student's at every step
+    and at the end; the EMA'd ones (emad) differ from the student and from the
+    start."""
     st, te = rec["student"], rec["teacher"]
+    check(sorted(te) == sorted(n for n in init if in_teacher(n)), "teacher holds " + held)
     check(all(rec["shared_equal"]) and all(torch.equal(te[n], st[n]) for n in te if is_shared(n)),
-          "shared %s teacher == student at every step and at the end" % shared_text)
+          "shared %s teacher == student at every step and at the end" % shared)
     check(ema_moved(rec, init, [n for n in te if not is_shared(n)]),
-          "EMA'd teacher parameters differ from the student and from the start")
-    check(sorted(te) == sorted(n for n in init if not_decoder(n)),
-          "teacher holds every non-decoder parameter")
+          "EMA'd %s differ from the student and from the start" % emad)
 
 
 def check_file(cfg, buf, tensors, build, limit, limit_text):
@@ -752,6 +1064,19 @@ def check_file(cfg, buf, tensors, build, limit, limit_text):
           "safetensors read-back")
     check(len(buf) < limit, "fixture size %d bytes < %s" % (len(buf), limit_text))
     return back
+
+
+def check_tensor_names(back, init, inputs, extra=(), in_teacher=None):
+    """The tensors read back are exactly the README's: student.<name>, the
+    inputs named, expect.<key> of y, pred, loss, the extra keys and the
+    per-step series, expect.grad.<name>, expect.student.<name>,
+    expect.teacher.<name> of what in_teacher keeps (default all)."""
+    want = (["student." + n for n in init] + list(inputs)
+            + ["expect." + k for k in ("y", "pred", "loss", "grad_norm", "lr", "tau", "losses")
+               + tuple(extra)]
+            + ["expect.%s.%s" % (k, n) for k in ("grad", "student") for n in init]
+            + ["expect.teacher." + n for n in init if in_teacher is None or in_teacher(n)])
+    check(sorted(back) == sorted(want), "tensor names: %d, exactly the README's" % len(want))
 
 
 def summary(rec):
@@ -801,6 +1126,14 @@ def main():
           and all(np.array_equal(back[k], t[k]) and back[k].dtype == t[k].dtype for k in t),
           "safetensors round trip (U8, I32, F32; header padded to 8 bytes)")
     check_sincos(sincos_2d(4, 32), 4, 32)
+    check(runs([1, 1, 0, 1, 0, 0, 1, 1, 1]) == [2, 1, 3] and runs([0, 0]) == [],
+          "runs counts the maximal runs of ones")
+    g = torch.Generator().manual_seed(8)
+    xc, wc = torch.randn(2, 4, 11, generator=g), torch.randn(6, 2, 3, generator=g)
+    bc = torch.randn(6, generator=g)
+    check(close(conv1d_ref(xc, wc, bc, stride=2, pad=1, groups=2),
+                F.conv1d(xc, wc, bc, stride=2, padding=1, groups=2), 1e-12, 1e-12),
+          "conv1d_ref equals F.conv1d (stride, padding, groups)")
     check_gelu(torch.randn(4, 6, generator=torch.Generator().manual_seed(2)))
     p = {"blocks.0.attn.qkv.weight": torch.randn(24, 8, generator=torch.Generator().manual_seed(4)),
          "blocks.0.attn.qkv.bias": torch.randn(24, generator=torch.Generator().manual_seed(5)),

@@ -22,7 +22,8 @@ script:
                            equal to the student's)
 
 What the references share (checks, safetensors, schedules, the Adam and EMA
-training loop, the AltBlock, twins) is in refcommon.py next to this script.
+training loop, the AltBlock, the feature encoder and conv-pos of the speech
+models, twins) is in refcommon.py next to this script.
 
 Run with /usr/bin/python3 (Debian's python3-torch). The script checks itself
 (gradcheck and central differences of the loss gradient, mask counts and
@@ -43,7 +44,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import refcommon as rc  # noqa: E402  (float64, one thread)
-from refcommon import check, close, gelu_ref, ln_ref  # noqa: E402
+from refcommon import check, close, ln_ref  # noqa: E402
 
 # ---------------------------------------------------------------------------
 # Configuration (README table; stored verbatim as __metadata__["config"]).
@@ -72,27 +73,13 @@ CFG = collections.OrderedDict([
 
 B = 2                                   # utterances per batch (one mask each)
 S = 6400                                # samples per utterance (README)
-CONV = [(10, 5)] + [(3, 2)] * 4 + [(2, 2)] * 2   # (kernel, stride) of the 7 layers
-CC = CFG["conv_dim"]
+N = rc.conv_len(S)                      # 19 frames
 D = CFG["dim"]
-H = CFG["heads"]
 NB = CFG["prenet_depth"] + CFG["depth"]
-PCD = CFG["pos_conv_depth"]
-PK = CFG["pos_conv_kernel"]
-PG = CFG["pos_conv_groups"]
 NMASK = [7, 9]                          # masked frames of utterance 0, 1 (README)
 SPAN = 3                                # span length of the fixture's masks
 STEPS = CFG["max_update"]
 SEED = 20240621
-
-
-def conv_len(t):
-    for k, s in CONV:
-        t = (t - k) // s + 1
-    return t
-
-
-N = conv_len(S)                         # 19 frames
 
 SHARED = ("feature_extractor.", "feature_norm.", "feature_proj.", "pos_conv.")
 STUDENT_ONLY = ("mask_emb", "final_proj.")
@@ -106,18 +93,8 @@ OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)),
 
 def param_shapes():
     s = collections.OrderedDict()
-    for i, (k, _) in enumerate(CONV):
-        p = "feature_extractor.conv_layers.%d." % i
-        s[p + "conv.weight"] = (CC, 1 if i == 0 else CC, k)
-        s[p + "norm.weight"] = (CC,)
-        s[p + "norm.bias"] = (CC,)
-    s["feature_norm.weight"] = (CC,)
-    s["feature_norm.bias"] = (CC,)
-    s["feature_proj.weight"] = (D, CC)
-    s["feature_proj.bias"] = (D,)
-    for j in range(PCD):
-        s["pos_conv.%d.weight" % j] = (D, D // PG, PK)
-        s["pos_conv.%d.bias" % j] = (D,)
+    rc.feature_encoder_shapes(s, CFG)
+    rc.pos_conv_shapes(s, CFG)
     s["context_norm.weight"] = (D,)
     s["context_norm.bias"] = (D,)
     rc.altblock_shapes(s, NB, D, CFG["mlp_dim"])
@@ -150,18 +127,6 @@ decayed = rc.decayed
 # ---------------------------------------------------------------------------
 # Inputs.
 
-def runs(row):
-    """Lengths of the maximal runs of ones in a 0/1 row."""
-    out, n = [], 0
-    for v in list(row) + [0]:
-        if v:
-            n += 1
-        elif n:
-            out.append(n)
-            n = 0
-    return out
-
-
 def span_mask_row(rng, count):
     """compute_mask_indices-like (DATA2VEC.md §4.2) with spans of SPAN frames:
     2 to 4 distinct starts in [0, N - SPAN), each marks SPAN frames; drawn
@@ -170,7 +135,7 @@ def span_mask_row(rng, count):
         row = np.zeros(N, dtype=np.uint8)
         for st in rng.choice(N - SPAN, rng.randint(2, 5), replace=False):
             row[st:st + SPAN] = 1
-        if int(row.sum()) == count and len(runs(row)) >= 2:
+        if int(row.sum()) == count and len(rc.runs(row)) >= 2:
             return row
 
 
@@ -182,9 +147,7 @@ def make_inputs(rng):
     w1 = (np.sin(2 * np.pi * (90 * t + 2000 * t * t)) + 0.5 * np.sign(np.sin(2 * np.pi * 7 * t))
           * np.sin(2 * np.pi * 300 * t) + 0.3 * rng.standard_normal(S))
     w1[S // 2:] *= 0.4                                           # a quieter end
-    x = np.stack([w0, w1])
-    x = (x - x.mean(1, keepdims=True)) / x.std(1, keepdims=True)
-    x = x.astype(np.float32)                                     # [B, S], used as given
+    x = rc.normalised_waves([w0, w1])                            # [B, S]
     mask = np.stack([span_mask_row(rng, c) for c in NMASK])      # [B, N]
     return x, mask
 
@@ -192,33 +155,16 @@ def make_inputs(rng):
 # ---------------------------------------------------------------------------
 # Model.
 
-channel_ln = rc.channel_ln
-
-
 def feature_encoder(p, x):
-    """waveform [B, S] -> feat [B, N, D]: 7 x (Conv1d, no bias -> LN(C) affine ->
-    GELU), then feature_norm LN(C) and feature_proj Linear(C -> D)."""
-    h = x.unsqueeze(1)
-    for i, (_, s) in enumerate(CONV):
-        pre = "feature_extractor.conv_layers.%d." % i
-        h = F.conv1d(h, p[pre + "conv.weight"], stride=s)
-        h = F.layer_norm(h.transpose(1, 2), (CC,), p[pre + "norm.weight"],
-                         p[pre + "norm.bias"], 1e-5).transpose(1, 2)
-        h = F.gelu(h)
-    h = F.layer_norm(h.transpose(1, 2), (CC,), p["feature_norm.weight"],
-                     p["feature_norm.bias"], 1e-5)
-    return F.linear(h, p["feature_proj.weight"], p["feature_proj.bias"])
+    """waveform [B, S] -> feat [B, N, D], v2_audio's (refcommon: 7 x (Conv1d, no
+    bias -> LN(C) -> GELU), feature_norm, feature_proj). Shared with the teacher."""
+    return rc.feature_encoder(p, x, CFG)
 
 
 def pos_encode(p, z):
-    """z [R, T, D] -> z + pos(z): pos_conv layers Conv1d(k, pad k//2, groups g) ->
-    LN over channels (no affine) -> GELU."""
-    y = z.transpose(1, 2)
-    for j in range(PCD):
-        y = F.conv1d(y, p["pos_conv.%d.weight" % j], p["pos_conv.%d.bias" % j],
-                     padding=PK // 2, groups=PG)
-        y = F.gelu(channel_ln(y))
-    return z + y.transpose(1, 2)
+    """z [R, N, D] -> z + pos(z), v2_audio's conv-pos (refcommon), here on the
+    whole sequence and shared with the teacher."""
+    return rc.pos_encode(p, z, CFG)
 
 
 def encoder(p, z):
@@ -288,79 +234,19 @@ def build():
 # ---------------------------------------------------------------------------
 # Self-checks.
 
-def conv1d_ref(x, w, b, stride=1, pad=0, groups=1):
-    """Explicit (cross-correlation) Conv1d by windows and einsum. x [R, Cin, T]."""
-    if pad:
-        x = F.pad(x, (pad, pad))
-    k = w.shape[2]
-    win = x.unfold(2, k, stride)                                 # [R, Cin, T_out, k]
-    cin_g, cout_g = w.shape[1], w.shape[0] // groups
-    outs = []
-    for g in range(groups):
-        outs.append(torch.einsum("rctk,ock->rot", win[:, g * cin_g:(g + 1) * cin_g],
-                                 w[g * cout_g:(g + 1) * cout_g]))
-    y = torch.cat(outs, 1)
-    return y if b is None else y + b.view(1, -1, 1)
-
-
-def feature_ref(p, x):
-    h = x.unsqueeze(1)
-    for i, (_, s) in enumerate(CONV):
-        pre = "feature_extractor.conv_layers.%d." % i
-        h = conv1d_ref(h, p[pre + "conv.weight"], None, stride=s)
-        h = ln_ref(h.transpose(1, 2), p[pre + "norm.weight"], p[pre + "norm.bias"])
-        h = gelu_ref(h).transpose(1, 2)
-    h = ln_ref(h.transpose(1, 2), p["feature_norm.weight"], p["feature_norm.bias"])
-    return h @ p["feature_proj.weight"].t() + p["feature_proj.bias"]
-
-
-def pos_ref(p, z):
-    y = z.transpose(1, 2)
-    for j in range(PCD):
-        y = conv1d_ref(y, p["pos_conv.%d.weight" % j], p["pos_conv.%d.bias" % j],
-                       pad=PK // 2, groups=PG)
-        y = gelu_ref(ln_ref(y.transpose(1, 2))).transpose(1, 2)
-    return z + y.transpose(1, 2)
-
-
 def encoder_ref(p, z):
     """One sequence z [N, D] by the formulas -> (h, [f of every block])."""
-    h = ln_ref(pos_ref(p, z.unsqueeze(0))[0], p["context_norm.weight"], p["context_norm.bias"],
-               CFG["norm_eps"])
-    fs = []
-    for i in range(NB):
-        h, f = rc.altblock_ref(p, i, h, H, CFG["norm_eps"])
-        fs.append(f)
-    return h, fs
+    h = ln_ref(rc.pos_encode_ref(p, z.unsqueeze(0), CFG)[0], p["context_norm.weight"],
+               p["context_norm.bias"], CFG["norm_eps"])
+    return rc.altblocks_ref(p, h, CFG)
 
 
 def check_twins(init, x):
-    t, lens = S, []
-    for k, s in CONV:
-        t = math.floor((t - k) / s) + 1
-        lens.append(t)
-    check(N == 19 and lens[-1] == 19, "frame counts per layer %s, N = %d" % (lens, N))
-
-    feat = feature_encoder(init, x)
-    check(feat.shape == (B, N, D) and close(feat, feature_ref(init, x), 1e-11, 1e-11),
-          "feature encoder equals explicit strided conv + LN + GELU, LN, Linear")
-
-    z = torch.randn(3, N, D, generator=torch.Generator().manual_seed(5))
-    check(close(pos_encode(init, z), pos_ref(init, z), 1e-12, 1e-12),
-          "conv-pos equals explicit grouped conv (pad k//2) + LN + GELU, added to its input")
-
-    xs = torch.randn(3, 7, D, generator=torch.Generator().manual_seed(1))
-    got = rc.attention(init, "blocks.1.", xs, H)
-    check(close(got, rc.mha_ref(init, "blocks.1.", xs, H), 1e-12, 1e-12)
-          and close(got, rc.attn_ref(init, "blocks.1.", xs, H), 1e-12, 1e-12),
-          "attention (3 heads) equals F.multi_head_attention_forward and the head-by-head formula")
-    xb = torch.randn(2, N, D, generator=torch.Generator().manual_seed(3))
-    ok = True
-    for i in range(NB):
-        o1, f1 = rc.altblock(init, i, xb, H, CFG["norm_eps"])
-        o2, f2 = rc.altblock_ref(init, i, xb, H, CFG["norm_eps"])
-        ok = ok and close(o1, o2, 1e-12, 1e-12) and close(f1, f2, 1e-12, 1e-12)
-    check(ok, "every block equals the post-LN formula (out and f)")
+    rc.check_frame_counts(S, N, 19)
+    rc.check_feature_encoder(init, x, CFG, N)
+    rc.check_pos_encode(init, CFG, N)
+    rc.check_attention(init, CFG, 7)
+    rc.check_altblocks(init, CFG, N)
 
     zz = torch.randn(4, 6, 9, generator=torch.Generator().manual_seed(2))
     rc.check_gelu(zz)
@@ -369,15 +255,12 @@ def check_twins(init, x):
 
 
 def check_inputs(x_np, mask_np):
-    check(x_np.dtype == np.float32 and x_np.shape == (B, S), "input.x f32 [B, S]")
-    xm = x_np.astype(np.float64)
-    check(bool((np.abs(xm.mean(1)) < 1e-6).all() and (np.abs(xm.std(1) - 1) < 1e-6).all()),
-          "input.x rows have zero mean and unit variance")
+    rc.check_wave_input(x_np, B, S)
     check(mask_np.dtype == np.uint8 and mask_np.shape == (B, N)
           and set(np.unique(mask_np)) <= {0, 1}, "input.mask u8 [B, N], values 0/1")
     check(list(mask_np.sum(1)) == NMASK, "masked per utterance %s (want %s)"
           % (list(mask_np.sum(1)), NMASK))
-    rl = [runs(r) for r in mask_np]
+    rl = [rc.runs(r) for r in mask_np]
     check(all(len(r) >= 2 and max(r) >= SPAN for r in rl),
           "masks are spans, at least two per utterance (runs %s)" % rl)
 
@@ -387,9 +270,10 @@ def check_init(init):
     check(bool((me >= 0).all() and (me < 1).all()) and 0.35 < float(me.mean()) < 0.65,
           "mask_emb in [0, 1) (mean %.3f)" % float(me.mean()))
     dec = sorted(n for n, t in init.items() if decayed(n, t))
-    want = sorted(["feature_extractor.conv_layers.%d.conv.weight" % i for i in range(len(CONV))]
+    want = sorted(["feature_extractor.conv_layers.%d.conv.weight" % i
+                   for i in range(len(rc.FEATURE_CONV))]
                   + ["feature_proj.weight", "final_proj.weight"]
-                  + ["pos_conv.%d.weight" % j for j in range(PCD)]
+                  + ["pos_conv.%d.weight" % j for j in range(CFG["pos_conv_depth"])]
                   + ["blocks.%d.%s.weight" % (i, s) for i in range(NB)
                      for s in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")])
     check(dec == want, "weight decay on %d tensors: the conv, projection and block matrices "
@@ -440,12 +324,8 @@ def check_forward(init, x, mask, rec):
           "mask_emb (not zero) replaces the masked frames")
     # The masked frames of an utterance get different predictions (conv-pos and
     # the attention give them position and context).
-    ok = True
-    for b in range(B):
-        pm = pred[b][mask[b].bool()]
-        gap = (pm.unsqueeze(0) - pm.unsqueeze(1)).abs().amax(-1).fill_diagonal_(1)
-        ok = ok and float(gap.min()) > 1e-3
-    check(ok, "the masked frames of every utterance get pairwise different predictions")
+    check(rc.masked_preds_differ(pred, mask),
+          "the masked frames of every utterance get pairwise different predictions")
     # Only masked frames count: pred at an unmasked frame does not enter the loss.
     p2 = pred.clone()
     p2[0, int(torch.nonzero(mask[0] == 0)[0])] += 1.0
@@ -466,10 +346,8 @@ def check_grads(init, x, mask, rec):
           "torch.autograd.gradcheck of the loss on %d parameters (%d entries; mask_emb and "
           "feature_extractor.conv_layers.0.conv.weight included)"
           % (len(names), sum(init[n].numel() for n in names)))
-    g = rec["grad"]
-    check(all(float(g[n].abs().max()) > 0 for n in init),
-          "every parameter has a non-zero step-0 gradient")
-    worst, count = rc.central_diff(init, g, loss_of, rc.random_entries(3))
+    rc.check_grads_nonzero(rec, init)
+    worst, count = rc.central_diff(init, rec["grad"], loss_of, rc.random_entries(3))
     check(worst < 1e-5, "central differences match autograd on %d entries of every weight "
           "tensor (worst relative error %.2e)" % (count, worst))
 
@@ -490,16 +368,6 @@ def check_tri_stage(rec):
     check(all(abs(a - b) < 1e-15 for a, b in zip(rec["tau"], tau_ref)), "tau schedule %s" % rec["tau"])
 
 
-def check_teacher(rec, init):
-    st, te = rec["student"], rec["teacher"]
-    check(sorted(te) == sorted(n for n in init if in_teacher(n)),
-          "teacher holds every parameter but mask_emb and final_proj.*")
-    check(all(rec["shared_equal"]) and all(torch.equal(te[n], st[n]) for n in te if is_shared(n)),
-          "shared feature_* and pos_conv.* teacher == student at every step and at the end")
-    check(rc.ema_moved(rec, init, [n for n in te if not is_shared(n)]),
-          "EMA'd context_norm.* and blocks.* differ from the student and from the start")
-
-
 def main():
     buf, tensors, (init, x, mask, rec) = build()
 
@@ -513,16 +381,13 @@ def main():
     check_tri_stage(rec)
     rc.check_clipped(rec)
     rc.check_moved(rec, init)
-    check_teacher(rec, init)
+    rc.check_shared_teacher(rec, init, in_teacher, is_shared,
+                            "every parameter but mask_emb and final_proj.*",
+                            "feature_* and pos_conv.*", "context_norm.* and blocks.*")
     check(rec["losses"][0] == float(rec["loss"]), "losses[0] is the step-0 loss")
 
     back = rc.check_file(CFG, buf, tensors, build, 1536 * 1024, "1.5 MiB")
-    want = (["student." + n for n in init] + ["input.x", "input.mask", "expect.feat", "expect.y",
-            "expect.pred", "expect.loss", "expect.grad_norm", "expect.lr", "expect.tau",
-            "expect.losses"]
-            + ["expect.%s.%s" % (k, n) for k in ("grad", "student") for n in init]
-            + ["expect.teacher." + n for n in init if in_teacher(n)])
-    check(sorted(back) == sorted(want), "tensor names: %d, exactly the README's" % len(want))
+    rc.check_tensor_names(back, init, ["input.x", "input.mask"], ["feat"], in_teacher)
     rc.summary(rec)
     rc.finish("v1_audio.py", OUT, buf, tensors)
 

@@ -16,9 +16,9 @@ v1_image_tiny.safetensors next to this script:
   expect.grad_norm, expect.lr, expect.tau, expect.losses    [STEPS]
   expect.student.<name>, expect.teacher.<name>             after STEPS updates
 
-What the four references share (checks, safetensors, schedules, the Adam and
-EMA training loop, sin-cos, patch embedding, twins) is in refcommon.py next to
-this script.
+What the references share (checks, safetensors, schedules, the Adam and EMA
+training loop, sin-cos, patch embedding, attention, twins) is in refcommon.py
+next to this script.
 
 Run with /usr/bin/python3 (Debian's python3-torch). The script checks itself
 (gradcheck and central differences of the loss gradient, the key bias
@@ -29,7 +29,6 @@ non-zero when a check fails.
 """
 
 import collections
-import math
 import os
 import sys
 
@@ -71,7 +70,6 @@ G = S // P                              # grid side
 N = G * G                               # tokens per image
 D = CFG["dim"]
 H = CFG["heads"]
-HD = D // H
 FF = CFG["mlp_dim"]
 NB = CFG["prenet_depth"] + CFG["depth"]
 BETA = float(CFG["loss_beta"])
@@ -88,9 +86,7 @@ OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)),
 
 def param_shapes():
     s = collections.OrderedDict()
-    s["patch_embed.weight"] = (D, C, P, P)
-    s["patch_embed.bias"] = (D,)
-    s["cls_token"] = (1, 1, D)
+    rc.patch_embed_shapes(s, CFG)
     s["mask_token"] = (1, 1, D)
     for i in range(NB):
         p = "blocks.%d." % i
@@ -255,26 +251,13 @@ def build():
 # ---------------------------------------------------------------------------
 # Self-checks.
 
-def attn_ref(p, pre, x):
-    """Attention head by head with explicit softmax, from the stored [3D] bias."""
-    wq, wk, wv = p[pre + "attn.qkv.weight"].split(D)
-    bq, bk, bv = p[pre + "attn.qkv.bias"].split(D)
-    q, k, v = x @ wq.t() + bq, x @ wk.t() + bk, x @ wv.t() + bv
-    heads = []
-    for hh in range(H):
-        sl = slice(hh * HD, (hh + 1) * HD)
-        logit = q[..., sl] @ k[..., sl].transpose(-2, -1) / math.sqrt(HD)
-        e = torch.exp(logit - logit.max(-1, keepdim=True).values)
-        heads.append((e / e.sum(-1, keepdim=True)) @ v[..., sl])
-    o = torch.cat(heads, -1)
-    return o @ p[pre + "attn.proj.weight"].t() + p[pre + "attn.proj.bias"]
-
-
 def block_ref(p, i, x):
+    """The pre-LN LayerScale block by its formulas (attention head by head from
+    the stored [3D] bias, key third 0)."""
     pre = "blocks.%d." % i
     eps = CFG["norm_eps"]
-    x = x + p[pre + "gamma_1"] * attn_ref(
-        p, pre, ln_ref(x, p[pre + "norm1.weight"], p[pre + "norm1.bias"], eps))
+    x = x + p[pre + "gamma_1"] * rc.attn_ref(
+        p, pre, ln_ref(x, p[pre + "norm1.weight"], p[pre + "norm1.bias"], eps), H)
     r = ln_ref(x, p[pre + "norm2.weight"], p[pre + "norm2.bias"], eps)
     f = gelu_ref(r @ p[pre + "mlp.fc1.weight"].t() + p[pre + "mlp.fc1.bias"]) \
         @ p[pre + "mlp.fc2.weight"].t() + p[pre + "mlp.fc2.bias"]
@@ -290,18 +273,12 @@ def check_twins(init, x_u8):
 
     # Attention: torch's own multi-head attention with the stored [q;k;v] layout
     # and bias (key third 0), and the head-by-head formula.
-    xs = torch.randn(3, 5, D, generator=torch.Generator().manual_seed(1))
-    pre = "blocks.1."
-    got = attention(init, pre, xs)
-    check(close(got, rc.mha_ref(init, pre, xs, H), 1e-12, 1e-12)
-          and close(got, attn_ref(init, pre, xs), 1e-12, 1e-12),
-          "attention equals F.multi_head_attention_forward and the head-by-head formula")
+    rc.check_attention(init, CFG, 5, attention)
 
     # GELU and LayerNorm: formulas.
     z = torch.randn(4, 6, D, generator=torch.Generator().manual_seed(2))
     rc.check_gelu(z)
-    check(close(F.layer_norm(z, (D,), eps=1e-5), ln_ref(z), 1e-12, 1e-12),
-          "LayerNorm (no affine, eps 1e-5) equals the formula")
+    rc.check_layer_norm(z)
 
     # Pre-LN LayerScale block by the formulas.
     xb = torch.randn(2, N + 1, D, generator=torch.Generator().manual_seed(3))
@@ -318,9 +295,7 @@ def check_inputs(x_np, mask_np):
           "mask shape [B, N], values 0/1")
     check(list(mask_np.sum(1)) == NMASK, "masked per image %s (want %s)"
           % (list(mask_np.sum(1)), NMASK))
-    check(x_np.dtype == np.uint8 and x_np.shape == (B, C, S, S)
-          and all(len(np.unique(x_np[b])) > 20 for b in range(B)),
-          "input.x u8 [B, C, S, S], not constant")
+    rc.check_image_input(x_np, CFG, B)
 
 
 def check_init(init):
@@ -442,8 +417,7 @@ def check_grads(init, x_u8, mask, rec):
     check(all(bool((g["blocks.%d.attn.qkv.bias" % i][:D] != 0).all()
                    and (g["blocks.%d.attn.qkv.bias" % i][2 * D:] != 0).all()) for i in range(NB)),
           "query and value bias gradients are non-zero")
-    check(all(float(g[n].abs().max()) > 0 for n in init),
-          "every parameter has a non-zero step-0 gradient")
+    rc.check_grads_nonzero(rec, init)
 
     # Central differences on single entries of every tensor of rank > 1 and of
     # the gammas, against the stored step-0 gradient (float64).
@@ -481,10 +455,7 @@ def main():
     check(rec["losses"][0] == float(rec["loss"]), "losses[0] is the step-0 loss")
 
     back = rc.check_file(CFG, buf, tensors, build, 1024 * 1024, "1 MiB")
-    want = (["student." + n for n in init] + ["input.x", "input.mask", "expect.y", "expect.pred",
-            "expect.loss", "expect.grad_norm", "expect.lr", "expect.tau", "expect.losses"]
-            + ["expect.%s.%s" % (k, n) for k in ("grad", "student", "teacher") for n in init])
-    check(sorted(back) == sorted(want), "tensor names: %d, exactly the README's" % len(want))
+    rc.check_tensor_names(back, init, ["input.x", "input.mask"])
     rc.summary(rec)
     rc.finish("v1_image.py", OUT, buf, tensors)
 

@@ -23,7 +23,8 @@ v1_text_tiny.safetensors next to this script:
                            student's)
 
 What the references share (checks, safetensors, schedules, the Adam and EMA
-training loop, the AltBlock, twins) is in refcommon.py next to this script.
+training loop, the AltBlock, the text embedding, twins) is in refcommon.py next
+to this script.
 
 Run with /usr/bin/python3 (Debian's python3-torch). The script checks itself
 (gradcheck and central differences of the loss gradient, the inputs, teacher
@@ -69,12 +70,9 @@ CFG = collections.OrderedDict([
 B = 2                                   # samples per batch (one masking each)
 N = 12                                  # tokens per sample (README)
 V_TOK = CFG["vocab"]
-NPOS = CFG["max_positions"] + 2         # fairseq: max_positions + pad_idx + 1
 PAD = 1                                 # fairseq <pad>; never in the inputs
 MASK_ID = V_TOK - 1                     # <mask> = 49, the last id (masked_lm appends it)
 D = CFG["dim"]
-H = CFG["heads"]
-NB = CFG["prenet_depth"] + CFG["depth"]
 BETA = float(CFG["loss_beta"])
 SCALE = float(CFG["loss_scale"])
 NMASK = [4, 6]                          # <mask> tokens of sample 0, 1 (README)
@@ -93,11 +91,8 @@ OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)),
 
 def param_shapes():
     s = collections.OrderedDict()
-    s["embed_tokens.weight"] = (V_TOK, D)
-    s["embed_positions.weight"] = (NPOS, D)
-    s["embed_norm.weight"] = (D,)
-    s["embed_norm.bias"] = (D,)
-    rc.altblock_shapes(s, NB, D, CFG["mlp_dim"])
+    rc.text_embed_shapes(s, CFG)
+    rc.altblock_shapes(s, CFG["prenet_depth"] + CFG["depth"], D, CFG["mlp_dim"])
     s["regression_head.0.weight"] = (2 * D, D)
     s["regression_head.0.bias"] = (2 * D,)
     s["regression_head.2.weight"] = (D, 2 * D)
@@ -117,8 +112,7 @@ def init_params(rng):
     """As v2_text: refcommon's rule (weights N(0, 1/fan_in), biases N(0, 0.02),
     LayerNorm weight 1 + N(0, 0.1), bias N(0, 0.05)); both embedding tables
     N(0, 1) (every row random; position rows 0 and 1 are never used)."""
-    return rc.init_params(param_shapes(), rng, lambda name, z: z if name.startswith(
-        ("embed_tokens.", "embed_positions.")) else None)
+    return rc.init_params(param_shapes(), rng, rc.embed_tables_normal)
 
 
 decayed = rc.decayed
@@ -149,11 +143,9 @@ def make_inputs(rng):
 # Model.
 
 def embed(p, x):
-    """ids [B, N] -> LN(embed_tokens[x] + embed_positions[n + 2]) [B, N, D]."""
-    pos = torch.arange(x.shape[1]) + 2                          # fairseq pad offset
-    e = p["embed_tokens.weight"][x.long()] + p["embed_positions.weight"][pos]
-    return F.layer_norm(e, (D,), p["embed_norm.weight"], p["embed_norm.bias"],
-                        CFG["norm_eps"])
+    """ids [B, N] -> LN(embed_tokens[x] + embed_positions[n + 2]) [B, N, D],
+    v2_text's (refcommon); shared by student (on x_masked) and teacher (on x)."""
+    return rc.text_embed(p, x, CFG)
 
 
 def encoder(p, tokens):
@@ -226,43 +218,18 @@ def build():
 # ---------------------------------------------------------------------------
 # Self-checks.
 
-def embed_ref(p, x):
-    e = torch.zeros(x.shape[0], x.shape[1], D)
-    for b in range(x.shape[0]):
-        for n in range(x.shape[1]):
-            e[b, n] = ln_ref(p["embed_tokens.weight"][int(x[b, n])] + p["embed_positions.weight"][n + 2],
-                             p["embed_norm.weight"], p["embed_norm.bias"], CFG["norm_eps"])
-    return e
-
-
-def blocks_ref(p, t):
-    """One sequence t [N, D] by the formulas -> (h, [f of every block])."""
-    fs = []
-    for i in range(NB):
-        t, f = rc.altblock_ref(p, i, t, H, CFG["norm_eps"])
-        fs.append(f)
-    return t, fs
+def blocks_ref(p, x):
+    """One sample x [1, N] by the formulas: embedding and blocks -> (h, [f of every block])."""
+    return rc.altblocks_ref(p, rc.text_embed_ref(p, x, CFG)[0], CFG)
 
 
 def check_twins(init, x):
-    xs = torch.randn(3, 5, D, generator=torch.Generator().manual_seed(1))
-    got = rc.attention(init, "blocks.1.", xs, H)
-    check(close(got, rc.mha_ref(init, "blocks.1.", xs, H), 1e-12, 1e-12)
-          and close(got, rc.attn_ref(init, "blocks.1.", xs, H), 1e-12, 1e-12),
-          "attention equals F.multi_head_attention_forward and the head-by-head formula")
-    xb = torch.randn(2, N, D, generator=torch.Generator().manual_seed(3))
-    ok = True
-    for i in range(NB):
-        o1, f1 = rc.altblock(init, i, xb, H, CFG["norm_eps"])
-        o2, f2 = rc.altblock_ref(init, i, xb, H, CFG["norm_eps"])
-        ok = ok and close(o1, o2, 1e-12, 1e-12) and close(f1, f2, 1e-12, 1e-12)
-    check(ok, "every block equals the post-LN formula (out and f)")
+    rc.check_attention(init, CFG, 5)
+    rc.check_altblocks(init, CFG, N)
     z = torch.randn(4, 6, D, generator=torch.Generator().manual_seed(2))
     rc.check_gelu(z)
-    check(close(F.layer_norm(z, (D,), eps=1e-5), ln_ref(z), 1e-12, 1e-12),
-          "LayerNorm (no affine, eps 1e-5) equals the formula")
-    check(close(embed(init, x), embed_ref(init, x), 1e-12, 1e-12),
-          "embedding equals explicit lookup + position row n+2 + LayerNorm")
+    rc.check_layer_norm(z)
+    rc.check_text_embed(init, x, CFG)
     e = torch.randn(1000, generator=torch.Generator().manual_seed(4))
     ref = torch.where(e.abs() < BETA, 0.5 * e * e / BETA, e.abs() - 0.5 * BETA)
     check(close(smooth_l1(e), ref, 1e-15, 1e-15), "Smooth-L1 equals 0.5 e^2/beta for |e| < beta, "
@@ -322,9 +289,9 @@ def check_forward(init, x, xm, mask, rec):
     # Targets and the student by the formulas, one sample at a time.
     ys, ps = [], []
     for b in range(B):
-        _, fs = blocks_ref(init, embed_ref(init, x[b:b + 1])[0])
+        _, fs = blocks_ref(init, x[b:b + 1])
         ys.append((ln_ref(fs[1]) + ln_ref(fs[2])) / 2)
-        h, _ = blocks_ref(init, embed_ref(init, xm[b:b + 1])[0])
+        h, _ = blocks_ref(init, xm[b:b + 1])
         hid = gelu_ref(h @ init["regression_head.0.weight"].t() + init["regression_head.0.bias"])
         ps.append(hid @ init["regression_head.2.weight"].t() + init["regression_head.2.bias"])
     check(close(torch.stack(ys), y, 1e-12, 1e-12),
@@ -354,12 +321,8 @@ def check_forward(init, x, xm, mask, rec):
     check(not close(teacher_targets(init, init, x2), y, 1e-6, 1e-6),
           "the original id at a <mask> position reaches the teacher (the student sees <mask>)")
     # The <mask> positions of a sample get different predictions (positions).
-    ok = True
-    for b in range(B):
-        pm = pred[b][mask[b].bool()]
-        gap = (pm.unsqueeze(0) - pm.unsqueeze(1)).abs().amax(-1).fill_diagonal_(1)
-        ok = ok and float(gap.min()) > 1e-3
-    check(ok, "the <mask> positions of every sample get pairwise different predictions")
+    check(rc.masked_preds_differ(pred, mask),
+          "the <mask> positions of every sample get pairwise different predictions")
 
 
 def check_grads(init, x, xm, mask, rec):
@@ -376,34 +339,11 @@ def check_grads(init, x, xm, mask, rec):
 
     # Central differences on single entries of every weight matrix (embedding
     # tables included): two with a non-zero gradient, one anywhere.
-    def picks(n, t, g, rs):
-        if t.dim() < 2:
-            return []
-        nz = torch.nonzero(g.abs() > 0)
-        out = [tuple(int(c) for c in nz[rs.randint(len(nz))]) for _ in range(2)]
-        return out + [tuple(int(rs.randint(s)) for s in t.shape)]
-    worst, count = rc.central_diff(init, rec["grad"], loss_of, picks)
+    worst, count = rc.central_diff(init, rec["grad"], loss_of, rc.nonzero_and_random_entries)
     check(worst < 1e-5, "central differences match autograd on %d entries of every weight "
           "matrix (worst relative error %.2e)" % (count, worst))
-    used = set(int(v) for v in xm.flatten())
-    g = rec["grad"]["embed_tokens.weight"]
-    check(all((float(g[i].abs().sum()) > 0) == (i in used) for i in range(V_TOK)),
-          "embed_tokens gradient is non-zero exactly on the ids of x_masked (<mask> included)")
-    g = rec["grad"]["embed_positions.weight"]
-    check(all((float(g[i].abs().sum()) > 0) == (2 <= i < N + 2) for i in range(NPOS)),
-          "embed_positions gradient is non-zero exactly on rows 2..N+1")
-    check(all(float(rec["grad"][n].abs().max()) > 0 for n in init),
-          "every parameter has a non-zero step-0 gradient")
-
-
-def check_teacher(rec, init):
-    st, te = rec["student"], rec["teacher"]
-    check(sorted(te) == sorted(n for n in init if in_teacher(n)),
-          "teacher holds every parameter but regression_head.*")
-    check(all(rec["shared_equal"]) and all(torch.equal(te[n], st[n]) for n in te if is_shared(n)),
-          "shared embed_* teacher == student at every step and at the end")
-    check(rc.ema_moved(rec, init, [n for n in te if not is_shared(n)]),
-          "EMA'd blocks.* differ from the student and from the start")
+    rc.check_embed_grads(rec["grad"], xm, CFG, "the ids of x_masked (<mask> included)")
+    rc.check_grads_nonzero(rec, init)
 
 
 def main():
@@ -418,16 +358,13 @@ def main():
     rc.check_schedules(rec)
     rc.check_clipped(rec)
     rc.check_moved(rec, init)
-    check_teacher(rec, init)
+    rc.check_shared_teacher(rec, init, in_teacher, is_shared,
+                            "every parameter but regression_head.*", "embed_*", "blocks.*")
     check(rec["losses"][0] == float(rec["loss"]), "losses[0] is the step-0 loss")
 
     back = rc.check_file(CFG, buf, tensors, build, 1536 * 1024, "1.5 MiB")
-    want = (["student." + n for n in init] + ["input.x", "input.x_masked", "input.mask",
-            "expect.y", "expect.pred", "expect.loss", "expect.grad_norm", "expect.lr",
-            "expect.tau", "expect.losses"]
-            + ["expect.%s.%s" % (k, n) for k in ("grad", "student") for n in init]
-            + ["expect.teacher." + n for n in init if in_teacher(n)])
-    check(sorted(back) == sorted(want), "tensor names: %d, exactly the README's" % len(want))
+    rc.check_tensor_names(back, init, ["input.x", "input.x_masked", "input.mask"],
+                          in_teacher=in_teacher)
     rc.summary(rec)
     rc.finish("v1_text.py", OUT, buf, tensors)
 

@@ -16,8 +16,9 @@ v2_audio_tiny.safetensors next to this script:
   expect.teacher.<name>    after STEPS updates, every non-decoder parameter
                            (feature_* are shared: equal to the student's)
 
-What the four references share (checks, safetensors, schedules, the Adam and
-EMA training loop, the AltBlock, twins) is in refcommon.py next to this script.
+What the references share (checks, safetensors, schedules, the Adam and EMA
+training loop, the AltBlock, the feature encoder and conv-pos of the speech
+models, twins) is in refcommon.py next to this script.
 
 Run with /usr/bin/python3 (Debian's python3-torch). The script checks itself
 (finite-difference gradients, mask counts, ALiBi slopes, teacher == student at
@@ -67,29 +68,16 @@ CFG = collections.OrderedDict([
 B = 2                                   # utterances per batch
 M = CFG["clone"]                        # masked copies per utterance
 S = 6400                                # samples per utterance (README)
-CONV = [(10, 5)] + [(3, 2)] * 4 + [(2, 2)] * 2   # (kernel, stride) of the 7 layers
-CC = CFG["conv_dim"]
+N = rc.conv_len(S)                      # 19 frames
 D = CFG["dim"]
 H = CFG["heads"]
 NB = CFG["prenet_depth"] + CFG["depth"]
-PCD = CFG["pos_conv_depth"]
-PK = CFG["pos_conv_kernel"]
-PG = CFG["pos_conv_groups"]
 DD = CFG["decoder_dim"]
 K = CFG["decoder_kernel"]
 DG = CFG["decoder_groups"]
 NMASK_ROW = 9                           # masked frames per row (README)
 STEPS = CFG["max_update"]
 SEED = 20240611
-
-
-def conv_len(t):
-    for k, s in CONV:
-        t = (t - k) // s + 1
-    return t
-
-
-N = conv_len(S)                         # 19 frames
 
 SHARED = ("feature_extractor.", "feature_norm.", "feature_proj.")
 
@@ -118,18 +106,8 @@ SLOPES = torch.tensor(alibi_slopes(H))
 
 def param_shapes():
     s = collections.OrderedDict()
-    for i, (k, _) in enumerate(CONV):
-        p = "feature_extractor.conv_layers.%d." % i
-        s[p + "conv.weight"] = (CC, 1 if i == 0 else CC, k)
-        s[p + "norm.weight"] = (CC,)
-        s[p + "norm.bias"] = (CC,)
-    s["feature_norm.weight"] = (CC,)
-    s["feature_norm.bias"] = (CC,)
-    s["feature_proj.weight"] = (D, CC)
-    s["feature_proj.bias"] = (D,)
-    for j in range(PCD):
-        s["pos_conv.%d.weight" % j] = (D, D // PG, PK)
-        s["pos_conv.%d.bias" % j] = (D,)
+    rc.feature_encoder_shapes(s, CFG)
+    rc.pos_conv_shapes(s, CFG)
     s["alibi_scale"] = (1, 1, H, 1, 1)
     s["context_norm.weight"] = (D,)
     s["context_norm.bias"] = (D,)
@@ -162,18 +140,6 @@ def decayed(name, t):
 # ---------------------------------------------------------------------------
 # Inputs.
 
-def runs(row):
-    """Lengths of the maximal runs of ones in a 0/1 row."""
-    out, n = [], 0
-    for v in list(row) + [0]:
-        if v:
-            n += 1
-        elif n:
-            out.append(n)
-            n = 0
-    return out
-
-
 def block_mask_row(rng):
     """compute_block_mask_1d-like (DATA2VEC.md §4.5): floor(N (R + A) / 5) centres
     with replacement, each masks c-2..c+2 clamped, then the exact-count step
@@ -201,13 +167,11 @@ def make_inputs(rng):
     w1 = (np.sin(2 * np.pi * (100 * t + 1500 * t * t)) * (1 + 0.5 * np.cos(2 * np.pi * 5 * t))
           + 0.4 * np.sin(2 * np.pi * 60 * t) + 0.3 * rng.standard_normal(S))
     w1[: S // 4] *= 0.3                                          # a quieter start
-    x = np.stack([w0, w1])
-    x = (x - x.mean(1, keepdims=True)) / x.std(1, keepdims=True)
-    x = x.astype(np.float32)                                     # [B, S], used as given
+    x = rc.normalised_waves([w0, w1])                            # [B, S]
 
     while True:
         rows = rc.distinct_rows(B * M, lambda: block_mask_row(rng))
-        rl = [runs(r) for r in rows]
+        rl = [rc.runs(r) for r in rows]
         if all(max(r) >= 3 for r in rl) and any(1 in r for r in rl):
             break                                                # blocks and singles
     mask = np.stack(rows)                                        # [B*M, N]
@@ -217,33 +181,16 @@ def make_inputs(rng):
 # ---------------------------------------------------------------------------
 # Model.
 
-channel_ln = rc.channel_ln
-
-
 def feature_encoder(p, x):
-    """waveform [B, S] -> feat [B, N, D]: 7 x (Conv1d, no bias -> LN(C) affine ->
-    GELU), then feature_norm LN(C) and feature_proj Linear(C -> D)."""
-    h = x.unsqueeze(1)
-    for i, (_, s) in enumerate(CONV):
-        pre = "feature_extractor.conv_layers.%d." % i
-        h = F.conv1d(h, p[pre + "conv.weight"], stride=s)
-        h = F.layer_norm(h.transpose(1, 2), (CC,), p[pre + "norm.weight"],
-                         p[pre + "norm.bias"], 1e-5).transpose(1, 2)
-        h = F.gelu(h)
-    h = F.layer_norm(h.transpose(1, 2), (CC,), p["feature_norm.weight"],
-                     p["feature_norm.bias"], 1e-5)
-    return F.linear(h, p["feature_proj.weight"], p["feature_proj.bias"])
+    """waveform [B, S] -> feat [B, N, D] (refcommon: 7 x (Conv1d, no bias ->
+    LN(C) -> GELU), feature_norm, feature_proj). Shared with the teacher."""
+    return rc.feature_encoder(p, x, CFG)
 
 
 def pos_encode(p, z):
-    """z [R, T, D] -> z + pos(z): pos_conv layers Conv1d(k, pad k//2, groups g) ->
-    LN over channels (no affine) -> GELU."""
-    y = z.transpose(1, 2)
-    for j in range(PCD):
-        y = F.conv1d(y, p["pos_conv.%d.weight" % j], p["pos_conv.%d.bias" % j],
-                     padding=PK // 2, groups=PG)
-        y = F.gelu(channel_ln(y))
-    return z + y.transpose(1, 2)
+    """z [R, T, D] -> z + pos(z) (refcommon: grouped Conv1d, pad k//2 -> LN over
+    channels -> GELU, pos_conv_depth times). Student and teacher each have theirs."""
+    return rc.pos_encode(p, z, CFG)
 
 
 def alibi_bias(p, pos):
@@ -282,16 +229,11 @@ def decoder(p, z):
 
 def student_from_feat(p, feat, mask, noise):
     """feat [B, N, D] -> pred [B*M, N, D], h [B*M, V, D]."""
-    mb = mask.bool().unsqueeze(-1)
     z = feat.repeat_interleave(M, dim=0)                         # [B*M, N, D]
-    z = torch.where(mb, torch.zeros_like(z), z)                  # masked frames zeroed
-    x = pos_encode(p, z)                                         # conv-pos on the full row
-    idx = rc.keep_index(mask)
-    idx3 = idx.unsqueeze(-1).expand(-1, -1, D)
-    h, _ = encoder(p, torch.gather(x, 1, idx3), idx)
-    placed = torch.zeros(B * M, N, D).scatter(1, idx3, h)
-    z = torch.where(mb, noise, placed)
-    return decoder(p, z), h
+    z = torch.where(mask.bool().unsqueeze(-1), torch.zeros_like(z), z)   # masked frames zeroed
+    kept, idx, idx3 = rc.gather_kept(pos_encode(p, z), mask)     # conv-pos on the full row
+    h, _ = encoder(p, kept, idx)
+    return decoder(p, rc.decoder_input(h, idx3, mask, noise)), h
 
 
 def student_forward(p, wave, mask, noise):
@@ -348,21 +290,6 @@ def build():
 # ---------------------------------------------------------------------------
 # Self-checks.
 
-def conv1d_ref(x, w, b, stride=1, pad=0, groups=1):
-    """Explicit (cross-correlation) Conv1d by windows and einsum. x [R, Cin, T]."""
-    if pad:
-        x = F.pad(x, (pad, pad))
-    k = w.shape[2]
-    win = x.unfold(2, k, stride)                                 # [R, Cin, T_out, k]
-    cin_g, cout_g = w.shape[1], w.shape[0] // groups
-    outs = []
-    for g in range(groups):
-        outs.append(torch.einsum("rctk,ock->rot", win[:, g * cin_g:(g + 1) * cin_g],
-                                 w[g * cout_g:(g + 1) * cout_g]))
-    y = torch.cat(outs, 1)
-    return y if b is None else y + b.view(1, -1, 1)
-
-
 def check_slopes():
     s3 = alibi_slopes(3)
     check(s3 == [2.0 ** -4, 2.0 ** -8, 2.0 ** -2], "ALiBi slopes for 3 heads = [2^-4, 2^-8, 2^-2]")
@@ -376,35 +303,11 @@ def check_slopes():
 
 
 def check_twins(init, x, mask):
-    # Frame count.
-    t, lens = S, []
-    for k, s in CONV:
-        t = math.floor((t - k) / s) + 1
-        lens.append(t)
-    check(N == 19 and lens[-1] == 19, "frame counts per layer %s, N = %d" % (lens, N))
-
-    # Feature encoder: explicit windows + einsum, LayerNorm and GELU formulas.
-    h = x.unsqueeze(1)
-    for i, (_, s) in enumerate(CONV):
-        pre = "feature_extractor.conv_layers.%d." % i
-        h = conv1d_ref(h, init[pre + "conv.weight"], None, stride=s)
-        h = ln_ref(h.transpose(1, 2), init[pre + "norm.weight"], init[pre + "norm.bias"])
-        h = gelu_ref(h).transpose(1, 2)
-    h = ln_ref(h.transpose(1, 2), init["feature_norm.weight"], init["feature_norm.bias"])
-    feat_ref = h @ init["feature_proj.weight"].t() + init["feature_proj.bias"]
-    feat = feature_encoder(init, x)
-    check(feat.shape == (B, N, D) and close(feat, feat_ref, 1e-11, 1e-11),
-          "feature encoder equals explicit strided conv + LN + GELU, LN, Linear")
-
-    # Conv-pos: explicit grouped conv, padding k//2, then + z.
-    z = torch.randn(3, N, D, generator=torch.Generator().manual_seed(5))
-    y = z.transpose(1, 2)
-    for j in range(PCD):
-        y = conv1d_ref(y, init["pos_conv.%d.weight" % j], init["pos_conv.%d.bias" % j],
-                       pad=PK // 2, groups=PG)
-        y = gelu_ref(ln_ref(y.transpose(1, 2))).transpose(1, 2)
-    check(close(pos_encode(init, z), z + y.transpose(1, 2), 1e-12, 1e-12),
-          "conv-pos equals explicit grouped conv + LN + GELU, added to its input")
+    # Frame count; feature encoder and conv-pos by explicit windows + einsum,
+    # LayerNorm and GELU formulas.
+    rc.check_frame_counts(S, N, 19)
+    rc.check_feature_encoder(init, x, CFG, N)
+    rc.check_pos_encode(init, CFG, N)
 
     # ALiBi: fairseq's masked_alibi (full [H, N, N] bias, rows and columns
     # gathered at the kept frames) equals the bias built from kept positions.
@@ -444,8 +347,8 @@ def check_twins(init, x, mask):
     zin = torch.randn(2, N, D, generator=torch.Generator().manual_seed(4))
     cur = zin.transpose(1, 2)
     for j in range(CFG["decoder_layers"]):
-        y = conv1d_ref(cur, init["decoder.layers.%d.conv.weight" % j],
-                       init["decoder.layers.%d.conv.bias" % j], pad=K // 2, groups=DG)
+        y = rc.conv1d_ref(cur, init["decoder.layers.%d.conv.weight" % j],
+                          init["decoder.layers.%d.conv.bias" % j], pad=K // 2, groups=DG)
         y = gelu_ref(ln_ref(y.transpose(1, 2))).transpose(1, 2)
         cur = y + cur if j == 1 else y
     out = cur.transpose(1, 2) @ init["decoder.proj.weight"].t() + init["decoder.proj.bias"]
@@ -454,12 +357,9 @@ def check_twins(init, x, mask):
 
 
 def check_inputs(x_np, mask_np, noise_np):
-    check(x_np.dtype == np.float32 and x_np.shape == (B, S), "input.x f32 [B, S]")
-    xm = x_np.astype(np.float64)
-    check(bool((np.abs(xm.mean(1)) < 1e-6).all() and (np.abs(xm.std(1) - 1) < 1e-6).all()),
-          "input.x rows have zero mean and unit variance")
+    rc.check_wave_input(x_np, B, S)
     rc.check_mask_rows(mask_np, B * M, N, NMASK_ROW)
-    rl = [runs(r) for r in mask_np]
+    rl = [rc.runs(r) for r in mask_np]
     check(all(max(r) >= 3 for r in rl) and any(1 in r for r in rl),
           "masks have contiguous blocks and single frames (runs %s)" % rl)
     rc.check_noise(noise_np, STEPS)
@@ -501,9 +401,8 @@ def check_loss_terms(init, x, mask, noise, rec):
     # frames' encoder input differs from conv-pos applied to the kept frames only.
     z = feat.repeat_interleave(M, 0)
     z = torch.where(mask.bool().unsqueeze(-1), torch.zeros_like(z), z)
-    idx3 = rc.keep_index(mask).unsqueeze(-1).expand(-1, -1, D)
-    a1 = torch.gather(pos_encode(init, z), 1, idx3)
-    a2 = pos_encode(init, torch.gather(z, 1, idx3))
+    a1 = rc.gather_kept(pos_encode(init, z), mask)[0]
+    a2 = pos_encode(init, rc.gather_kept(z, mask)[0])
     check(not close(a1, a2, 1e-6, 1e-6), "conv-pos over the full zeroed row differs from "
           "conv-pos over the gathered kept frames (the order matters and is exercised)")
 
@@ -551,7 +450,8 @@ def main():
     check(float(init["alibi_scale"].min()) > 0 and min(rec["alibi_min"]) > 0,
           "alibi_scale stays positive (the clamp is inactive; min %.4f)" % min(rec["alibi_min"]))
     rc.check_moved(rec, init)
-    rc.check_shared_teacher(rec, init, is_shared, "feature_*")
+    rc.check_shared_teacher(rec, init, in_teacher, is_shared, "every non-decoder parameter",
+                            "feature_*", "teacher parameters")
 
     rc.check_file(CFG, buf, tensors, build, 2 * 1024 * 1024, "2 MB")
     rc.summary(rec)

@@ -13,8 +13,9 @@ v2_image_tiny.safetensors next to this script:
   expect.grad_norm, expect.lr, expect.tau, expect.losses    [STEPS]
   expect.student.<name>, expect.teacher.<name>             after STEPS updates
 
-What the four references share (checks, safetensors, schedules, the Adam and
-EMA training loop, the AltBlock, twins) is in refcommon.py next to this script.
+What the references share (checks, safetensors, schedules, the Adam and EMA
+training loop, the AltBlock, sin-cos, patch embedding, the decoder's convs,
+twins) is in refcommon.py next to this script.
 
 Run with /usr/bin/python3 (Debian's python3-torch). The script checks itself
 (finite-difference gradients, mask counts, teacher == student at step 0, loss
@@ -81,9 +82,7 @@ OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)),
 
 def param_shapes():
     s = collections.OrderedDict()
-    s["patch_embed.weight"] = (D, C, P, P)
-    s["patch_embed.bias"] = (D,)
-    s["cls_token"] = (1, 1, D)
+    rc.patch_embed_shapes(s, CFG)
     s["context_norm.weight"] = (D,)
     s["context_norm.bias"] = (D,)
     rc.altblock_shapes(s, NB, D, CFG["mlp_dim"])
@@ -122,10 +121,6 @@ def embed(p, x_u8):
     return rc.patch_tokens(p, x_u8, CFG) + POS
 
 
-def attention(p, pre, x):
-    return rc.attention(p, pre, x, H)
-
-
 def encoder(p, tokens):
     """tokens [R, T, D] (no CLS) -> (h [R, 1+T, D], FFN outputs of every block)."""
     R = tokens.shape[0]
@@ -146,12 +141,9 @@ def decoder(p, z):
 def student_forward(p, x_u8, mask, noise):
     """-> pred [B*M, N, D], h_cls [B*M, D]."""
     x = embed(p, x_u8).repeat_interleave(M, dim=0)               # [B*M, N, D]
-    idx = rc.keep_index(mask)
-    idx3 = idx.unsqueeze(-1).expand(-1, -1, D)
-    h, _ = encoder(p, torch.gather(x, 1, idx3))
-    placed = torch.zeros(B * M, N, D).scatter(1, idx3, h[:, 1:])
-    z = torch.where(mask.bool().unsqueeze(-1), noise, placed)
-    return decoder(p, z), h[:, 0]
+    kept, _, idx3 = rc.gather_kept(x, mask)
+    h, _ = encoder(p, kept)                                      # CLS first
+    return decoder(p, rc.decoder_input(h[:, 1:], idx3, mask, noise)), h[:, 0]
 
 
 def teacher_targets(p, x_u8):
@@ -199,10 +191,9 @@ def build():
 def check_twins(init, x_u8):
     rc.check_sincos(POS, G, D)
 
-    # Attention: torch's own multi-head attention with the same [q;k;v] layout.
-    xs = torch.randn(3, 5, D, generator=torch.Generator().manual_seed(1))
-    check(close(attention(init, "blocks.1.", xs), rc.mha_ref(init, "blocks.1.", xs, H), 1e-12, 1e-12),
-          "attention equals F.multi_head_attention_forward")
+    # Attention: torch's own multi-head attention with the same [q;k;v] layout,
+    # and head by head.
+    rc.check_attention(init, CFG, 5)
 
     # GELU (erf), channel LayerNorm, instance norm: explicit formulas.
     z = torch.randn(4, 6, 3, 3, generator=torch.Generator().manual_seed(2))
@@ -217,9 +208,7 @@ def check_twins(init, x_u8):
 
 def check_inputs(x_np, mask_np, noise_np):
     rc.check_mask_rows(mask_np, B * M, N, NMASK_ROW)
-    check(x_np.dtype == np.uint8 and x_np.shape == (B, C, S, S)
-          and all(len(np.unique(x_np[b])) > 20 for b in range(B)),
-          "input.x u8 [B, C, S, S], not constant")
+    rc.check_image_input(x_np, CFG, B)
     rc.check_noise(noise_np, STEPS)
 
 

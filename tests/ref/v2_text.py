@@ -15,8 +15,9 @@ v2_text_tiny.safetensors next to this script:
   expect.teacher.<name>    after STEPS updates, every non-decoder parameter
                            (embed_* are shared: equal to the student's)
 
-What the four references share (checks, safetensors, schedules, the Adam and
-EMA training loop, the AltBlock, twins) is in refcommon.py next to this script.
+What the references share (checks, safetensors, schedules, the Adam and EMA
+training loop, the AltBlock, the text embedding, twins) is in refcommon.py next
+to this script.
 
 Run with /usr/bin/python3 (Debian's python3-torch). The script checks itself
 (finite-difference gradients, mask counts, teacher == student at step 0, the
@@ -26,7 +27,6 @@ when a check fails.
 """
 
 import collections
-import math
 import os
 import sys
 
@@ -65,10 +65,8 @@ B = 2                                   # samples per batch
 M = CFG["clone"]                        # masked copies per sample
 N = 12                                  # tokens per sample (README)
 V_TOK = CFG["vocab"]
-NPOS = CFG["max_positions"] + 2         # fairseq: max_positions + pad_idx + 1
 PAD = 1                                 # fairseq <pad>; never drawn (see README note)
 D = CFG["dim"]
-H = CFG["heads"]
 NB = CFG["prenet_depth"] + CFG["depth"]
 DD = CFG["decoder_dim"]
 K = CFG["decoder_kernel"]
@@ -87,10 +85,7 @@ OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)),
 
 def param_shapes():
     s = collections.OrderedDict()
-    s["embed_tokens.weight"] = (V_TOK, D)
-    s["embed_positions.weight"] = (NPOS, D)
-    s["embed_norm.weight"] = (D,)
-    s["embed_norm.bias"] = (D,)
+    rc.text_embed_shapes(s, CFG)
     rc.altblock_shapes(s, NB, D, CFG["mlp_dim"])
     rc.decoder_conv_shapes(s, CFG, 1)
     s["decoder.proj.0.weight"] = (2 * DD, DD)
@@ -111,8 +106,7 @@ def init_params(rng):
     """refcommon's rule (weights N(0, 1/fan_in), biases N(0, 0.02), LayerNorm
     weight 1 + N(0, 0.1), bias N(0, 0.05)); both embedding tables N(0, 1)
     (every row random; position rows 0 and 1 are never used)."""
-    return rc.init_params(param_shapes(), rng, lambda name, z: z if name.startswith(
-        ("embed_tokens.", "embed_positions.")) else None)
+    return rc.init_params(param_shapes(), rng, rc.embed_tables_normal)
 
 
 # ---------------------------------------------------------------------------
@@ -133,15 +127,9 @@ def make_inputs(rng):
 # Model.
 
 def embed(p, x):
-    """ids [B, N] -> LN(embed_tokens[x] + embed_positions[n + 2]) [B, N, D]."""
-    pos = torch.arange(x.shape[1]) + 2                          # fairseq pad offset
-    e = p["embed_tokens.weight"][x.long()] + p["embed_positions.weight"][pos]
-    return F.layer_norm(e, (D,), p["embed_norm.weight"], p["embed_norm.bias"],
-                        CFG["norm_eps"])
-
-
-def attention(p, pre, x):
-    return rc.attention(p, pre, x, H)
+    """ids [B, N] -> LN(embed_tokens[x] + embed_positions[n + 2]) [B, N, D]
+    (refcommon); the teacher runs on the student's (embed_* shared)."""
+    return rc.text_embed(p, x, CFG)
 
 
 def encoder(p, tokens):
@@ -161,12 +149,9 @@ def decoder(p, z):
 def student_forward(p, x, mask, noise):
     """-> pred [B*M, N, D], h [B*M, V, D]."""
     t = embed(p, x).repeat_interleave(M, dim=0)                  # [B*M, N, D]
-    idx = rc.keep_index(mask)
-    idx3 = idx.unsqueeze(-1).expand(-1, -1, D)
-    h, _ = encoder(p, torch.gather(t, 1, idx3))
-    placed = torch.zeros(B * M, N, D).scatter(1, idx3, h)
-    z = torch.where(mask.bool().unsqueeze(-1), noise, placed)
-    return decoder(p, z), h
+    kept, _, idx3 = rc.gather_kept(t, mask)
+    h, _ = encoder(p, kept)
+    return decoder(p, rc.decoder_input(h, idx3, mask, noise)), h
 
 
 def teacher_targets(tp, sp, x):
@@ -206,10 +191,9 @@ def build():
 # Self-checks.
 
 def check_twins(init, x):
-    # Attention: torch's own multi-head attention with the same [q;k;v] layout.
-    xs = torch.randn(3, 5, D, generator=torch.Generator().manual_seed(1))
-    check(close(attention(init, "blocks.1.", xs), rc.mha_ref(init, "blocks.1.", xs, H), 1e-12, 1e-12),
-          "attention equals F.multi_head_attention_forward")
+    # Attention: torch's own multi-head attention with the same [q;k;v] layout,
+    # and head by head.
+    rc.check_attention(init, CFG, 5)
 
     # GELU (erf), channel LayerNorm, instance norm: explicit formulas.
     z = torch.randn(4, 6, 9, generator=torch.Generator().manual_seed(2))
@@ -218,16 +202,7 @@ def check_twins(init, x):
     rc.check_instance_norm(N, D, "positions")
 
     # Embedding: explicit per-token lookup, position row n + 2, LayerNorm formula.
-    e = torch.zeros(B, N, D)
-    for b in range(B):
-        for n in range(N):
-            v = init["embed_tokens.weight"][int(x[b, n])] + init["embed_positions.weight"][n + 2]
-            mu = v.mean()
-            var = ((v - mu) ** 2).mean()
-            e[b, n] = (v - mu) / math.sqrt(float(var) + CFG["norm_eps"]) \
-                * init["embed_norm.weight"] + init["embed_norm.bias"]
-    check(close(embed(init, x), e, 1e-12, 1e-12),
-          "embedding equals explicit lookup + position row n+2 + LayerNorm")
+    rc.check_text_embed(init, x, CFG)
 
     # Decoder: explicit zero-padded 1-D convolution (groups 1) and projection.
     zin = torch.randn(2, N, D, generator=torch.Generator().manual_seed(4))
@@ -291,23 +266,11 @@ def check_grads(init, x, mask, noise, rec):
 
     # Central differences on single entries of every weight matrix (embedding
     # tables included): two with a non-zero gradient, one anywhere.
-    def picks(n, t, g, rs):
-        if t.dim() < 2:
-            return []
-        nz = torch.nonzero(g.abs() > 0)
-        out = [tuple(int(c) for c in nz[rs.randint(len(nz))]) for _ in range(2)]
-        return out + [tuple(int(rs.randint(s)) for s in t.shape)]
-    worst, count = rc.central_diff(init, rec["grad"], loss_of, picks)
+    worst, count = rc.central_diff(init, rec["grad"], loss_of, rc.nonzero_and_random_entries)
     check(worst < 1e-5, "central differences match autograd on %d entries of every weight "
           "matrix (worst relative error %.2e)" % (count, worst))
     # Unused rows get no gradient: embedding rows of absent ids, position rows 0, 1, >= N+2.
-    used = set(int(v) for v in x.flatten())
-    g = rec["grad"]["embed_tokens.weight"]
-    check(all((float(g[i].abs().sum()) > 0) == (i in used) for i in range(V_TOK)),
-          "embed_tokens gradient is non-zero exactly on the ids present")
-    g = rec["grad"]["embed_positions.weight"]
-    check(all((float(g[i].abs().sum()) > 0) == (2 <= i < N + 2) for i in range(NPOS)),
-          "embed_positions gradient is non-zero exactly on rows 2..N+1")
+    rc.check_embed_grads(rec["grad"], x, CFG, "the ids present")
 
 
 def main():
@@ -323,7 +286,8 @@ def main():
     rc.check_schedules(rec)
     rc.check_clipped(rec)
     rc.check_moved(rec, init)
-    rc.check_shared_teacher(rec, init, is_shared, "embed_*")
+    rc.check_shared_teacher(rec, init, in_teacher, is_shared, "every non-decoder parameter",
+                            "embed_*", "teacher parameters")
 
     rc.check_file(CFG, buf, tensors, build, 2 * 1024 * 1024, "2 MB")
     rc.summary(rec)
