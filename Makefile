@@ -9,6 +9,8 @@
 #   make install PREFIX=/usr/local
 #   make clean
 #   make SANITIZE=address,undefined check
+#   make ARCH_FLAGS=   a build that runs on any x86-64 (by default the
+#                   kernels use AVX2 and FMA when the build machine has them)
 #
 # The probes of scripts/configure print one line per optional part.
 
@@ -16,7 +18,7 @@
 PREFIX ?= /usr/local
 CC ?= cc
 CXX ?= c++
-CFLAGS ?= -O2 -g
+CFLAGS ?= -O3 -g
 CXXFLAGS ?= -O2 -g
 WARN := -Wall -Wextra
 FUZZ_TIME ?= 60
@@ -43,8 +45,13 @@ $(BUILD)/config.mk: scripts/configure scripts/install-deps
 	@scripts/install-deps
 	@scripts/configure "$(CC)" > $@.tmp && mv $@.tmp $@
 
-ALL_CFLAGS := -std=c11 -D_GNU_SOURCE $(WARN) $(CFLAGS) $(SANFLAGS) -Ilib \
-	$(PKG_CFLAGS) $(BLAS_CFLAGS) $(DNNL_CFLAGS) $(OMP_FLAGS)
+# ARCH_FLAGS (from scripts/configure: AVX2 and FMA where the build machine
+# runs them) can be overridden: make ARCH_FLAGS= for a portable build.
+# -fno-trapping-math lets the element-wise loops with comparisons and
+# floorf vectorise (d2v never reads the floating-point exception flags).
+ALL_CFLAGS := -std=c11 -D_GNU_SOURCE $(WARN) $(CFLAGS) -fno-trapping-math \
+	$(ARCH_FLAGS) \
+	$(SANFLAGS) -Ilib $(PKG_CFLAGS) $(BLAS_CFLAGS) $(DNNL_CFLAGS) $(OMP_FLAGS)
 ALL_CXXFLAGS := -std=c++17 $(WARN) $(CXXFLAGS) $(SANFLAGS) -Ilib $(SPM_CFLAGS)
 ALL_LDFLAGS := $(LDFLAGS) $(SANFLAGS) $(OMP_FLAGS)
 LIBS := $(PKG_LIBS) $(SPM_LIBS) $(BLAS_LIBS) $(DNNL_LIBS) -lstdc++ -lm
@@ -70,7 +77,7 @@ all: $(CMDS)
 deps:
 	@scripts/install-deps
 
-$(BUILD)/%.o: %.c $(HEADERS) $(BUILD)/config.mk
+$(BUILD)/%.o: %.c $(HEADERS) $(BUILD)/config.mk Makefile
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -c $< -o $@
 
