@@ -3,10 +3,13 @@
 #include "ops.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <cblas.h>
+
+int d2v_cpu_plain;
 
 /* out (M,N) += b (N) on every row */
 static void
@@ -18,17 +21,36 @@ add_bias(float *out, const float *b, int M, int N)
 			out[(size_t)i * N + j] += b[j];
 }
 
-/* db (N) += the column sums of dout (M,N) */
+/* db (N) += the column sums of dout (M,N): blocks of 64 columns, the rows
+ * read in order (the plain twin walks each column down the rows) */
 static void
 bias_backward(float *db, const float *dout, int M, int N)
 {
+	if (d2v_cpu_plain) {
 #pragma omp parallel for schedule(static)
-	for (int j = 0; j < N; j++) {
-		double s = 0;
+		for (int j = 0; j < N; j++) {
+			double s = 0;
 
-		for (int i = 0; i < M; i++)
-			s += dout[(size_t)i * N + j];
-		db[j] += (float)s;
+			for (int i = 0; i < M; i++)
+				s += dout[(size_t)i * N + j];
+			db[j] += (float)s;
+		}
+		return;
+	}
+#pragma omp parallel for schedule(static)
+	for (int j0 = 0; j0 < N; j0 += 64) {
+		double acc[64] = {0};
+		int n = N - j0 < 64 ? N - j0 : 64;
+
+		for (int i = 0; i < M; i++) {
+			const float *row = dout + (size_t)i * N + j0;
+
+#pragma omp simd
+			for (int j = 0; j < n; j++)
+				acc[j] += row[j];
+		}
+		for (int j = 0; j < n; j++)
+			db[j0 + j] += (float)acc[j];
 	}
 }
 
@@ -134,12 +156,70 @@ layernorm_backward(float *din, float *dw, float *db, const float *dout,
 	}
 }
 
+/*
+ * exp and the normal CDF in plain arithmetic, so that the GELU loops
+ * vectorise (libm's erff and expf are scalar calls): exp by Cephes' expf
+ * (range reduction by ln 2 in two parts, a degree-5 polynomial, the
+ * exponent set by bits; relative error about 1e-7), erfc by the Chebyshev
+ * fit of Numerical Recipes' erfcc (fractional error below 1.2e-7).  Their
+ * plain twins are libm's, used under d2v_cpu_plain; test_ops compares
+ * the two over [-12, 12].
+ */
+static inline float
+vexpf(float x)
+{
+	float fx, z, y;
+	int32_t n;
+	union { int32_t i; float f; } u;
+
+	x = x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x;
+	fx = floorf(x * 1.44269504088896341f + 0.5f);
+	x -= fx * 0.693359375f;
+	x -= fx * -2.12194440e-4f;
+	z = x * x;
+	y = 1.9875691500e-4f;
+	y = y * x + 1.3981999507e-3f;
+	y = y * x + 8.3334519073e-3f;
+	y = y * x + 4.1665795894e-2f;
+	y = y * x + 1.6666665459e-1f;
+	y = y * x + 5.0000001201e-1f;
+	y = y * z + x + 1.0f;
+	n = (int32_t)fx;
+	u.i = (n + 127) << 23;
+	return y * u.f;
+}
+
+/* 0.5 (1 + erf(x / sqrt 2)), and the normal density at x in *pdf */
+static inline float
+vcdf(float x, float *pdf)
+{
+	float z = fabsf(x) * (float)M_SQRT1_2, t = 1.0f / (1.0f + 0.5f * z);
+	float p = -1.26551223f + t * (1.00002368f + t * (0.37409196f +
+	    t * (0.09678418f + t * (-0.18628806f + t * (0.27886807f +
+	    t * (-1.13520398f + t * (1.48851587f + t * (-0.82215223f +
+	    t * 0.17087277f))))))));
+	float ez = vexpf(-z * z);
+	float half_erfc = 0.5f * t * ez * vexpf(p);
+
+	*pdf = 0.3989422804014327f * ez;
+	return x >= 0 ? 1.0f - half_erfc : half_erfc;
+}
+
 static void
 gelu_forward(float *out, const float *in, size_t n)
 {
+	if (d2v_cpu_plain) {
 #pragma omp parallel for schedule(static)
-	for (size_t i = 0; i < n; i++)
-		out[i] = 0.5f * in[i] * (1.0f + erff(in[i] * (float)M_SQRT1_2));
+		for (size_t i = 0; i < n; i++)
+			out[i] = 0.5f * in[i] * (1.0f + erff(in[i] * (float)M_SQRT1_2));
+		return;
+	}
+#pragma omp parallel for simd schedule(static)
+	for (size_t i = 0; i < n; i++) {
+		float pdf;
+
+		out[i] = in[i] * vcdf(in[i], &pdf);
+	}
 }
 
 static void
@@ -147,17 +227,26 @@ gelu_backward(float *din, const float *in, const float *dout, size_t n)
 {
 	const float k = (float)(1.0 / sqrt(2.0 * M_PI));
 
+	if (d2v_cpu_plain) {
 #pragma omp parallel for schedule(static)
-	for (size_t i = 0; i < n; i++) {
-		float x = in[i];
-		float cdf = 0.5f * (1.0f + erff(x * (float)M_SQRT1_2));
+		for (size_t i = 0; i < n; i++) {
+			float x = in[i];
+			float cdf = 0.5f * (1.0f + erff(x * (float)M_SQRT1_2));
 
-		din[i] += dout[i] * (cdf + x * k * expf(-0.5f * x * x));
+			din[i] += dout[i] * (cdf + x * k * expf(-0.5f * x * x));
+		}
+		return;
+	}
+#pragma omp parallel for simd schedule(static)
+	for (size_t i = 0; i < n; i++) {
+		float pdf, cdf = vcdf(in[i], &pdf);
+
+		din[i] += dout[i] * (cdf + in[i] * pdf);
 	}
 }
 
 static void
-attention_forward(float *out, float *probs, const float *qkv,
+attention_forward_plain(float *out, float *probs, const float *qkv,
     const float *drop, const float *slope, const int *pos, int R, int T,
     int D, int H)
 {
@@ -211,7 +300,7 @@ attention_forward(float *out, float *probs, const float *qkv,
 }
 
 static void
-attention_backward(float *dqkv, float *dslope, const float *dout,
+attention_backward_plain(float *dqkv, float *dslope, const float *dout,
     const float *qkv, const float *probs, const float *drop, const int *pos,
     int R, int T, int D, int H)
 {
@@ -276,6 +365,183 @@ attention_backward(float *dqkv, float *dslope, const float *dout,
 				}
 			}
 		}
+		free(dp);
+	}
+}
+
+/*
+ * The attention kernels above are the plain twins.  These compute the
+ * same thing with the keys (and, backward, the values) of a head
+ * transposed to (hd, T) in a per-thread buffer, so that a row of scores
+ * is a sum of hd vectors over the keys instead of T dot products with a
+ * horizontal reduction each, and the softmax uses the vectorised exp.
+ */
+static void
+attention_forward(float *out, float *probs, const float *qkv,
+    const float *drop, const float *slope, const int *pos, int R, int T,
+    int D, int H)
+{
+	int hd = D / H;
+	float scale = 1.0f / sqrtf((float)hd);
+
+	if (d2v_cpu_plain) {
+		attention_forward_plain(out, probs, qkv, drop, slope, pos, R, T, D, H);
+		return;
+	}
+#pragma omp parallel
+	{
+		float *kt = malloc(sizeof(float) * (size_t)hd * T); /* (hd, T) */
+
+#pragma omp for collapse(2) schedule(static)
+		for (int r = 0; r < R; r++) {
+			for (int h = 0; h < H; h++) {
+				const float *base = qkv + (size_t)r * T * 3 * D;
+				float *P = probs + ((size_t)r * H + h) * T * T;
+				const int *ps = slope ? pos + (size_t)r * T : NULL;
+
+				for (int j = 0; j < T; j++)
+					for (int e = 0; e < hd; e++)
+						kt[(size_t)e * T + j] = base[(size_t)j * 3 * D + D +
+						    h * hd + e];
+				for (int i = 0; i < T; i++) {
+					const float *q = base + (size_t)i * 3 * D + h * hd;
+					float *p = P + (size_t)i * T, mx = -INFINITY, sum = 0;
+					float *o = out + ((size_t)r * T + i) * D + h * hd;
+					const float *dm = drop ? drop + ((size_t)r * H + h) * T * T +
+					    (size_t)i * T : NULL;
+
+					memset(p, 0, sizeof(float) * (size_t)T);
+					for (int e = 0; e < hd; e++) {
+						float qe = q[e] * scale;
+						const float *kr = kt + (size_t)e * T;
+
+#pragma omp simd
+						for (int j = 0; j < T; j++)
+							p[j] += qe * kr[j];
+					}
+					if (ps) {
+						float sl = slope[h];
+						int pi = ps[i];
+
+#pragma omp simd
+						for (int j = 0; j < T; j++)
+							p[j] -= sl * (float)abs(pi - ps[j]);
+					}
+#pragma omp simd reduction(max:mx)
+					for (int j = 0; j < T; j++)
+						mx = p[j] > mx ? p[j] : mx;
+#pragma omp simd reduction(+:sum)
+					for (int j = 0; j < T; j++) {
+						p[j] = vexpf(p[j] - mx);
+						sum += p[j];
+					}
+					sum = 1.0f / sum;
+#pragma omp simd
+					for (int j = 0; j < T; j++)
+						p[j] *= sum;
+					memset(o, 0, sizeof(float) * (size_t)hd);
+					for (int j = 0; j < T; j++) {
+						const float *v = base + (size_t)j * 3 * D + 2 * D + h * hd;
+						float pj = dm ? p[j] * dm[j] : p[j];
+
+#pragma omp simd
+						for (int e = 0; e < hd; e++)
+							o[e] += pj * v[e];
+					}
+				}
+			}
+		}
+		free(kt);
+	}
+}
+
+static void
+attention_backward(float *dqkv, float *dslope, const float *dout,
+    const float *qkv, const float *probs, const float *drop, const int *pos,
+    int R, int T, int D, int H)
+{
+	int hd = D / H;
+	float scale = 1.0f / sqrtf((float)hd);
+
+	if (d2v_cpu_plain) {
+		attention_backward_plain(dqkv, dslope, dout, qkv, probs, drop, pos, R,
+		    T, D, H);
+		return;
+	}
+#pragma omp parallel
+	{
+		float *vt = malloc(sizeof(float) * (size_t)hd * T); /* (hd, T) */
+		float *dp = malloc(sizeof(float) * (size_t)T);      /* (T) */
+
+#pragma omp for collapse(2) schedule(static)
+		for (int r = 0; r < R; r++) {
+			for (int h = 0; h < H; h++) {
+				const float *base = qkv + (size_t)r * T * 3 * D;
+				float *dbase = dqkv + (size_t)r * T * 3 * D;
+				const float *P = probs + ((size_t)r * H + h) * T * T;
+				const int *ps = pos ? pos + (size_t)r * T : NULL;
+				double gs = 0;
+
+				for (int j = 0; j < T; j++)
+					for (int e = 0; e < hd; e++)
+						vt[(size_t)e * T + j] = base[(size_t)j * 3 * D + 2 * D +
+						    h * hd + e];
+				for (int i = 0; i < T; i++) {
+					const float *p = P + (size_t)i * T;
+					const float *dm = drop ? drop + ((size_t)r * H + h) *
+					    T * T + (size_t)i * T : NULL;
+					const float *go = dout + ((size_t)r * T + i) * D + h * hd;
+					const float *q = base + (size_t)i * 3 * D + h * hd;
+					float *dq = dbase + (size_t)i * 3 * D + h * hd;
+					float dot = 0;
+
+					/* dp = dP (after dropout's scaling) = go . v_j */
+					memset(dp, 0, sizeof(float) * (size_t)T);
+					for (int e = 0; e < hd; e++) {
+						float g = go[e];
+						const float *vr = vt + (size_t)e * T;
+
+#pragma omp simd
+						for (int j = 0; j < T; j++)
+							dp[j] += g * vr[j];
+					}
+					for (int j = 0; j < T; j++) {
+						float *dv = dbase + (size_t)j * 3 * D + 2 * D + h * hd;
+						float pj = dm ? p[j] * dm[j] : p[j];
+
+#pragma omp simd
+						for (int e = 0; e < hd; e++)
+							dv[e] += pj * go[e];
+					}
+					if (dm)
+#pragma omp simd
+						for (int j = 0; j < T; j++)
+							dp[j] *= dm[j];
+#pragma omp simd reduction(+:dot)
+					for (int j = 0; j < T; j++)
+						dot += p[j] * dp[j];
+					for (int j = 0; j < T; j++) {
+						const float *k = base + (size_t)j * 3 * D + D + h * hd;
+						float *dk = dbase + (size_t)j * 3 * D + D + h * hd;
+						float dl = p[j] * (dp[j] - dot);
+						float ds = dl * scale;
+
+						if (ps)
+							gs -= (double)dl * abs(ps[i] - ps[j]);
+#pragma omp simd
+						for (int e = 0; e < hd; e++) {
+							dq[e] += ds * k[e];
+							dk[e] += ds * q[e];
+						}
+					}
+				}
+				if (ps && dslope) {
+#pragma omp atomic
+					dslope[h] += (float)gs;
+				}
+			}
+		}
+		free(vt);
 		free(dp);
 	}
 }
@@ -356,8 +622,258 @@ col2im_add(float *din, const float *col, const conv_geom *c, int g)
 	}
 }
 
+/*
+ * The direct path, for stride-1 'same' convolutions (the decoders, the
+ * audio position encoder): no im2col.  The input is copied channel-first
+ * and zero-padded, xp (Ci, R, Hp, Wp) with Hp = Ho + kh - 1 and Wp =
+ * round8(Wo) + kw - 1, so that 8 neighbouring outputs of one channel read
+ * one contiguous vector per tap; the weights are packed per group in
+ * blocks of 8 output channels, and each block's 8 accumulators of 8
+ * outputs stay in registers.  The backward of the input is the same
+ * kernel over the padded output gradient with the kernel flipped and the
+ * channel roles swapped; the weight gradient is dot products of the
+ * padded gradient with shifted input rows.  The im2col path above is the
+ * plain twin; tests/unit/test_ops.c holds them to each other.
+ */
+typedef float v8f __attribute__((vector_size(32)));
+#define OB 8 /* output channels per register block */
+
+/* the same vector at any float's alignment, to load from rows */
+typedef float v8fu __attribute__((vector_size(32), aligned(4)));
+#define v8_load(p) (*(const v8fu *)(const void *)(p))
+
+static int
+direct_ok(const conv_geom *c)
+{
+	return c->st == 1 && c->Ho == c->Hi && c->Wo == c->Wi &&
+	    c->kh == 2 * c->ph + 1 && c->kw == 2 * c->pw + 1;
+}
+
+static int
+round8(int n)
+{
+	return (n + 7) / 8 * 8;
+}
+
+/* Floats of the padded channel-first copy of C channels. */
+static size_t
+cf_size(const conv_geom *c, int C)
+{
+	return (size_t)C * c->R * (c->Ho + c->kh - 1) *
+	    (round8(c->Wo) + c->kw - 1);
+}
+
+/* Floats of one packed weight set: G groups of ceil(On/8) blocks of
+ * (Cn, kh, kw, 8). */
+static size_t
+pack_size(const conv_geom *c, int On, int Cn)
+{
+	return (size_t)c->G * ((On + OB - 1) / OB) * OB * Cn * c->kh * c->kw;
+}
+
+size_t
+d2v_conv_scratch(int R, int Hh, int Ww, int Ci, int Co, int kh, int kw,
+    int G)
+{
+	conv_geom c = {.R = R, .Hi = Hh, .Wi = Ww, .Ho = Hh, .Wo = Ww, .Ci = Ci,
+	    .Co = Co, .G = G, .kh = kh, .kw = kw, .st = 1, .ph = kh / 2,
+	    .pw = kw / 2};
+	int Cg = Ci / G, Og = Co / G;
+	size_t a = cf_size(&c, Ci) + pack_size(&c, Og, Cg);
+	size_t b = cf_size(&c, Co) + pack_size(&c, Cg, Og);
+	size_t im = (size_t)R * Hh * Ww * Cg * kh * kw;
+
+	a = a > b ? a : b;
+	return a > im ? a : im;
+}
+
+/* xp (C, R, Hp, Wp) = in (R, Ho, Wo, C) channel-first, zero-padded by
+ * (ph, pw) before and up to Hp, Wp after. */
 static void
-conv_forward(float *out, float *col, const float *in, const float *w,
+to_cf(float *xp, const float *in, const conv_geom *c, int C)
+{
+	int Hp = c->Ho + c->kh - 1, Wp = round8(c->Wo) + c->kw - 1;
+
+#pragma omp parallel for collapse(2) schedule(static)
+	for (int ch = 0; ch < C; ch++) {
+		for (int r = 0; r < c->R; r++) {
+			float *d = xp + ((size_t)ch * c->R + r) * Hp * Wp;
+
+			memset(d, 0, sizeof(float) * (size_t)Hp * Wp);
+			for (int y = 0; y < c->Ho; y++)
+				for (int x = 0; x < c->Wo; x++)
+					d[(size_t)(y + c->ph) * Wp + x + c->pw] = in[(((size_t)r *
+					    c->Ho + y) * c->Wo + x) * C + ch];
+		}
+	}
+}
+
+/*
+ * wt: per group, blocks of 8 "output" channels j of On, each (Cn, kh, kw,
+ * 8), zero past On: wt = w[o][ci][t] for the forward (output o of On =
+ * Og, input ci of Cn = Cg); for the input gradient (flip) the output is ci
+ * (On = Cg), the input o (Cn = Og) and the taps reversed.
+ */
+static void
+pack_w(float *wt, const float *w, const conv_geom *c, int flip)
+{
+	int Cg = c->Ci / c->G, Og = c->Co / c->G, K2 = c->kh * c->kw;
+	int On = flip ? Cg : Og, Cn = flip ? Og : Cg, nb = (On + OB - 1) / OB;
+
+	for (int g = 0; g < c->G; g++)
+		for (int bl = 0; bl < nb; bl++)
+			for (int i = 0; i < Cn; i++)
+				for (int t = 0; t < K2; t++)
+					for (int j = 0; j < OB; j++) {
+						int on = bl * OB + j;
+						float v = 0;
+
+						if (on < On)
+							v = flip ? w[((size_t)(g * Og + i) * Cg + on) *
+							    K2 + (K2 - 1 - t)] : w[((size_t)(g * Og +
+							    on) * Cg + i) * K2 + t];
+						wt[((((size_t)g * nb + bl) * Cn + i) * K2 + t) * OB +
+						    j] = v;
+					}
+}
+
+/* out (R, Ho, Wo, G*On) = (or += with acc) b + the convolution of xp
+ * (G*Cn, R, Hp, Wp) with wt (pack_w). */
+static void
+conv_cf(float *out, const float *xp, const float *wt, const float *b,
+    const conv_geom *c, int Cn, int On, int acc)
+{
+	int G = c->G, H = c->Ho, W = c->Wo, kh = c->kh, kw = c->kw;
+	int Hp = H + kh - 1, Wp = round8(W) + kw - 1, K2 = kh * kw;
+	int nb = (On + OB - 1) / OB, Wv = round8(W) / 8, Co = G * On;
+
+#pragma omp parallel for collapse(3) schedule(static)
+	for (int r = 0; r < c->R; r++) {
+		for (int y = 0; y < H; y++) {
+			for (int g = 0; g < G; g++) {
+				for (int bl = 0; bl < nb; bl++) {
+					const float *wb = wt + ((size_t)g * nb + bl) * Cn * K2 * OB;
+					int o0 = g * On + bl * OB, n = On - bl * OB;
+
+					n = n < OB ? n : OB;
+					for (int xb = 0; xb < Wv; xb++) {
+						v8f a[OB];
+
+						for (int j = 0; j < OB; j++) {
+							float bj = b != NULL && j < n ? b[o0 + j] : 0.0f;
+
+							a[j] = (v8f){bj, bj, bj, bj, bj, bj, bj, bj};
+						}
+						for (int i = 0; i < Cn; i++) {
+							const float *row = xp + (((size_t)(g * Cn + i) *
+							    c->R + r) * Hp + y) * Wp + xb * 8;
+							const float *wi = wb + (size_t)i * K2 * OB;
+
+							for (int ky = 0; ky < kh; ky++)
+								for (int kx = 0; kx < kw; kx++) {
+									v8f v = v8_load(row + (size_t)ky * Wp +
+									    kx);
+									const float *wk = wi + (ky * kw + kx) * OB;
+
+									for (int j = 0; j < OB; j++)
+										a[j] += v * wk[j];
+								}
+						}
+						for (int l = 0; l < 8 && xb * 8 + l < W; l++) {
+							float *o = out + (((size_t)r * H + y) * W + xb * 8 +
+							    l) * Co + o0;
+
+							for (int j = 0; j < n; j++)
+								o[j] = acc ? o[j] + a[j][l] : a[j][l];
+						}
+					}
+				}
+			}
+		}
+	}
+}
+
+/* dw (Co, Cg, kh, kw) += the gradient: dp (Co, R, Hp, Wp) the padded
+ * output gradient (zero past Wo), xp the padded input. */
+static void
+conv_cf_dw(float *dw, const float *dp, const float *xp, const conv_geom *c)
+{
+	int G = c->G, Cg = c->Ci / G, Og = c->Co / G, H = c->Ho;
+	int kh = c->kh, kw = c->kw, Hp = H + kh - 1;
+	int Wp = round8(c->Wo) + kw - 1, Wv = round8(c->Wo) / 8;
+
+#pragma omp parallel for collapse(2) schedule(dynamic, 1)
+	for (int o = 0; o < c->Co; o++) {
+		for (int ci = 0; ci < Cg; ci++) {
+			int g = o / Og;
+
+			for (int ky = 0; ky < kh; ky++) {
+				for (int k0 = 0; k0 < kw; k0 += 4) {
+					v8f a[4] = {{0}};
+					int nk = kw - k0 < 4 ? kw - k0 : 4;
+
+					for (int r = 0; r < c->R; r++)
+						for (int y = 0; y < H; y++) {
+							const float *d = dp + (((size_t)o * c->R + r) *
+							    Hp + y + c->ph) * Wp + c->pw;
+							const float *x = xp + (((size_t)(g * Cg + ci) *
+							    c->R + r) * Hp + y + ky) * Wp + k0;
+
+							for (int xb = 0; xb < Wv; xb++) {
+								v8f dv = v8_load(d + xb * 8);
+
+								for (int j = 0; j < 4; j++)
+									if (j < nk)
+										a[j] += dv * v8_load(x + xb * 8 + j);
+							}
+						}
+					for (int j = 0; j < nk; j++) {
+						float s = 0;
+
+						for (int l = 0; l < 8; l++)
+							s += a[j][l];
+						dw[(((size_t)o * Cg + ci) * kh + ky) * kw + k0 + j] += s;
+					}
+				}
+			}
+		}
+	}
+}
+
+static void
+direct_forward(float *out, float *col, const float *in, const float *w,
+    const float *b, const conv_geom *c)
+{
+	float *xp = col, *wt = col + cf_size(c, c->Ci);
+
+	to_cf(xp, in, c, c->Ci);
+	pack_w(wt, w, c, 0);
+	conv_cf(out, xp, wt, b, c, c->Ci / c->G, c->Co / c->G, 0);
+}
+
+static void
+direct_backward(float *din, float *dw, float *db, float *col, float *dcol,
+    const float *dout, const float *in, const float *w, const conv_geom *c)
+{
+	float *dp = dcol, *wt = dcol + cf_size(c, c->Co);
+
+	to_cf(dp, dout, c, c->Co);
+	if (dw != NULL) {
+		to_cf(col, in, c, c->Ci);
+		conv_cf_dw(dw, dp, col, c);
+	}
+	if (din != NULL) {
+		pack_w(wt, w, c, 1);
+		conv_cf(din, dp, wt, NULL, c, c->Co / c->G, c->Ci / c->G, 1);
+	}
+	if (db != NULL)
+		bias_backward(db, dout, c->R * c->Ho * c->Wo, c->Co);
+}
+
+/* The im2col path: any stride and padding, and the twin of the direct
+ * one. */
+static void
+im2col_forward(float *out, float *col, const float *in, const float *w,
     const float *b, const conv_geom *c)
 {
 	int Cog = c->Co / c->G, Kc = c->Ci / c->G * c->kh * c->kw;
@@ -374,7 +890,7 @@ conv_forward(float *out, float *col, const float *in, const float *w,
 }
 
 static void
-conv_backward(float *din, float *dw, float *db, float *col, float *dcol,
+im2col_backward(float *din, float *dw, float *db, float *col, float *dcol,
     const float *dout, const float *in, const float *w, const conv_geom *c)
 {
 	int Cog = c->Co / c->G, Kc = c->Ci / c->G * c->kh * c->kw;
@@ -396,6 +912,27 @@ conv_backward(float *din, float *dw, float *db, float *col, float *dcol,
 	}
 	if (db != NULL)
 		bias_backward(db, dout, M, c->Co);
+}
+
+
+static void
+conv_forward(float *out, float *col, const float *in, const float *w,
+    const float *b, const conv_geom *c)
+{
+	if (d2v_cpu_plain == 0 && direct_ok(c))
+		direct_forward(out, col, in, w, b, c);
+	else
+		im2col_forward(out, col, in, w, b, c);
+}
+
+static void
+conv_backward(float *din, float *dw, float *db, float *col, float *dcol,
+    const float *dout, const float *in, const float *w, const conv_geom *c)
+{
+	if (d2v_cpu_plain == 0 && direct_ok(c))
+		direct_backward(din, dw, db, col, dcol, dout, in, w, c);
+	else
+		im2col_backward(din, dw, db, col, dcol, dout, in, w, c);
 }
 
 static conv_geom
@@ -522,5 +1059,14 @@ static const d2v_ops cpu_ops = {
 const d2v_ops *
 d2v_backend_cpu(void)
 {
+	static int once;
+
+	if (!once) {
+		const char *e = getenv("D2V_CPU_PLAIN");
+
+		once = 1;
+		if (e != NULL && *e == '1')
+			d2v_cpu_plain = 1;
+	}
 	return &cpu_ops;
 }

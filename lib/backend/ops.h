@@ -54,7 +54,8 @@ typedef struct d2v_ops {
 
 	/* Grouped 2-D convolution, 'same' padding k/2, stride 1, channels-last:
 	 * in (R, Hh*Ww, Ci), w (Co, Ci/G, k, k), b (Co) -> out (R, Hh*Ww, Co).
-	 * col is scratch of (R*Hh*Ww, (Ci/G)*k*k) floats. */
+	 * col is scratch of d2v_conv_scratch(R, Hh, Ww, Ci, Co, k, k, G)
+	 * floats. */
 	void (*conv2d_forward)(float *out, float *col, const float *in,
 	    const float *w, const float *b, int R, int Hh, int Ww, int Ci,
 	    int Co, int k, int G);
@@ -66,7 +67,9 @@ typedef struct d2v_ops {
 	/* Grouped 1-D convolution, channels-last, stride s, zero padding pad
 	 * on each side: in (R, Ti, Ci), w (Co, Ci/G, k), b (Co) or NULL ->
 	 * out (R, To, Co) with To = (Ti + 2 pad - k) / s + 1.  col is scratch
-	 * of (R*To, (Ci/G)*k) floats, dcol the same size. */
+	 * of (R*To, (Ci/G)*k) floats, dcol the same size; for stride 1 and
+	 * 'same' padding (pad = k/2, k odd), d2v_conv_scratch(R, 1, Ti, Ci,
+	 * Co, 1, k, G) floats. */
 	void (*conv1d_forward)(float *out, float *col, const float *in,
 	    const float *w, const float *b, int R, int Ti, int Ci, int Co,
 	    int k, int s, int pad, int G);
@@ -88,5 +91,15 @@ typedef struct d2v_ops {
 /* The CPU backend: OpenBLAS sgemm (outside OpenMP regions) and OpenMP
  * element-wise loops. */
 const d2v_ops *d2v_backend_cpu(void);
+
+/* Scratch floats (col, and dcol alike) of a stride-1 'same' convolution
+ * of R inputs of Hh x Ww, kernel kh x kw, for either CPU path. */
+size_t d2v_conv_scratch(int R, int Hh, int Ww, int Ci, int Co, int kh,
+    int kw, int G);
+/* The CPU backend's kernels: 0 (default) the fast ones, 1 their plain
+ * twins (im2col and GEMM for every convolution, libm's erff and expf in
+ * GELU), for tests and benchmarks; D2V_CPU_PLAIN=1 in the environment
+ * sets it when the backend is first asked for. */
+extern int d2v_cpu_plain;
 
 #endif

@@ -367,6 +367,10 @@ step_alloc(d2v_model *m, int B, int V, d2v_err *err)
 		return 0;
 	if (head2 && wide < 2 * D)
 		wide = 2 * D;
+	if (L > 0) /* the decoder convolutions, widest channels either way */
+		cmax = maxz(cmax, E ? d2v_conv_scratch(R, c->image_size / c->patch,
+		    c->image_size / c->patch, wide, wide, k, k, c->decoder_groups) :
+		    d2v_conv_scratch(R, 1, N, wide, wide, 1, k, c->decoder_groups));
 	step_free(m);
 	m->B = B;
 	m->V = V;
@@ -402,8 +406,8 @@ step_alloc(d2v_model *m, int B, int V, d2v_err *err)
 		m->fs = malloc(BN * sizeof(float));
 		m->fl = malloc(BN * C * sizeof(float));
 		m->gslope = malloc(TEN(m->H) * sizeof(float));
-		cmax = maxz(cmax, RN * (TEN(D / c->pos_conv_groups) *
-		    c->pos_conv_kernel));
+		cmax = maxz(cmax, d2v_conv_scratch(R, 1, N, D, D, 1,
+		    c->pos_conv_kernel, c->pos_conv_groups));
 		bad |= !m->fm || !m->fs || !m->fl || !m->gslope ||
 		    pos_alloc(&m->spos, np, RN, D) < 0 ||
 		    pos_alloc(&m->tpos, np, BN, D) < 0;

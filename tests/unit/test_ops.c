@@ -259,11 +259,12 @@ test_conv2d(void)
 	struct cv s = {.R = 2, .Hh = 4, .Ww = 3, .Ci = 8, .Co = 6, .k = 3, .G = 2};
 	size_t nin = 2 * 12 * 8, nw = 6 * 4 * 9, nout = 2 * 12 * 6;
 	float *din = zeros(nin), *dw = zeros(nw), *db = zeros(6);
-	float *dcol = zeros(2 * 12 * 36);
+	size_t ncol = d2v_conv_scratch(2, 4, 3, 8, 6, 3, 3, 2);
+	float *dcol = zeros(ncol);
 	double direct = 0;
 
 	s.in = rnd(nin, 1); s.w = rnd(nw, 1); s.b = rnd(6, 1);
-	s.out = zeros(nout); s.col = zeros(2 * 12 * 36); s.r = rnd(nout, 1);
+	s.out = zeros(nout); s.col = zeros(ncol); s.r = rnd(nout, 1);
 	cv_loss(&s);
 	/* one output by the definition: image 1, pixel (2,1), channel 4 (group 1) */
 	direct = s.b[4];
@@ -315,10 +316,14 @@ conv1d_case(int Ti, int Ci, int Co, int k, int st, int pad, int G, int bias,
 	int To = c1_len(&s), Cg = Ci / G;
 	size_t nin = 2 * (size_t)Ti * Ci, nw = (size_t)Co * Cg * k;
 	size_t nout = 2 * (size_t)To * Co, ncol = 2 * (size_t)To * Cg * k;
+	size_t nd = d2v_conv_scratch(2, 1, Ti, Ci, Co, 1, k, G);
 	float *din = zeros(nin), *dw = zeros(nw), *db = zeros(Co);
-	float *dcol = zeros(ncol);
+	float *dcol;
 	double direct;
 	int r = 1, t = To - 1, co = Co - 1, g = co / (Co / G);
+
+	ncol = ncol > nd ? ncol : nd;
+	dcol = zeros(ncol);
 
 	s.in = rnd(nin, 1); s.w = rnd(nw, 1); s.b = bias ? rnd(Co, 1) : NULL;
 	s.out = zeros(nout); s.col = zeros(ncol); s.r = rnd(nout, 1);
@@ -360,6 +365,183 @@ test_conv1d(void)
 	conv1d_case(6, 8, 6, 3, 1, 1, 2, 1, "k3 same, 2 groups, 8->6");
 }
 
+static double
+rel(const float *a, const float *b, size_t n)
+{
+	double d = 0, s = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		d += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+		s += (double)b[i] * b[i];
+	}
+	return sqrt(d / fmax(s, 1e-30));
+}
+
+/* The direct stride-1 convolution against its twin, im2col and GEMM:
+ * output, and the gradients accumulated onto nonzero buffers. */
+static void
+conv_twin(int R, int Hh, int Ww, int Ci, int Co, int k, int G, int two_d)
+{
+	int kh = two_d ? k : 1, Cg = Ci / G;
+	size_t nin = (size_t)R * Hh * Ww * Ci, nout = (size_t)R * Hh * Ww * Co;
+	size_t nw = (size_t)Co * Cg * kh * k;
+	size_t ns = d2v_conv_scratch(R, Hh, Ww, Ci, Co, kh, k, G);
+	float *in = rnd(nin, 1), *w = rnd(nw, 1), *b = rnd(Co, 1), *dy = rnd(nout, 1);
+	float *col = zeros(ns), *dcol = zeros(ns), *out[2], *din[2], *dw[2], *db[2];
+	float *seed_in = rnd(nin, 1), *seed_w = rnd(nw, 1), *seed_b = rnd(Co, 1);
+	double e[4] = {0};
+
+	for (int p = 0; p < 2; p++) {
+		out[p] = zeros(nout);
+		din[p] = malloc(nin * 4); memcpy(din[p], seed_in, nin * 4);
+		dw[p] = malloc(nw * 4); memcpy(dw[p], seed_w, nw * 4);
+		db[p] = malloc(Co * 4); memcpy(db[p], seed_b, Co * 4);
+		d2v_cpu_plain = p;
+		if (two_d) {
+			o->conv2d_forward(out[p], col, in, w, b, R, Hh, Ww, Ci, Co, k, G);
+			o->conv2d_backward(din[p], dw[p], db[p], col, dcol, dy, in, w, R,
+			    Hh, Ww, Ci, Co, k, G);
+		} else {
+			o->conv1d_forward(out[p], col, in, w, b, R, Ww, Ci, Co, k, 1,
+			    k / 2, G);
+			o->conv1d_backward(din[p], dw[p], db[p], col, dcol, dy, in, w, R,
+			    Ww, Ci, Co, k, 1, k / 2, G);
+		}
+	}
+	d2v_cpu_plain = 0;
+	e[0] = rel(out[0], out[1], nout);
+	e[1] = rel(din[0], din[1], nin);
+	e[2] = rel(dw[0], dw[1], nw);
+	e[3] = rel(db[0], db[1], Co);
+	T_OK(e[0] < 1e-5 && e[1] < 1e-5 && e[2] < 1e-5 && e[3] < 1e-6,
+	    "direct conv%s %dx%d, %d->%d channels, k%d, %d groups equals im2col: "
+	    "out %.1e, d(in) %.1e, d(w) %.1e, d(b) %.1e", two_d ? "2d" : "1d",
+	    Hh, Ww, Ci, Co, k, G, e[0], e[1], e[2], e[3]);
+	for (int p = 0; p < 2; p++) {
+		free(out[p]); free(din[p]); free(dw[p]); free(db[p]);
+	}
+	free(in); free(w); free(b); free(dy); free(col); free(dcol);
+	free(seed_in); free(seed_w); free(seed_b);
+}
+
+/* The transposed-key attention against the plain loops: output,
+ * probabilities and the gradients, with and without ALiBi and dropout. */
+static void
+attention_twin(int R, int T, int D, int H, int alibi, int dropout)
+{
+	size_t nq = (size_t)R * T * 3 * D, no = (size_t)R * T * D;
+	size_t np = (size_t)R * H * T * T;
+	float *qkv = rnd(nq, 1), *dy = rnd(no, 1), *drop = NULL, *slope = NULL;
+	float *out[2], *pr[2], *dq[2], *ds[2];
+	int *pos = NULL;
+	double e[4];
+
+	if (dropout) {
+		drop = zeros(np);
+		for (size_t i = 0; i < np; i++)
+			drop[i] = d2v_rng_uniform(&rng) < 0.2 ? 0.0f : 1.25f;
+	}
+	if (alibi) {
+		slope = rnd(H, 0.3);
+		pos = malloc(sizeof(int) * (size_t)R * T);
+		for (int i = 0; i < R * T; i++)
+			pos[i] = (i % T) * 2 + (int)d2v_rng_below(&rng, 2);
+	}
+	for (int p = 0; p < 2; p++) {
+		out[p] = zeros(no); pr[p] = zeros(np); dq[p] = rnd(nq, 1);
+		ds[p] = zeros((size_t)H);
+		d2v_rng_seed(&rng, 77, 0, 0);
+		for (size_t i = 0; i < nq; i++)
+			dq[p][i] = (float)d2v_rng_normal(&rng); /* the same start */
+		d2v_cpu_plain = p;
+		o->attention_forward(out[p], pr[p], qkv, drop, slope, pos, R, T, D, H);
+		o->attention_backward(dq[p], ds[p], dy, qkv, pr[p], drop, pos, R, T,
+		    D, H);
+	}
+	d2v_cpu_plain = 0;
+	e[0] = rel(out[0], out[1], no);
+	e[1] = rel(pr[0], pr[1], np);
+	e[2] = rel(dq[0], dq[1], nq);
+	e[3] = alibi ? rel(ds[0], ds[1], (size_t)H) : 0;
+	T_OK(e[0] < 1e-5 && e[1] < 1e-5 && e[2] < 1e-5 && e[3] < 1e-4,
+	    "attention R%d T%d D%d H%d%s%s equals the plain loops: out %.1e, "
+	    "probs %.1e, d(qkv) %.1e, d(slope) %.1e", R, T, D, H,
+	    alibi ? " ALiBi" : "", dropout ? " dropout" : "", e[0], e[1], e[2],
+	    e[3]);
+	for (int p = 0; p < 2; p++) {
+		free(out[p]); free(pr[p]); free(dq[p]); free(ds[p]);
+	}
+	free(qkv); free(dy); free(drop); free(slope); free(pos);
+}
+
+/* The row-order bias gradient against the column walk, N over a block. */
+static void
+test_bias_twin(void)
+{
+	int M = 301, N = 150;
+	float *dy = rnd((size_t)M * N, 1), *db[2];
+
+	for (int p = 0; p < 2; p++) {
+		db[p] = zeros((size_t)N);
+		db[p][N - 1] = 0.5f; /* accumulates */
+		d2v_cpu_plain = p;
+		o->matmul_backward(NULL, NULL, db[p], dy, NULL, NULL, M, 1, N);
+	}
+	d2v_cpu_plain = 0;
+	T_OK(rel(db[0], db[1], (size_t)N) < 1e-6 && db[0][N - 1] != 0,
+	    "bias gradient by rows equals the column sums (M %d, N %d): %.1e",
+	    M, N, rel(db[0], db[1], (size_t)N));
+	free(dy); free(db[0]); free(db[1]);
+}
+
+/* The vectorised GELU (its own exp and erfc) against libm's erff and
+ * expf, its plain twin, on a fine grid of [-12, 12] and a few extremes. */
+static void
+test_gelu_twin(void)
+{
+	size_t n = 24001 + 6;
+	float *x = malloc(n * 4), *y[2], *d[2], *one = malloc(n * 4);
+	double ef = 0, eb = 0;
+
+	for (size_t i = 0; i < 24001; i++)
+		x[i] = -12.0f + 1e-3f * (float)i;
+	x[24001] = -100; x[24002] = 100; x[24003] = -1e-30f; x[24004] = 1e-30f;
+	x[24005] = 87.5f; x[24006] = -87.5f;
+	for (size_t i = 0; i < n; i++)
+		one[i] = 1;
+	for (int p = 0; p < 2; p++) {
+		y[p] = zeros(n);
+		d[p] = zeros(n);
+		d2v_cpu_plain = p;
+		o->gelu_forward(y[p], x, n);
+		o->gelu_backward(d[p], x, one, n);
+	}
+	d2v_cpu_plain = 0;
+	for (size_t i = 0; i < n; i++) {
+		ef = fmax(ef, fabs(y[0][i] - y[1][i]) / fmax(1, fabs(x[i])));
+		eb = fmax(eb, fabs(d[0][i] - d[1][i]));
+	}
+	T_OK(ef < 1e-6 && eb < 1e-6, "vectorised GELU equals the erff one: "
+	    "forward %.1e (relative to max(1, |x|)), backward %.1e", ef, eb);
+	for (int p = 0; p < 2; p++) {
+		free(y[p]);
+		free(d[p]);
+	}
+	free(x);
+	free(one);
+}
+
+static void
+test_conv_twins(void)
+{
+	conv_twin(3, 5, 7, 24, 20, 3, 4, 1);   /* 6 -> 5 per group, W < 8 */
+	conv_twin(2, 14, 14, 48, 48, 3, 16, 1); /* the image decoder's shape */
+	conv_twin(2, 9, 10, 16, 40, 5, 2, 1);  /* 20 outputs: 3 blocks of 8 */
+	conv_twin(3, 1, 37, 16, 16, 19, 4, 0); /* the audio position encoder */
+	conv_twin(2, 1, 13, 32, 16, 7, 1, 0);  /* audio decoder, 32 -> 16 */
+	conv_twin(2, 1, 5, 8, 8, 9, 1, 0);     /* kernel longer than the text */
+}
+
 static void
 test_instancenorm(void)
 {
@@ -389,6 +571,13 @@ main(void)
 	test_attention();
 	test_conv2d();
 	test_conv1d();
+	test_conv_twins();
+	test_gelu_twin();
+	test_bias_twin();
+	attention_twin(3, 5, 8, 2, 0, 0);
+	attention_twin(2, 40, 192, 3, 0, 1);   /* B1's student rows */
+	attention_twin(2, 197, 96, 2, 1, 0);   /* long rows, ALiBi */
+	attention_twin(2, 17, 48, 3, 1, 1);
 	test_instancenorm();
 	return T_DONE();
 }
