@@ -78,6 +78,18 @@ d2v_rng_normal(d2v_rng *r)
 }
 
 void
+d2v_rng_normal2(d2v_rng *r, double *a, double *b)
+{
+	double u1 = 1.0 - d2v_rng_uniform(r); /* (0, 1] */
+	double u2 = d2v_rng_uniform(r);
+	double rad = sqrt(-2.0 * log(u1)), s, c;
+
+	sincos(2.0 * M_PI * u2, &s, &c);
+	*a = rad * c;
+	*b = rad * s;
+}
+
+void
 d2v_rng_shuffle_int(d2v_rng *r, int *v, int n)
 {
 	for (int i = n - 1; i > 0; i--) {

@@ -31,6 +31,10 @@ uint64_t d2v_rng_below(d2v_rng *r, uint64_t n);
 /* Standard normal (Box-Muller, no cached second value so the state is the
  * whole story). */
 double d2v_rng_normal(d2v_rng *r);
+/* Two independent N(0, 1) draws from one Box-Muller pair (the cosine and
+ * the sine of the same angle): half the logarithms and cosines of two
+ * d2v_rng_normal calls. */
+void d2v_rng_normal2(d2v_rng *r, double *a, double *b);
 /* Fisher-Yates shuffle of n ints. */
 void d2v_rng_shuffle_int(d2v_rng *r, int *v, int n);
 

@@ -11,6 +11,12 @@
 
 int d2v_cpu_plain;
 
+/* 8 floats, one AVX register (two SSE ones without AVX); v8_load reads
+ * one at any float's alignment */
+typedef float v8f __attribute__((vector_size(32)));
+typedef float v8fu __attribute__((vector_size(32), aligned(4)));
+#define v8_load(p) (*(const v8fu *)(const void *)(p))
+
 /* out (M,N) += b (N) on every row */
 static void
 add_bias(float *out, const float *b, int M, int N)
@@ -376,12 +382,93 @@ attention_backward_plain(float *dqkv, float *dslope, const float *dout,
  * is a sum of hd vectors over the keys instead of T dot products with a
  * horizontal reduction each, and the softmax uses the vectorised exp.
  */
+/* Keys (or values) of head h of one sequence transposed: kt (hd, Tp),
+ * zero past T (Tp = round32(T)). */
+static void
+head_t(float *kt, const float *base, int T, int Tp, int D, int off, int hd)
+{
+	for (int e = 0; e < hd; e++) {
+		float *row = kt + (size_t)e * Tp;
+
+		for (int j = 0; j < T; j++)
+			row[j] = base[(size_t)j * 3 * D + off + e];
+		for (int j = T; j < Tp; j++)
+			row[j] = 0;
+	}
+}
+
+/* p (T) = scale * q (hd) . kt (hd, Tp): 32 keys at a time in four
+ * register accumulators over the hd products */
+static void
+row_scores(float *p, const float *q, float scale, const float *kt, int hd,
+    int T, int Tp)
+{
+	for (int j0 = 0; j0 < T; j0 += 32) {
+		v8f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, acc[4];
+		const float *k0 = kt + j0;
+		int n = T - j0 < 32 ? T - j0 : 32;
+
+		for (int e = 0; e < hd; e++) {
+			float qe = q[e] * scale;
+			const float *kr = k0 + (size_t)e * Tp;
+
+			a0 += qe * v8_load(kr);
+			a1 += qe * v8_load(kr + 8);
+			a2 += qe * v8_load(kr + 16);
+			a3 += qe * v8_load(kr + 24);
+		}
+		acc[0] = a0; acc[1] = a1; acc[2] = a2; acc[3] = a3;
+		memcpy(p + j0, acc, sizeof(float) * (size_t)n);
+	}
+}
+
+/* o (hd) += sum over j < T of w[j] * vb[j * stride + e]: 32 channels at
+ * a time in registers over all j, then 8, then one */
+static void
+row_mix(float *o, const float *w, const float *vb, size_t stride, int hd,
+    int T)
+{
+	int e0 = 0;
+
+	for (; e0 + 32 <= hd; e0 += 32) {
+		v8f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, acc[4];
+
+		for (int j = 0; j < T; j++) {
+			const float *v = vb + (size_t)j * stride + e0;
+			float wj = w[j];
+
+			a0 += wj * v8_load(v);
+			a1 += wj * v8_load(v + 8);
+			a2 += wj * v8_load(v + 16);
+			a3 += wj * v8_load(v + 24);
+		}
+		acc[0] = a0; acc[1] = a1; acc[2] = a2; acc[3] = a3;
+		for (int e = 0; e < 32; e++)
+			o[e0 + e] += acc[e / 8][e % 8];
+	}
+	for (; e0 + 8 <= hd; e0 += 8) {
+		v8f a = {0};
+
+		for (int j = 0; j < T; j++)
+			a += w[j] * v8_load(vb + (size_t)j * stride + e0);
+		for (int e = 0; e < 8; e++)
+			o[e0 + e] += a[e];
+	}
+	for (; e0 < hd; e0++) {
+		float a = 0;
+
+		for (int j = 0; j < T; j++)
+			a += w[j] * vb[(size_t)j * stride + e0];
+		o[e0] += a;
+	}
+}
+
 static void
 attention_forward(float *out, float *probs, const float *qkv,
     const float *drop, const float *slope, const int *pos, int R, int T,
     int D, int H)
 {
-	int hd = D / H;
+	int hd = D / H, Tp = (T + 31) / 32 * 32;
 	float scale = 1.0f / sqrtf((float)hd);
 
 	if (d2v_cpu_plain) {
@@ -390,7 +477,8 @@ attention_forward(float *out, float *probs, const float *qkv,
 	}
 #pragma omp parallel
 	{
-		float *kt = malloc(sizeof(float) * (size_t)hd * T); /* (hd, T) */
+		float *kt = malloc(sizeof(float) * (size_t)hd * Tp); /* (hd, Tp) */
+		float *pd = malloc(sizeof(float) * (size_t)Tp);      /* (T) */
 
 #pragma omp for collapse(2) schedule(static)
 		for (int r = 0; r < R; r++) {
@@ -399,10 +487,7 @@ attention_forward(float *out, float *probs, const float *qkv,
 				float *P = probs + ((size_t)r * H + h) * T * T;
 				const int *ps = slope ? pos + (size_t)r * T : NULL;
 
-				for (int j = 0; j < T; j++)
-					for (int e = 0; e < hd; e++)
-						kt[(size_t)e * T + j] = base[(size_t)j * 3 * D + D +
-						    h * hd + e];
+				head_t(kt, base, T, Tp, D, D + h * hd, hd);
 				for (int i = 0; i < T; i++) {
 					const float *q = base + (size_t)i * 3 * D + h * hd;
 					float *p = P + (size_t)i * T, mx = -INFINITY, sum = 0;
@@ -410,15 +495,7 @@ attention_forward(float *out, float *probs, const float *qkv,
 					const float *dm = drop ? drop + ((size_t)r * H + h) * T * T +
 					    (size_t)i * T : NULL;
 
-					memset(p, 0, sizeof(float) * (size_t)T);
-					for (int e = 0; e < hd; e++) {
-						float qe = q[e] * scale;
-						const float *kr = kt + (size_t)e * T;
-
-#pragma omp simd
-						for (int j = 0; j < T; j++)
-							p[j] += qe * kr[j];
-					}
+					row_scores(p, q, scale, kt, hd, T, Tp);
 					if (ps) {
 						float sl = slope[h];
 						int pi = ps[i];
@@ -440,18 +517,18 @@ attention_forward(float *out, float *probs, const float *qkv,
 					for (int j = 0; j < T; j++)
 						p[j] *= sum;
 					memset(o, 0, sizeof(float) * (size_t)hd);
-					for (int j = 0; j < T; j++) {
-						const float *v = base + (size_t)j * 3 * D + 2 * D + h * hd;
-						float pj = dm ? p[j] * dm[j] : p[j];
-
+					if (dm) {
 #pragma omp simd
-						for (int e = 0; e < hd; e++)
-							o[e] += pj * v[e];
+						for (int j = 0; j < T; j++)
+							pd[j] = p[j] * dm[j];
 					}
+					row_mix(o, dm ? pd : p, base + 2 * D + h * hd,
+					    (size_t)3 * D, hd, T);
 				}
 			}
 		}
 		free(kt);
+		free(pd);
 	}
 }
 
@@ -460,7 +537,7 @@ attention_backward(float *dqkv, float *dslope, const float *dout,
     const float *qkv, const float *probs, const float *drop, const int *pos,
     int R, int T, int D, int H)
 {
-	int hd = D / H;
+	int hd = D / H, Tp = (T + 31) / 32 * 32;
 	float scale = 1.0f / sqrtf((float)hd);
 
 	if (d2v_cpu_plain) {
@@ -470,8 +547,9 @@ attention_backward(float *dqkv, float *dslope, const float *dout,
 	}
 #pragma omp parallel
 	{
-		float *vt = malloc(sizeof(float) * (size_t)hd * T); /* (hd, T) */
-		float *dp = malloc(sizeof(float) * (size_t)T);      /* (T) */
+		float *vt = malloc(sizeof(float) * (size_t)hd * Tp); /* (hd, Tp) */
+		float *dp = malloc(sizeof(float) * (size_t)Tp);      /* (T) */
+		float *dsv = malloc(sizeof(float) * (size_t)Tp);     /* (T) */
 
 #pragma omp for collapse(2) schedule(static)
 		for (int r = 0; r < R; r++) {
@@ -482,10 +560,7 @@ attention_backward(float *dqkv, float *dslope, const float *dout,
 				const int *ps = pos ? pos + (size_t)r * T : NULL;
 				double gs = 0;
 
-				for (int j = 0; j < T; j++)
-					for (int e = 0; e < hd; e++)
-						vt[(size_t)e * T + j] = base[(size_t)j * 3 * D + 2 * D +
-						    h * hd + e];
+				head_t(vt, base, T, Tp, D, 2 * D + h * hd, hd);
 				for (int i = 0; i < T; i++) {
 					const float *p = P + (size_t)i * T;
 					const float *dm = drop ? drop + ((size_t)r * H + h) *
@@ -496,15 +571,7 @@ attention_backward(float *dqkv, float *dslope, const float *dout,
 					float dot = 0;
 
 					/* dp = dP (after dropout's scaling) = go . v_j */
-					memset(dp, 0, sizeof(float) * (size_t)T);
-					for (int e = 0; e < hd; e++) {
-						float g = go[e];
-						const float *vr = vt + (size_t)e * T;
-
-#pragma omp simd
-						for (int j = 0; j < T; j++)
-							dp[j] += g * vr[j];
-					}
+					row_scores(dp, go, 1.0f, vt, hd, T, Tp);
 					for (int j = 0; j < T; j++) {
 						float *dv = dbase + (size_t)j * 3 * D + 2 * D + h * hd;
 						float pj = dm ? p[j] * dm[j] : p[j];
@@ -521,19 +588,18 @@ attention_backward(float *dqkv, float *dslope, const float *dout,
 					for (int j = 0; j < T; j++)
 						dot += p[j] * dp[j];
 					for (int j = 0; j < T; j++) {
-						const float *k = base + (size_t)j * 3 * D + D + h * hd;
 						float *dk = dbase + (size_t)j * 3 * D + D + h * hd;
 						float dl = p[j] * (dp[j] - dot);
 						float ds = dl * scale;
 
 						if (ps)
 							gs -= (double)dl * abs(ps[i] - ps[j]);
+						dsv[j] = ds;
 #pragma omp simd
-						for (int e = 0; e < hd; e++) {
-							dq[e] += ds * k[e];
+						for (int e = 0; e < hd; e++)
 							dk[e] += ds * q[e];
-						}
 					}
+					row_mix(dq, dsv, base + D + h * hd, (size_t)3 * D, hd, T);
 				}
 				if (ps && dslope) {
 #pragma omp atomic
@@ -543,6 +609,7 @@ attention_backward(float *dqkv, float *dslope, const float *dout,
 		}
 		free(vt);
 		free(dp);
+		free(dsv);
 	}
 }
 
@@ -635,12 +702,8 @@ col2im_add(float *din, const float *col, const conv_geom *c, int g)
  * padded gradient with shifted input rows.  The im2col path above is the
  * plain twin; tests/unit/test_ops.c holds them to each other.
  */
-typedef float v8f __attribute__((vector_size(32)));
 #define OB 8 /* output channels per register block */
 
-/* the same vector at any float's alignment, to load from rows */
-typedef float v8fu __attribute__((vector_size(32), aligned(4)));
-#define v8_load(p) (*(const v8fu *)(const void *)(p))
 
 static int
 direct_ok(const conv_geom *c)

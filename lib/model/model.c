@@ -1398,13 +1398,23 @@ d2v_model_step(d2v_model *m, const void *x, const uint8_t *mask,
 
 			d2v_rng_seed(&rng, rng_seed, 0xdec0, (uint64_t)r);
 			for (int n = 0; n < N; n++) {
+				float *dst = di + TEN(n) * D;
+
 				if (mask[TEN(r) * N + n] == 0)
 					continue;
-				for (int d = 0; d < D; d++)
-					di[TEN(n) * D + d] = noise ?
-					    noise[(TEN(r) * N + n) * D + d] :
-					    (float)(c->mask_noise_std *
-					    d2v_rng_normal(&rng));
+				if (noise != NULL) {
+					memcpy(dst, noise + (TEN(r) * N + n) * D,
+					    TEN(D) * sizeof(float));
+					continue;
+				}
+				for (int d = 0; d < D; d += 2) {
+					double a, b;
+
+					d2v_rng_normal2(&rng, &a, &b);
+					dst[d] = (float)(c->mask_noise_std * a);
+					if (d + 1 < D)
+						dst[d + 1] = (float)(c->mask_noise_std * b);
+				}
 			}
 			for (int j = 0; j < V; j++) {
 				float *dst = di + TEN(m->keep[TEN(r) * V + j]) * D;

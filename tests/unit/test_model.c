@@ -466,6 +466,29 @@ test_target_norms(void)
 	    "per layer, in after averaging");
 }
 
+/* The paired normal draws of the decoder noise: both halves N(0, 1),
+ * uncorrelated. */
+static void
+test_normal_pairs(void)
+{
+	d2v_rng r;
+	double sa = 0, sb = 0, saa = 0, sbb = 0, sab = 0;
+	int n = 200000;
+
+	d2v_rng_seed(&r, 3, 1, 4);
+	for (int i = 0; i < n; i++) {
+		double a, b;
+
+		d2v_rng_normal2(&r, &a, &b);
+		sa += a; sb += b; saa += a * a; sbb += b * b; sab += a * b;
+	}
+	sa /= n; sb /= n; saa /= n; sbb /= n; sab /= n;
+	T_OK(fabs(sa) < 0.01 && fabs(sb) < 0.01 && fabs(saa - 1) < 0.02 &&
+	    fabs(sbb - 1) < 0.02 && fabs(sab) < 0.01, "normal pairs: means "
+	    "%.3f %.3f, variances %.3f %.3f, covariance %.3f", sa, sb, saa, sbb,
+	    sab);
+}
+
 /* Lengths outside what the model takes. */
 static void
 test_lengths(void)
@@ -586,6 +609,7 @@ main(void)
 	test_seq_gradients("text", "v1", 0);
 	test_seq_gradients("text", "v1", 0.2);
 	test_lengths();
+	test_normal_pairs();
 	test_target_norms();
 	test_v1_gradients(0);
 	test_v1_gradients(0.2);
