@@ -3,7 +3,15 @@
  * clipping, EMA) on a benchmark configuration; the peer is
  * bench/train_peer.py on the same shapes.
  *
- * Usage: bench-step [B1|B2|tiny] [STEPS] [WARMUP]
+ * Usage: bench-step [B1|B2|B3|tiny] [STEPS] [WARMUP]
+ *
+ * B1, B2: data2vec 2.0 images, 224 pixels, 16-pixel patches, 157 of 196
+ * masked, 8 copies, 4 images, width 192 (B1) or 384 (B2), 2 prenet + 10
+ * main blocks, the 2-D decoder at the width with 6 layers.  B3: data2vec
+ * 2.0 audio, 4 clips of 5 s (80000 samples, 249 frames), width 384, 6
+ * heads, 12 blocks, top-K 8, 512 feature channels, 8 copies with 125
+ * frames masked, the 1-D decoder (192 wide, kernel 7, 4 layers, 16
+ * groups), ALiBi, no dropout (as the peer).
  * Prints one JSON line: config, threads, median_ms, min_ms, max_rss_mb.
  */
 #include <stdio.h>
@@ -40,12 +48,14 @@ main(int argc, char **argv)
 {
 	const char *name = argc > 1 ? argv[1] : "B1";
 	int steps = argc > 2 ? atoi(argv[2]) : 20, warm = argc > 3 ? atoi(argv[3]) : 3;
-	int B = 4, masked = 157;
+	int B = 4, masked = 157, S = 80000, audio = 0;
 	d2v_config c;
 	d2v_model m;
 	d2v_err err;
 	d2v_rng r;
 	uint8_t *img, *mask;
+	float *wave = NULL;
+	const void *x;
 	double *t;
 	struct rusage ru;
 
@@ -57,17 +67,32 @@ main(int argc, char **argv)
 	c.warmup = 10;
 	if (strcmp(name, "B2") == 0) {
 		c.dim = 384; c.heads = 6;
+	} else if (strcmp(name, "B3") == 0) {
+		audio = 1;
+		d2v_config_modality(&c, "audio", NULL);
+		c.dim = 384; c.heads = 6; c.prenet_depth = 0; c.depth = 12;
+		c.top_k = 8; c.conv_dim = 512; c.clone = 8;
+		c.decoder_layers = 4; c.decoder_kernel = 7; c.decoder_groups = 16;
+		c.encoder_dropout = c.attention_dropout = c.post_mlp_drop = 0;
+		c.activation_dropout = c.context_dropout = c.input_dropout = 0;
+		c.layerdrop = 0;
+		masked = 125;
 	} else if (strcmp(name, "tiny") == 0) {
 		c.image_size = 28; c.patch = 4; c.channels = 1; c.dim = 64;
 		c.heads = 4; c.prenet_depth = 0; c.depth = 4; c.top_k = 4;
 		c.decoder_layers = 2; c.decoder_groups = 4; masked = 39;
 	} else if (strcmp(name, "B1") != 0) {
-		fprintf(stderr, "bench-step: unknown config %s (B1, B2, tiny)\n", name);
+		fprintf(stderr, "bench-step: unknown config %s (B1, B2, B3, tiny)\n",
+		    name);
 		return 2;
 	}
 	c.mlp_dim = 4 * c.dim;
-	c.decoder_dim = c.dim;
+	c.decoder_dim = audio ? c.dim / 2 : c.dim;
 	if (d2v_model_init(&m, &c, d2v_backend_cpu(), &err) < 0) {
+		fprintf(stderr, "bench-step: %s\n", err.msg);
+		return 1;
+	}
+	if (audio && d2v_model_set_length(&m, S, &err) < 0) {
 		fprintf(stderr, "bench-step: %s\n", err.msg);
 		return 1;
 	}
@@ -79,6 +104,13 @@ main(int argc, char **argv)
 	d2v_rng_seed(&r, 1, 2, 3);
 	for (size_t i = 0; i < (size_t)B * c.channels * c.image_size * c.image_size; i++)
 		img[i] = (uint8_t)d2v_rng_below(&r, 256);
+	x = img;
+	if (audio) {
+		wave = malloc((size_t)B * S * sizeof *wave);
+		for (size_t i = 0; i < (size_t)B * S; i++)
+			wave[i] = (float)d2v_rng_normal(&r);
+		x = wave;
+	}
 	for (int row = 0; row < B * c.clone; row++) {
 		int idx[4096];
 
@@ -92,7 +124,7 @@ main(int argc, char **argv)
 		d2v_step_out o;
 		double t0 = now();
 
-		if (d2v_model_step(&m, img, mask, NULL, NULL, NULL, B, (uint64_t)s, &o,
+		if (d2v_model_step(&m, x, mask, NULL, NULL, NULL, B, (uint64_t)s, &o,
 		    &err) < 0) {
 			fprintf(stderr, "bench-step: %s\n", err.msg);
 			return 1;
@@ -109,6 +141,7 @@ main(int argc, char **argv)
 	    m.lay.total);
 	d2v_model_free(&m);
 	free(img);
+	free(wave);
 	free(mask);
 	free(t);
 	return 0;

@@ -143,7 +143,7 @@ layernorm_backward(float *din, float *dw, float *db, const float *dout,
 			}
 		}
 	}
-	if (dw != NULL || db != NULL) {
+	if ((dw != NULL || db != NULL) && d2v_cpu_plain) {
 #pragma omp parallel for schedule(static)
 		for (int c = 0; c < C; c++) {
 			double sw = 0, sb = 0;
@@ -158,6 +158,31 @@ layernorm_backward(float *din, float *dw, float *db, const float *dout,
 				dw[c] += (float)sw;
 			if (db)
 				db[c] += (float)sb;
+		}
+	} else if (dw != NULL || db != NULL) {
+		/* blocks of 64 channels, the rows read in order */
+#pragma omp parallel for schedule(static)
+		for (int c0 = 0; c0 < C; c0 += 64) {
+			double sw[64] = {0}, sb[64] = {0};
+			int n = C - c0 < 64 ? C - c0 : 64;
+
+			for (int i = 0; i < rows; i++) {
+				const float *dy = dout + (size_t)i * C + c0;
+				const float *x = in + (size_t)i * C + c0;
+				float m = mean[i], rs = rstd[i];
+
+#pragma omp simd
+				for (int c = 0; c < n; c++) {
+					sw[c] += dy[c] * ((x[c] - m) * rs);
+					sb[c] += dy[c];
+				}
+			}
+			for (int c = 0; c < n; c++) {
+				if (dw)
+					dw[c0 + c] += (float)sw[c];
+				if (db)
+					db[c0 + c] += (float)sb[c];
+			}
 		}
 	}
 }
@@ -978,12 +1003,95 @@ im2col_backward(float *din, float *dw, float *db, float *col, float *dcol,
 }
 
 
+/*
+ * The tap path, for ungrouped unpadded 1-D convolutions of many input
+ * channels (the audio feature encoder): channels-last, the inputs of tap
+ * kx of all outputs of a sequence are the rows kx, kx + s, kx + 2s...,
+ * a matrix with leading dimension s*Ci that BLAS reads in place.  The
+ * convolution is k GEMMs per sequence against the weights of one tap,
+ * packed (k, Co, Ci) into col; no im2col buffer.
+ */
+static int
+taps_ok(const conv_geom *c)
+{
+	return c->G == 1 && c->kh == 1 && c->pw == 0 && c->Hi == 1 &&
+	    c->Ci >= 32;
+}
+
+/* wk (k, Co, Ci) = w (Co, Ci, k) by tap */
+static void
+pack_taps(float *wk, const float *w, const conv_geom *c)
+{
+	int k = c->kw, Co = c->Co, Ci = c->Ci;
+
+#pragma omp parallel for schedule(static)
+	for (int o = 0; o < Co; o++)
+		for (int i = 0; i < Ci; i++)
+			for (int t = 0; t < k; t++)
+				wk[((size_t)t * Co + o) * Ci + i] = w[((size_t)o * Ci + i) * k + t];
+}
+
+static void
+taps_forward(float *out, float *col, const float *in, const float *w,
+    const float *b, const conv_geom *c)
+{
+	int k = c->kw, Co = c->Co, Ci = c->Ci, st = c->st;
+
+	pack_taps(col, w, c);
+	for (int r = 0; r < c->R; r++)
+		for (int t = 0; t < k; t++)
+			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, c->Wo, Co,
+			    Ci, 1.0f, in + ((size_t)r * c->Wi + t) * Ci, st * Ci,
+			    col + (size_t)t * Co * Ci, Ci, t ? 1.0f : 0.0f,
+			    out + (size_t)r * c->Wo * Co, Co);
+	if (b != NULL)
+		add_bias(out, b, c->R * c->Wo, Co);
+}
+
+static void
+taps_backward(float *din, float *dw, float *db, float *col, float *dcol,
+    const float *dout, const float *in, const float *w, const conv_geom *c)
+{
+	int k = c->kw, Co = c->Co, Ci = c->Ci, st = c->st;
+
+	if (dw != NULL) {
+		/* dcol (k, Co, Ci): the gradient of each tap's weights */
+		memset(dcol, 0, sizeof(float) * (size_t)k * Co * Ci);
+		for (int r = 0; r < c->R; r++)
+			for (int t = 0; t < k; t++)
+				cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Co, Ci,
+				    c->Wo, 1.0f, dout + (size_t)r * c->Wo * Co, Co,
+				    in + ((size_t)r * c->Wi + t) * Ci, st * Ci, 1.0f,
+				    dcol + (size_t)t * Co * Ci, Ci);
+#pragma omp parallel for schedule(static)
+		for (int o = 0; o < Co; o++)
+			for (int i = 0; i < Ci; i++)
+				for (int t = 0; t < k; t++)
+					dw[((size_t)o * Ci + i) * k + t] +=
+					    dcol[((size_t)t * Co + o) * Ci + i];
+	}
+	if (din != NULL) {
+		/* the taps write overlapping rows one GEMM after another */
+		pack_taps(col, w, c);
+		for (int r = 0; r < c->R; r++)
+			for (int t = 0; t < k; t++)
+				cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, c->Wo,
+				    Ci, Co, 1.0f, dout + (size_t)r * c->Wo * Co, Co,
+				    col + (size_t)t * Co * Ci, Ci, 1.0f,
+				    din + ((size_t)r * c->Wi + t) * Ci, st * Ci);
+	}
+	if (db != NULL)
+		bias_backward(db, dout, c->R * c->Wo, Co);
+}
+
 static void
 conv_forward(float *out, float *col, const float *in, const float *w,
     const float *b, const conv_geom *c)
 {
 	if (d2v_cpu_plain == 0 && direct_ok(c))
 		direct_forward(out, col, in, w, b, c);
+	else if (d2v_cpu_plain == 0 && taps_ok(c))
+		taps_forward(out, col, in, w, b, c);
 	else
 		im2col_forward(out, col, in, w, b, c);
 }
@@ -994,8 +1102,24 @@ conv_backward(float *din, float *dw, float *db, float *col, float *dcol,
 {
 	if (d2v_cpu_plain == 0 && direct_ok(c))
 		direct_backward(din, dw, db, col, dcol, dout, in, w, c);
+	else if (d2v_cpu_plain == 0 && taps_ok(c))
+		taps_backward(din, dw, db, col, dcol, dout, in, w, c);
 	else
 		im2col_backward(din, dw, db, col, dcol, dout, in, w, c);
+}
+
+size_t
+d2v_conv1d_scratch(int R, int Ti, int Ci, int Co, int k, int st, int pad,
+    int G)
+{
+	conv_geom c = {.R = R, .Hi = 1, .Wi = Ti, .Ho = 1,
+	    .Wo = (Ti + 2 * pad - k) / st + 1, .Ci = Ci, .Co = Co, .G = G,
+	    .kh = 1, .kw = k, .st = st, .ph = 0, .pw = pad};
+	size_t im = (size_t)R * c.Wo * (Ci / G) * k, taps = (size_t)k * Co * Ci;
+
+	if (direct_ok(&c))
+		return d2v_conv_scratch(R, 1, Ti, Ci, Co, 1, k, G);
+	return taps_ok(&c) && taps > im ? taps : im;
 }
 
 static conv_geom

@@ -96,10 +96,15 @@ const d2v_ops *d2v_backend_cpu(void);
  * of R inputs of Hh x Ww, kernel kh x kw, for either CPU path. */
 size_t d2v_conv_scratch(int R, int Hh, int Ww, int Ci, int Co, int kh,
     int kw, int G);
+/* Scratch floats (col, and dcol alike) of a 1-D convolution as the
+ * conv1d ops take it, for any CPU path. */
+size_t d2v_conv1d_scratch(int R, int Ti, int Ci, int Co, int k, int st,
+    int pad, int G);
 /* The CPU backend's kernels: 0 (default) the fast ones, 1 their plain
  * twins (im2col and GEMM for every convolution, libm's erff and expf in
- * GELU), for tests and benchmarks; D2V_CPU_PLAIN=1 in the environment
- * sets it when the backend is first asked for. */
+ * GELU, the loop attention, column walks for the bias and LayerNorm
+ * gradients), for tests and benchmarks; D2V_CPU_PLAIN=1 in the
+ * environment sets it when the backend is first asked for. */
 extern int d2v_cpu_plain;
 
 #endif

@@ -392,7 +392,8 @@ step_alloc(d2v_model *m, int B, int V, d2v_err *err)
 			m->ct[i + 1] = (m->ct[i] - d2v_conv_kernel[i]) /
 			    d2v_conv_stride[i] + 1;
 			o = TEN(B) * m->ct[i + 1];
-			cmax = maxz(cmax, o * cin * d2v_conv_kernel[i]);
+			cmax = maxz(cmax, d2v_conv1d_scratch(B, m->ct[i], cin, C,
+			    d2v_conv_kernel[i], d2v_conv_stride[i], 0, 1));
 			abuf = maxz(abuf, o * C);
 			m->cv[i] = malloc(o * C * sizeof(float));
 			m->cm[i] = malloc(o * sizeof(float));

@@ -491,6 +491,29 @@ test_bias_twin(void)
 	T_OK(rel(db[0], db[1], (size_t)N) < 1e-6 && db[0][N - 1] != 0,
 	    "bias gradient by rows equals the column sums (M %d, N %d): %.1e",
 	    M, N, rel(db[0], db[1], (size_t)N));
+	{
+		/* the LayerNorm weight and bias gradients alike */
+		float *x = rnd((size_t)M * N, 2), *w = rnd(N, 1), *b = rnd(N, 1);
+		float *y = zeros((size_t)M * N), *mu = zeros(M), *rs = zeros(M);
+		float *gw[2], *gb[2];
+
+		o->layernorm_forward(y, mu, rs, x, w, b, M, N, 1e-5f);
+		for (int p = 0; p < 2; p++) {
+			gw[p] = zeros(N);
+			gb[p] = zeros(N);
+			d2v_cpu_plain = p;
+			o->layernorm_backward(NULL, gw[p], gb[p], dy, x, mu, rs, w, M, N);
+		}
+		d2v_cpu_plain = 0;
+		T_OK(rel(gw[0], gw[1], N) < 1e-6 && rel(gb[0], gb[1], N) < 1e-6,
+		    "LayerNorm weight and bias gradients by rows equal the column "
+		    "walk: %.1e, %.1e", rel(gw[0], gw[1], N), rel(gb[0], gb[1], N));
+		free(x); free(w); free(b); free(y); free(mu); free(rs);
+		for (int p = 0; p < 2; p++) {
+			free(gw[p]);
+			free(gb[p]);
+		}
+	}
 	free(dy); free(db[0]); free(db[1]);
 }
 
@@ -531,9 +554,54 @@ test_gelu_twin(void)
 	free(one);
 }
 
+/* The tap GEMMs of ungrouped strided 1-D convolutions (the feature
+ * encoder) against im2col. */
+static void
+taps_twin(int R, int Ti, int Ci, int Co, int k, int st)
+{
+	int To = (Ti - k) / st + 1;
+	size_t nin = (size_t)R * Ti * Ci, nout = (size_t)R * To * Co;
+	size_t nw = (size_t)Co * Ci * k;
+	size_t ns = d2v_conv1d_scratch(R, Ti, Ci, Co, k, st, 0, 1);
+	size_t ni = (size_t)R * To * Ci * k;
+	float *in = rnd(nin, 1), *w = rnd(nw, 1), *dy = rnd(nout, 1);
+	float *seed_in = rnd(nin, 1), *seed_w = rnd(nw, 1);
+	float *col, *dcol, *out[2], *din[2], *dw[2];
+	double e[3];
+
+	ns = ns > ni ? ns : ni;
+	col = zeros(ns);
+	dcol = zeros(ns);
+	for (int p = 0; p < 2; p++) {
+		out[p] = zeros(nout);
+		din[p] = malloc(nin * 4); memcpy(din[p], seed_in, nin * 4);
+		dw[p] = malloc(nw * 4); memcpy(dw[p], seed_w, nw * 4);
+		d2v_cpu_plain = p;
+		o->conv1d_forward(out[p], col, in, w, NULL, R, Ti, Ci, Co, k, st, 0, 1);
+		o->conv1d_backward(din[p], dw[p], NULL, col, dcol, dy, in, w, R, Ti,
+		    Ci, Co, k, st, 0, 1);
+	}
+	d2v_cpu_plain = 0;
+	e[0] = rel(out[0], out[1], nout);
+	e[1] = rel(din[0], din[1], nin);
+	e[2] = rel(dw[0], dw[1], nw);
+	T_OK(e[0] < 1e-5 && e[1] < 1e-5 && e[2] < 1e-5 && ns < ni * 2,
+	    "conv1d by taps, %d samples of %d channels, k%d s%d -> %d, equals "
+	    "im2col: out %.1e, d(in) %.1e, d(w) %.1e", Ti, Ci, k, st, Co, e[0],
+	    e[1], e[2]);
+	for (int p = 0; p < 2; p++) {
+		free(out[p]); free(din[p]); free(dw[p]);
+	}
+	free(in); free(w); free(dy); free(seed_in); free(seed_w); free(col);
+	free(dcol);
+}
+
 static void
 test_conv_twins(void)
 {
+	taps_twin(2, 41, 32, 48, 3, 2);  /* the feature encoder's middle */
+	taps_twin(3, 20, 40, 40, 2, 2);  /* its last layers */
+	taps_twin(2, 63, 32, 16, 10, 5); /* overlapping windows, stride 5 */
 	conv_twin(3, 5, 7, 24, 20, 3, 4, 1);   /* 6 -> 5 per group, W < 8 */
 	conv_twin(2, 14, 14, 48, 48, 3, 16, 1); /* the image decoder's shape */
 	conv_twin(2, 9, 10, 16, 40, 5, 2, 1);  /* 20 outputs: 3 blocks of 8 */
