@@ -28,7 +28,7 @@ test_lbfgs(void)
 	double x[2] = {-1.2, 1};
 	d2v_lbfgs_opts o;
 	d2v_lbfgs_info info;
-	d2v_err err;
+	d2v_err err = {0};
 	int rc;
 
 	d2v_lbfgs_opts_default(&o);
@@ -66,7 +66,7 @@ test_lbfgs_precond(void)
 	double a[50], h0[50], x[50] = {0}, y[50] = {0}, dx = 0, dy = 0;
 	d2v_lbfgs_opts o;
 	d2v_lbfgs_info plain, pre;
-	d2v_err err;
+	d2v_err err = {0};
 
 	for (int j = 0; j < 50; j++) {
 		a[j] = pow(10.0, -4.0 * j / 49);
@@ -153,7 +153,7 @@ test_logreg_gradient(void)
 	double w[p], g[p], gs[p], fd[p], f, fs, err_max = 0, gmax = 0;
 	double l2 = 0.03, h = 1e-3;
 	d2v_rng r;
-	d2v_err err;
+	d2v_err err = {0};
 
 	clusters(x, y, n, d, k, 1.0, 0, 3);
 	d2v_rng_seed(&r, 4, 0, 0);
@@ -201,7 +201,7 @@ test_logreg_optimum(void)
 	double w[p] = {0}, v[p] = {0}, g[p], L = 0, l2 = 0.05, f1, f2, wd = 0;
 	d2v_lbfgs_opts o;
 	d2v_lbfgs_info info;
-	d2v_err err;
+	d2v_err err = {0};
 	int rc;
 
 	clusters(x, y, n, d, k, 1.0, 0, 7);
@@ -242,7 +242,7 @@ test_probes_separable(void)
 	int ytr[n], yte[m], pred[m];
 	d2v_probe_opts o;
 	d2v_linear_result res;
-	d2v_err err;
+	d2v_err err = {0};
 	double acc;
 	int rc;
 
@@ -284,7 +284,7 @@ test_probes_noise(void)
 	static int ytr[n], yte[m];
 	d2v_probe_opts o;
 	d2v_linear_result res;
-	d2v_err err;
+	d2v_err err = {0};
 	double acc;
 	int rc;
 
@@ -320,7 +320,7 @@ test_knn_hand(void)
 	float tr[10], te[4];
 	int ytr[5] = {0, 1, 1, 2, 2}, yte[2] = {0, 1}, pred[2];
 	const double tdeg[2] = {0, 120};
-	d2v_err err;
+	d2v_err err = {0};
 	double acc;
 	int rc;
 
@@ -356,7 +356,7 @@ test_stats(void)
 {
 	enum { d = 8 };
 	double a[d * d], v[d], er, want;
-	d2v_err err;
+	d2v_err err = {0};
 	d2v_rng r;
 	int rc;
 

@@ -206,7 +206,7 @@ test_basics(void)
 {
 	d2v_mask_config c;
 	d2v_mask_strategy s;
-	d2v_err err;
+	d2v_err err = {0};
 
 	T_OK(d2v_mask_audio_frames(160000) == 499, "10 s of audio is 499 frames "
 	    "(%lld)", (long long)d2v_mask_audio_frames(160000));
@@ -275,7 +275,7 @@ test_inverse_block(int large)
 	d2v_mask_config c;
 	d2v_rng rng[M];
 	stats2 s = {0};
-	d2v_err err;
+	d2v_err err = {0};
 
 	d2v_mask_config_default(&c, D2V_MASK_INVERSE_BLOCK);
 	if (large)
@@ -323,7 +323,7 @@ test_inverse_block_counts(void)
 	d2v_mask_config c;
 	d2v_rng rng[4];
 	uint8_t mask[4 * 400];
-	d2v_err err;
+	d2v_err err = {0};
 	int ok = 1;
 
 	/* the count is N - int(N * (1 - R)) in double arithmetic, as the
@@ -358,7 +358,7 @@ test_block1d(int n, const char *grp)
 	d2v_mask_config c;
 	d2v_rng rng[M];
 	stats1 s = {0};
-	d2v_err err;
+	d2v_err err = {0};
 
 	d2v_mask_config_default(&c, D2V_MASK_BLOCK1D);
 	for (int i = 0; i < recs; i++) {
@@ -388,7 +388,7 @@ test_span(int n, int M, const char *grp)
 	d2v_mask_config c;
 	d2v_rng rng[8];
 	stats1 s = {0};
-	d2v_err err;
+	d2v_err err = {0};
 
 	/* with M > 1 the statistics are per-record means over the copies,
 	 * which share one count (mask_ref.py does the same) */
@@ -433,7 +433,7 @@ test_block(void)
 	d2v_mask_config c;
 	d2v_rng rng;
 	stats2 s = {0};
-	d2v_err err;
+	d2v_err err = {0};
 	int most = 1;
 
 	d2v_mask_config_default(&c, D2V_MASK_BLOCK);
@@ -465,7 +465,7 @@ test_random(void)
 	static long pos[N];
 	d2v_mask_config c;
 	d2v_rng rng[M];
-	d2v_err err;
+	d2v_err err = {0};
 	int want = N - (int)(N * (1.0 - 0.48)), exact = 1, differ = 1;
 	double p = (double)want / N, worst = 0;
 
@@ -511,7 +511,7 @@ test_bert(void)
 	json_t *r = json_object_get(ref, "bert_512");
 	d2v_mask_config c;
 	d2v_rng rng;
-	d2v_err err;
+	d2v_err err = {0};
 	long sel = 0, tomask = 0, kept = 0, other = 0, special = 0, outside = 0;
 	acc frac = {0}, frac4 = {0};
 	double rp[3];
@@ -608,7 +608,7 @@ test_determinism(void)
 	uint8_t a[M * N], b[M * N], one[N];
 	d2v_mask_config c;
 	d2v_rng rng[M];
-	d2v_err err;
+	d2v_err err = {0};
 	int same = 1;
 
 	for (int s = 0; s < D2V_MASK_COUNT; s++) {
@@ -648,7 +648,7 @@ test_writer_order(void)
 	d2v_reader *r;
 	d2v_record rec;
 	d2v_tensor t;
-	d2v_err err;
+	d2v_err err = {0};
 	int rc;
 
 	d2v_record_init(&rec);

@@ -10,6 +10,7 @@
 #include "t.h"
 #include "train/checkpoint.h"
 #include "train/optim.h"
+#include "train/safetensors.h"
 
 static d2v_config
 tiny(void)
@@ -55,7 +56,7 @@ test_gradients(const char *what, double drop)
 {
 	d2v_config c = tiny();
 	d2v_model m;
-	d2v_err err;
+	d2v_err err = {0};
 	d2v_step_out out;
 	uint8_t img[576], mask[64];
 	float *noise = malloc(4 * 16 * 16 * sizeof(float)), *g;
@@ -170,7 +171,7 @@ test_seq_gradients(const char *mod, const char *obj, double drop)
 {
 	d2v_config c = tiny_seq(mod, drop);
 	d2v_model m;
-	d2v_err err;
+	d2v_err err = {0};
 	d2v_step_out out, o2;
 	int audio = strcmp(mod, "audio") == 0, len = audio ? 3600 : 11;
 	int v1 = strcmp(obj, "v1") == 0;
@@ -330,7 +331,7 @@ test_v1_gradients(double drop)
 {
 	d2v_config c = tiny();
 	d2v_model m;
-	d2v_err err;
+	d2v_err err = {0};
 	d2v_step_out out, o2;
 	uint8_t img[576], mask[32];
 	float *g, *y;
@@ -427,7 +428,7 @@ test_target_norms(void)
 {
 	d2v_config c = tiny_seq("text", 0);
 	d2v_model m;
-	d2v_err err;
+	d2v_err err = {0};
 	int32_t ids[22];
 	float y[2 * 11 * 16];
 	double worst = 0;
@@ -466,6 +467,39 @@ test_target_norms(void)
 	    "per layer, in after averaging");
 }
 
+/* A safetensors file whose f32 tensor follows 3 bytes of u8 (the format
+ * does not align): d2v_st_get hands out aligned data all the same. */
+static void
+test_st_unaligned(void)
+{
+	const char *h = "{\"a\":{\"dtype\":\"U8\",\"shape\":[3],\"data_offsets\":[0,3]},"
+	    "\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[3,11]}}";
+	char path[] = "/tmp/d2v-st-XXXXXX";
+	int fd = mkstemp(path);
+	uint64_t hl = strlen(h);
+	float v[2] = {1.5f, -2.25f};
+	unsigned char u[3] = {7, 8, 9};
+	d2v_st st;
+	d2v_err err = {0};
+	const float *b;
+	const unsigned char *a;
+	size_t nb = 0;
+
+	T_OK(fd >= 0 && write(fd, &hl, 8) == 8 &&
+	    write(fd, h, hl) == (ssize_t)hl && write(fd, u, 3) == 3 &&
+	    write(fd, v, 8) == 8 && close(fd) == 0, "an unaligned safetensors "
+	    "file written");
+	T_OK(d2v_st_load(&st, path, &err) == 0, "it loads%s%s", err.code ?
+	    ": " : "", err.code ? err.msg : "");
+	b = d2v_st_get(&st, "b", "F32", NULL, NULL, &nb, &err);
+	a = d2v_st_get(&st, "a", "U8", NULL, NULL, NULL, &err);
+	T_OK(b != NULL && (uintptr_t)b % 4 == 0 && nb == 8 && b[0] == 1.5f &&
+	    b[1] == -2.25f && a != NULL && a[0] == 7 && a[2] == 9,
+	    "its f32 tensor comes back aligned and intact, the u8 one too");
+	d2v_st_free(&st);
+	unlink(path);
+}
+
 /* The paired normal draws of the decoder noise: both halves N(0, 1),
  * uncorrelated. */
 static void
@@ -495,7 +529,7 @@ test_lengths(void)
 {
 	d2v_config a = tiny_seq("audio", 0), t = tiny_seq("text", 0);
 	d2v_model m;
-	d2v_err err;
+	d2v_err err = {0};
 
 	d2v_model_init(&m, &a, d2v_backend_cpu(), &err);
 	T_OK(d2v_model_set_length(&m, 399, &err) == D2V_EINVAL &&
@@ -519,7 +553,7 @@ test_unequal_mask(void)
 {
 	d2v_config c = tiny();
 	d2v_model m;
-	d2v_err err;
+	d2v_err err = {0};
 	d2v_step_out out;
 	uint8_t img[576] = {0}, mask[64] = {0};
 
@@ -561,7 +595,7 @@ test_checkpoint(void)
 {
 	d2v_config c = tiny();
 	d2v_model m, m2;
-	d2v_err err;
+	d2v_err err = {0};
 	d2v_rng r, r2;
 	long step = 0;
 	char path[] = "/tmp/d2v-ck-XXXXXX";
@@ -610,6 +644,7 @@ main(void)
 	test_seq_gradients("text", "v1", 0.2);
 	test_lengths();
 	test_normal_pairs();
+	test_st_unaligned();
 	test_target_norms();
 	test_v1_gradients(0);
 	test_v1_gradients(0.2);

@@ -79,7 +79,7 @@ run_fixture(const char *rel, const char *xdt)
 {
 	char path[512];
 	d2v_model m;
-	d2v_err err;
+	d2v_err err = {0};
 	d2v_step_out o;
 	const void *x;
 	const uint8_t *mask;

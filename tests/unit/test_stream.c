@@ -53,7 +53,7 @@ static void
 write_sample(int fd, int n, const char *modality, size_t *ends)
 {
 	d2v_writer *w;
-	d2v_err err;
+	d2v_err err = {0};
 	json_t *h = d2v_header_new(modality);
 	int k = 0;
 
@@ -245,7 +245,7 @@ test_roundtrip(void)
 	int fd = tmpfd(), ok = 1;
 	d2v_writer *w;
 	d2v_reader *r;
-	d2v_err err;
+	d2v_err err = {0};
 	json_t *h = d2v_header_new("audio");
 	d2v_record rec, in;
 	int rc, nrec = 0;
@@ -368,7 +368,7 @@ test_passthrough(void)
 	d2v_reader *r;
 	d2v_writer *w;
 	d2v_record rec, rec2;
-	d2v_err err;
+	d2v_err err = {0};
 	int fd = tmpfd();
 	blob b;
 
@@ -422,7 +422,7 @@ test_truncation(void)
 	b = slurp(fd);
 	for (size_t len = 0; len <= b.len; len++) {
 		int64_t n, expect = 0;
-		d2v_err err;
+		d2v_err err = {0};
 		int rc = read_all(b.buf, len, &n, &err);
 
 		for (int i = 1; i <= N; i++)
@@ -460,7 +460,7 @@ test_flips(void)
 	for (int it = 0; it < 3000; it++) {
 		unsigned char *c = malloc(b.len);
 		int64_t n;
-		d2v_err err;
+		d2v_err err = {0};
 
 		memcpy(c, b.buf, b.len);
 		for (int k = 0; k < 1 + it % 4; k++) {
@@ -481,7 +481,7 @@ test_flips(void)
 static void
 test_bad(void)
 {
-	d2v_err err;
+	d2v_err err = {0};
 	int64_t n;
 	int rc;
 
@@ -535,7 +535,7 @@ static void
 test_concat(void)
 {
 	int fd = tmpfd(), fd2 = tmpfd();
-	d2v_err err;
+	d2v_err err = {0};
 	int64_t n;
 	int rc;
 	blob a, c;
@@ -564,7 +564,7 @@ test_writer_errors(void)
 {
 	int p[2], full = open("/dev/full", O_WRONLY);
 	d2v_writer *w;
-	d2v_err err;
+	d2v_err err = {0};
 	json_t *h = d2v_header_new("text");
 	int rc;
 
@@ -602,7 +602,7 @@ test_mid_tensor(void)
 	d2v_writer *w;
 	d2v_reader *r;
 	d2v_record rec;
-	d2v_err err;
+	d2v_err err = {0};
 	json_t *h = d2v_header_new("image");
 	int64_t sizes[3] = {10, 600000, 300000};
 	blob b;

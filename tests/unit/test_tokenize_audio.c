@@ -141,7 +141,7 @@ test_formats_and_rates(void)
 			long frames = rate * 3 / 2;  /* 1.5 s */
 			mem m = make_audio(formats[f].fmt, rate, k, frames, 440);
 			d2v_audio_info info;
-			d2v_err err;
+			d2v_err err = {0};
 			float *x;
 			int64_t t, want = (int64_t)frames * 16000 / rate;
 			double hz, level;
@@ -245,7 +245,7 @@ test_bad(void)
 	static const char *const why[] = {"half", "all but 100 bytes"};
 	unsigned char junk[2048];
 	d2v_rng r;
-	d2v_err err;
+	d2v_err err = {0};
 	float *x;
 	int64_t t;
 	int rc;
@@ -285,7 +285,7 @@ test_mp3(void)
 	    44100 * 2, 440);
 	float *x;
 	int64_t t;
-	d2v_err err;
+	d2v_err err = {0};
 
 	if (m.b == NULL) {
 		printf("skip - this libsndfile cannot write MP3\n");

@@ -452,7 +452,7 @@ test_jpeg_bad(void)
 	d2v_jpeg *dec;
 	unsigned char *jpg, junk[4096];
 	unsigned long len;
-	d2v_err err;
+	d2v_err err = {0};
 	d2v_rng r;
 	int rc, crashed_not = 1;
 

@@ -145,7 +145,7 @@ test_model(void)
 {
 	char dir[] = "/tmp/d2v-text-XXXXXX", path[512], cmd[600], sum[65] = "";
 	d2v_text tx;
-	d2v_err err;
+	d2v_err err = {0};
 	FILE *p;
 	int ok = 1;
 
