@@ -467,8 +467,9 @@ grow(void *p, size_t *cap, size_t need)
 }
 
 /* Dense arrays of the batch at its shortest length; sets the model's
- * length.  Returns the masked count (of every row; v1 text: of the
- * batch). */
+ * length.  Returns 0 when no loss position is left (a v1 text batch
+ * without <mask>), else the batch's masked count (v1 text) or a positive
+ * number. */
 static long
 batch_build(batch *b, d2v_model *m, d2v_rng *rng)
 {
