@@ -226,16 +226,10 @@ def audio_step_flops(c):
 # ---------------------------------------------------------------------------
 # Parameters (names and layouts of tests/ref/README.md).
 
-def param_shapes(c):
-    if is_audio(c):
-        return audio_param_shapes(c)
-    D, FF, C, P, DD, K = c["dim"], c["mlp_dim"], c["channels"], c["patch"], c["decoder_dim"], c["decoder_kernel"]
-    s = collections.OrderedDict()
-    s["patch_embed.weight"] = (D, C, P, P)
-    s["patch_embed.bias"] = (D,)
-    s["cls_token"] = (1, 1, D)
-    s["context_norm.weight"] = (D,)
-    s["context_norm.bias"] = (D,)
+def block_and_decoder_shapes(s, c, one_d):
+    """Add the NB post-LN blocks, then the decoder (2-D convolutions, or
+    1-D for audio) and its projection, to s."""
+    D, FF, DD, K = c["dim"], c["mlp_dim"], c["decoder_dim"], c["decoder_kernel"]
     for i in range(c["NB"]):
         p = "blocks.%d." % i
         s[p + "attn.qkv.weight"] = (3 * D, D)
@@ -253,16 +247,29 @@ def param_shapes(c):
     for j in range(c["decoder_layers"]):
         cin = D if j == 0 else DD
         p = "decoder.layers.%d.conv." % j
-        s[p + "weight"] = (DD, cin // c["decoder_groups"], K, K)
+        s[p + "weight"] = (DD, cin // c["decoder_groups"]) + ((K,) if one_d else (K, K))
         s[p + "bias"] = (DD,)
     s["decoder.proj.weight"] = (D, DD)
     s["decoder.proj.bias"] = (D,)
+
+
+def param_shapes(c):
+    if is_audio(c):
+        return audio_param_shapes(c)
+    D, C, P = c["dim"], c["channels"], c["patch"]
+    s = collections.OrderedDict()
+    s["patch_embed.weight"] = (D, C, P, P)
+    s["patch_embed.bias"] = (D,)
+    s["cls_token"] = (1, 1, D)
+    s["context_norm.weight"] = (D,)
+    s["context_norm.bias"] = (D,)
+    block_and_decoder_shapes(s, c, 0)
     return s
 
 
 def audio_param_shapes(c):
     """tests/ref/README.md v2_audio's names and layouts."""
-    D, FF, C, DD, K = c["dim"], c["mlp_dim"], c["conv_dim"], c["decoder_dim"], c["decoder_kernel"]
+    D, C = c["dim"], c["conv_dim"]
     s = collections.OrderedDict()
     for i, (k, _) in enumerate(FEATURE_CONV):
         p = "feature_extractor.conv_layers.%d." % i
@@ -279,27 +286,7 @@ def audio_param_shapes(c):
     s["alibi_scale"] = (1, 1, c["heads"], 1, 1)
     s["context_norm.weight"] = (D,)
     s["context_norm.bias"] = (D,)
-    for i in range(c["NB"]):
-        p = "blocks.%d." % i
-        s[p + "attn.qkv.weight"] = (3 * D, D)
-        s[p + "attn.qkv.bias"] = (3 * D,)
-        s[p + "attn.proj.weight"] = (D, D)
-        s[p + "attn.proj.bias"] = (D,)
-        s[p + "norm1.weight"] = (D,)
-        s[p + "norm1.bias"] = (D,)
-        s[p + "mlp.fc1.weight"] = (FF, D)
-        s[p + "mlp.fc1.bias"] = (FF,)
-        s[p + "mlp.fc2.weight"] = (D, FF)
-        s[p + "mlp.fc2.bias"] = (D,)
-        s[p + "norm2.weight"] = (D,)
-        s[p + "norm2.bias"] = (D,)
-    for j in range(c["decoder_layers"]):
-        cin = D if j == 0 else DD
-        p = "decoder.layers.%d.conv." % j
-        s[p + "weight"] = (DD, cin // c["decoder_groups"], K)
-        s[p + "bias"] = (DD,)
-    s["decoder.proj.weight"] = (D, DD)
-    s["decoder.proj.bias"] = (D,)
+    block_and_decoder_shapes(s, c, 1)
     return s
 
 
