@@ -5,6 +5,8 @@
 #ifndef D2V_T_H
 #define D2V_T_H
 
+#include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 
 static int t_fail, t_pass;
@@ -23,5 +25,19 @@ static int t_fail, t_pass;
 } while (0)
 
 #define T_DONE() (t_fail ? 1 : 0)
+
+/* ||a - b|| / ||b|| in the L2 norm over n floats (||b|| floored at
+ * 1e-12) */
+static inline double
+t_relerr(const float *a, const float *b, size_t n)
+{
+	double d = 0, s = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		d += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+		s += (double)b[i] * b[i];
+	}
+	return sqrt(d) / fmax(sqrt(s), 1e-12);
+}
 
 #endif

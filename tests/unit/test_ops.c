@@ -365,18 +365,6 @@ test_conv1d(void)
 	conv1d_case(6, 8, 6, 3, 1, 1, 2, 1, "k3 same, 2 groups, 8->6");
 }
 
-static double
-rel(const float *a, const float *b, size_t n)
-{
-	double d = 0, s = 0;
-
-	for (size_t i = 0; i < n; i++) {
-		d += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
-		s += (double)b[i] * b[i];
-	}
-	return sqrt(d / fmax(s, 1e-30));
-}
-
 /* The direct stride-1 convolution against its twin, im2col and GEMM:
  * output, and the gradients accumulated onto nonzero buffers. */
 static void
@@ -409,10 +397,10 @@ conv_twin(int R, int Hh, int Ww, int Ci, int Co, int k, int G, int two_d)
 		}
 	}
 	d2v_cpu_plain = 0;
-	e[0] = rel(out[0], out[1], nout);
-	e[1] = rel(din[0], din[1], nin);
-	e[2] = rel(dw[0], dw[1], nw);
-	e[3] = rel(db[0], db[1], Co);
+	e[0] = t_relerr(out[0], out[1], nout);
+	e[1] = t_relerr(din[0], din[1], nin);
+	e[2] = t_relerr(dw[0], dw[1], nw);
+	e[3] = t_relerr(db[0], db[1], Co);
 	T_OK(e[0] < 1e-5 && e[1] < 1e-5 && e[2] < 1e-5 && e[3] < 1e-6,
 	    "direct conv%s %dx%d, %d->%d channels, k%d, %d groups equals im2col: "
 	    "out %.1e, d(in) %.1e, d(w) %.1e, d(b) %.1e", two_d ? "2d" : "1d",
@@ -459,10 +447,10 @@ attention_twin(int R, int T, int D, int H, int alibi, int dropout)
 		    D, H);
 	}
 	d2v_cpu_plain = 0;
-	e[0] = rel(out[0], out[1], no);
-	e[1] = rel(pr[0], pr[1], np);
-	e[2] = rel(dq[0], dq[1], nq);
-	e[3] = alibi ? rel(ds[0], ds[1], (size_t)H) : 0;
+	e[0] = t_relerr(out[0], out[1], no);
+	e[1] = t_relerr(pr[0], pr[1], np);
+	e[2] = t_relerr(dq[0], dq[1], nq);
+	e[3] = alibi ? t_relerr(ds[0], ds[1], (size_t)H) : 0;
 	T_OK(e[0] < 1e-5 && e[1] < 1e-5 && e[2] < 1e-5 && e[3] < 1e-4,
 	    "attention R%d T%d D%d H%d%s%s equals the plain loops: out %.1e, "
 	    "probs %.1e, d(qkv) %.1e, d(slope) %.1e", R, T, D, H,
@@ -488,9 +476,9 @@ test_bias_twin(void)
 		o->matmul_backward(NULL, NULL, db[p], dy, NULL, NULL, M, 1, N);
 	}
 	d2v_cpu_plain = 0;
-	T_OK(rel(db[0], db[1], (size_t)N) < 1e-6 && db[0][N - 1] != 0,
+	T_OK(t_relerr(db[0], db[1], (size_t)N) < 1e-6 && db[0][N - 1] != 0,
 	    "bias gradient by rows equals the column sums (M %d, N %d): %.1e",
-	    M, N, rel(db[0], db[1], (size_t)N));
+	    M, N, t_relerr(db[0], db[1], (size_t)N));
 	{
 		/* the LayerNorm weight and bias gradients alike */
 		float *x = rnd((size_t)M * N, 2), *w = rnd(N, 1), *b = rnd(N, 1);
@@ -505,9 +493,9 @@ test_bias_twin(void)
 			o->layernorm_backward(NULL, gw[p], gb[p], dy, x, mu, rs, w, M, N);
 		}
 		d2v_cpu_plain = 0;
-		T_OK(rel(gw[0], gw[1], N) < 1e-6 && rel(gb[0], gb[1], N) < 1e-6,
+		T_OK(t_relerr(gw[0], gw[1], N) < 1e-6 && t_relerr(gb[0], gb[1], N) < 1e-6,
 		    "LayerNorm weight and bias gradients by rows equal the column "
-		    "walk: %.1e, %.1e", rel(gw[0], gw[1], N), rel(gb[0], gb[1], N));
+		    "walk: %.1e, %.1e", t_relerr(gw[0], gw[1], N), t_relerr(gb[0], gb[1], N));
 		free(x); free(w); free(b); free(y); free(mu); free(rs);
 		for (int p = 0; p < 2; p++) {
 			free(gw[p]);
@@ -582,9 +570,9 @@ taps_twin(int R, int Ti, int Ci, int Co, int k, int st)
 		    Ci, Co, k, st, 0, 1);
 	}
 	d2v_cpu_plain = 0;
-	e[0] = rel(out[0], out[1], nout);
-	e[1] = rel(din[0], din[1], nin);
-	e[2] = rel(dw[0], dw[1], nw);
+	e[0] = t_relerr(out[0], out[1], nout);
+	e[1] = t_relerr(din[0], din[1], nin);
+	e[2] = t_relerr(dw[0], dw[1], nw);
 	T_OK(e[0] < 1e-5 && e[1] < 1e-5 && e[2] < 1e-5 && ns < ni * 2,
 	    "conv1d by taps, %d samples of %d channels, k%d s%d -> %d, equals "
 	    "im2col: out %.1e, d(in) %.1e, d(w) %.1e", Ti, Ci, k, st, Co, e[0],

@@ -35,18 +35,6 @@ get(const char *name, size_t n)
 	return p;
 }
 
-static double
-relerr(const float *a, const float *b, size_t n)
-{
-	double d = 0, s = 0;
-
-	for (size_t i = 0; i < n; i++) {
-		d += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
-		s += (double)b[i] * b[i];
-	}
-	return sqrt(d) / fmax(sqrt(s), 1e-12);
-}
-
 /* Compares every parameter of buf with expect.<role>.<name>; returns the
  * worst error and names it. */
 static double
@@ -63,7 +51,7 @@ compare_params(const d2v_model *m, const float *buf, const char *role,
 		if (teacher_only && !p->teacher)
 			continue;
 		snprintf(name, sizeof name, "expect.%s.%s", role, p->name);
-		e = relerr(buf + p->offset, get(name, p->size), p->size);
+		e = t_relerr(buf + p->offset, get(name, p->size), p->size);
 		if (e > worst) {
 			worst = e;
 			snprintf(worst_name, 96, "%s", p->name);
@@ -125,22 +113,22 @@ run_fixture(const char *rel, const char *xdt)
 	    NULL, NULL, B, 0, &o, &err) == 0, "%s: step 0 runs%s%s", rel,
 	    err.code ? ": " : "", err.code ? err.msg : "");
 	if (d2v_st_get(&fx, "expect.feat", "F32", NULL, NULL, &nb, &err)) {
-		e = relerr(m.tok, get("expect.feat", (size_t)B * N * D),
+		e = t_relerr(m.tok, get("expect.feat", (size_t)B * N * D),
 		    (size_t)B * N * D);
 		T_OK(e < TOL, "%s: feature encoder output matches (rel %.2e)",
 		    rel, e);
 	}
-	e = relerr(m.y, get("expect.y", (size_t)B * N * D), (size_t)B * N * D);
+	e = t_relerr(m.y, get("expect.y", (size_t)B * N * D), (size_t)B * N * D);
 	T_OK(e < TOL, "%s: teacher targets y match (rel %.2e)", rel, e);
 	if (m.E && !d2v_config_is_v1(&m.cfg)) {
-		e = relerr(m.ycls, get("expect.target_cls", (size_t)B * D),
+		e = t_relerr(m.ycls, get("expect.target_cls", (size_t)B * D),
 		    (size_t)B * D);
 		T_OK(e < TOL, "%s: target_cls matches (rel %.2e)", rel, e);
 	}
 	{
 		size_t np = (size_t)R * (N + (d2v_config_is_v1(&m.cfg) ? m.E : 0)) * D;
 
-		e = relerr(m.pred, get("expect.pred", np), np);
+		e = t_relerr(m.pred, get("expect.pred", np), np);
 	}
 	T_OK(e < TOL, "%s: predictions match (rel %.2e)", rel, e);
 	e = fabs(o.loss - get("expect.loss", 1)[0]) / get("expect.loss", 1)[0];
