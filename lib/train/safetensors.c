@@ -26,6 +26,16 @@ dtype_size(const char *dt)
 	return 0;
 }
 
+/* The [a, b) byte range of tensor entry v in the data section. */
+static void
+span(const json_t *v, uint64_t *a, uint64_t *b)
+{
+	const json_t *off = json_object_get(v, "data_offsets");
+
+	*a = (uint64_t)json_integer_value(json_array_get(off, 0));
+	*b = (uint64_t)json_integer_value(json_array_get(off, 1));
+}
+
 /*
  * The format does not align tensors: a file with a u8 tensor of odd size
  * before an f32 one (as the PyTorch fixtures have) leaves the floats at
@@ -43,13 +53,11 @@ realign(d2v_st *st, const char *path, d2v_err *err)
 	unsigned char *nd;
 
 	json_object_foreach(st->header, k, v) {
-		json_t *off = json_object_get(v, "data_offsets");
 		uint64_t a, b;
 
 		if (strcmp(k, "__metadata__") == 0)
 			continue;
-		a = (uint64_t)json_integer_value(json_array_get(off, 0));
-		b = (uint64_t)json_integer_value(json_array_get(off, 1));
+		span(v, &a, &b);
 		odd |= a % 8 != 0;
 		total += (size_t)(b - a + 7) / 8 * 8;
 	}
@@ -65,8 +73,7 @@ realign(d2v_st *st, const char *path, d2v_err *err)
 
 		if (strcmp(k, "__metadata__") == 0)
 			continue;
-		a = (uint64_t)json_integer_value(json_array_get(off, 0));
-		b = (uint64_t)json_integer_value(json_array_get(off, 1));
+		span(v, &a, &b);
 		memcpy(nd + pos, st->data + a, (size_t)(b - a));
 		json_array_set_new(off, 0, json_integer((json_int_t)pos));
 		json_array_set_new(off, 1, json_integer((json_int_t)(pos + (b - a))));
@@ -153,8 +160,7 @@ d2v_st_load(d2v_st *st, const char *path, d2v_err *err)
 				    "has a bad shape", path, k);
 			}
 		}
-		a = (uint64_t)json_integer_value(json_array_get(off, 0));
-		b = (uint64_t)json_integer_value(json_array_get(off, 1));
+		span(v, &a, &b);
 		if (b < a || b > st->datalen || __builtin_mul_overflow(n,
 		    (uint64_t)dtype_size(dt), &n) || b - a != n) {
 			d2v_st_free(st);
@@ -205,10 +211,7 @@ d2v_st_get(const d2v_st *st, const char *name, const char *dtype, int *rank,
 	json_array_foreach(sh, i, d)
 		if (shape)
 			shape[i] = json_integer_value(d);
-	a = (uint64_t)json_integer_value(json_array_get(json_object_get(v,
-	    "data_offsets"), 0));
-	b = (uint64_t)json_integer_value(json_array_get(json_object_get(v,
-	    "data_offsets"), 1));
+	span(v, &a, &b);
 	if (nbytes)
 		*nbytes = (size_t)(b - a);
 	return st->data + a;
