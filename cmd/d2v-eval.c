@@ -626,15 +626,8 @@ masked_loss(const char *path)
 		d2v_fatal(1, "%s: masks of %lld copies; the checkpoint's model "
 		    "trains with %d", name, (long long)json_integer_value(
 		    json_object_get(mk, "copies")), M);
-	if (v1text) {
-		json_t *mid = json_object_get(mk, "mask_id");
-
-		mask_id = json_is_integer(mid) ? json_integer_value(mid) : -1;
-		if (mask_id < 0 || mask_id >= m.cfg.vocab)
-			d2v_fatal(1, "%s: no <mask> id (meta.mask.mask_id); the v1 "
-			    "text model reads x_masked from d2v-mask --strategy bert",
-			    name);
-	}
+	if (v1text)
+		mask_id = d2v_check_mask_id(d2v_reader_header(r), &m.cfg, name);
 	/* evaluation: no dropout in the student */
 	m.cfg.encoder_dropout = m.cfg.attention_dropout = 0;
 	m.cfg.activation_dropout = m.cfg.post_mlp_drop = m.cfg.drop_path = 0;
@@ -709,24 +702,15 @@ masked_loss(const char *path)
 			if (v1text) {
 				/* the student reads x_masked; the loss where it is
 				 * <mask> */
-				d2v_tensor *t = d2v_record_tensor(&rec, "x_masked");
+				const int32_t *ids = d2v_check_x_masked(&rec, &m.cfg,
+				    name, N);
 				int32_t *dst;
 
-				if (t == NULL || t->dtype != D2V_DTYPE_I32 ||
-				    t->rank != 2 || t->shape[0] != 1 || t->shape[1] != N)
-					d2v_fatal(1, "%s: record %lld (%s): the v1 text model "
-					    "needs x_masked i32 [1,%d] (d2v-mask --strategy "
-					    "bert)", name, (long long)rec.index, rec.id, N);
 				if ((xm = realloc(xm, (size_t)bs * N * sizeof *xm)) == NULL)
 					d2v_fatal(1, "out of memory");
 				dst = xm + (size_t)nb * N;
 				for (int n = 0; n < N; n++) {
-					dst[n] = ((const int32_t *)t->data)[n];
-					if (dst[n] < 0 || dst[n] >= m.cfg.vocab)
-						d2v_fatal(1, "%s: record %lld (%s): x_masked "
-						    "token %d has id %d, outside the vocabulary",
-						    name, (long long)rec.index, rec.id, n,
-						    (int)dst[n]);
+					dst[n] = ids[n];
 					mask[(size_t)nb * N + n] = dst[n] == mask_id;
 				}
 			}

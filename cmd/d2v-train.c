@@ -420,24 +420,8 @@ batch_add(batch *b, const d2v_config *c)
 		d2v_fatal(1, "%s: record %lld (%s): mask has %lld copies, the "
 		    "model trains with --clone %d", in_name,
 		    (long long)rec->index, rec->id, (long long)mk->shape[0], M);
-	if (reads_x_masked(c)) {
-		d2v_tensor *xm = d2v_record_tensor(rec, "x_masked");
-
-		if (xm == NULL || xm->dtype != D2V_DTYPE_I32 || xm->rank != 2 ||
-		    xm->shape[0] != 1 || xm->shape[1] != N)
-			d2v_fatal(1, "%s: record %lld (%s): the v1 text objective "
-			    "needs x_masked i32 [1,%d], the BERT-masked ids (d2v-mask "
-			    "--strategy bert)", in_name, (long long)rec->index, rec->id,
-			    N);
-		for (int i = 0; i < N; i++) {
-			int32_t id = ((const int32_t *)xm->data)[i];
-
-			if (id < 0 || id >= c->vocab)
-				d2v_fatal(1, "%s: record %lld (%s): x_masked token %d has "
-				    "id %d, outside the model's vocabulary of %d", in_name,
-				    (long long)rec->index, rec->id, i, (int)id, c->vocab);
-		}
-	}
+	if (reads_x_masked(c))
+		d2v_check_x_masked(rec, c, in_name, N);
 	if (opt.stream_targets) {
 		d2v_tensor *t = d2v_record_tensor(rec, "target");
 		d2v_tensor *tc = d2v_record_tensor(rec, "target_cls");
@@ -621,18 +605,8 @@ check_header(const json_t *hdr, const d2v_config *cfg)
 			    "one mask per sample (d2v-mask --copies 1 --strategy "
 			    "%s)", in_name, copies, d2v_config_is_image(cfg) ? "block" :
 			    !strcmp(cfg->modality, "audio") ? "span" : "bert");
-		if (reads_x_masked(cfg)) {
-			json_t *mid = json_object_get(d2v_header_meta(hdr, "mask"),
-			    "mask_id");
-
-			if (!json_is_integer(mid) || json_integer_value(mid) < 0 ||
-			    json_integer_value(mid) >= cfg->vocab)
-				d2v_fatal(1, "%s: masks of strategy %s without a <mask> "
-				    "id (meta.mask.mask_id); the v1 text objective needs "
-				    "x_masked from d2v-mask --strategy bert", in_name,
-				    st ? st : "(none)");
-			mask_id = (int32_t)json_integer_value(mid);
-		}
+		if (reads_x_masked(cfg))
+			mask_id = d2v_check_mask_id(hdr, cfg, in_name);
 	}
 	{
 		long copies = (long)json_integer_value(json_object_get(

@@ -337,3 +337,39 @@ d2v_check_input(const d2v_record *rec, const d2v_config *c, const char *name)
 	}
 	return (int)x->shape[0];
 }
+
+const int32_t *
+d2v_check_x_masked(const d2v_record *rec, const d2v_config *c,
+    const char *name, int N)
+{
+	d2v_tensor *xm = d2v_record_tensor(rec, "x_masked");
+	const int32_t *ids;
+
+	if (xm == NULL || xm->dtype != D2V_DTYPE_I32 || xm->rank != 2 ||
+	    xm->shape[0] != 1 || xm->shape[1] != N)
+		d2v_fatal(1, "%s: record %lld (%s): the v1 text objective needs "
+		    "x_masked i32 [1,%d], the BERT-masked ids (d2v-mask "
+		    "--strategy bert)", name, (long long)rec->index, rec->id, N);
+	ids = xm->data;
+	for (int i = 0; i < N; i++)
+		if (ids[i] < 0 || ids[i] >= c->vocab)
+			d2v_fatal(1, "%s: record %lld (%s): x_masked token %d has id "
+			    "%d, outside the model's vocabulary of %d", name,
+			    (long long)rec->index, rec->id, i, (int)ids[i], c->vocab);
+	return ids;
+}
+
+int32_t
+d2v_check_mask_id(const json_t *hdr, const d2v_config *c, const char *name)
+{
+	json_t *mk = d2v_header_meta(hdr, "mask");
+	json_t *mid = json_object_get(mk, "mask_id");
+	const char *st = json_string_value(json_object_get(mk, "strategy"));
+
+	if (!json_is_integer(mid) || json_integer_value(mid) < 0 ||
+	    json_integer_value(mid) >= c->vocab)
+		d2v_fatal(1, "%s: masks of strategy %s without a <mask> id "
+		    "(meta.mask.mask_id); the v1 text objective needs x_masked "
+		    "from d2v-mask --strategy bert", name, st ? st : "(none)");
+	return (int32_t)json_integer_value(mid);
+}

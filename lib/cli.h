@@ -67,6 +67,15 @@ void d2v_check_stream_model(const json_t *hdr, const d2v_config *c,
  * record otherwise. */
 int d2v_check_input(const d2v_record *rec, const d2v_config *c,
     const char *name);
+/* v1 text: checks record rec's x_masked, i32 [1,N] with ids in [0, vocab),
+ * and returns its N ids.  Exits 1 naming the stream and the record
+ * otherwise. */
+const int32_t *d2v_check_x_masked(const d2v_record *rec,
+    const d2v_config *c, const char *name, int N);
+/* v1 text: the <mask> id of stream hdr's masks (meta.mask.mask_id, in
+ * [0, vocab)).  Exits 1 naming the stream otherwise. */
+int32_t d2v_check_mask_id(const json_t *hdr, const d2v_config *c,
+    const char *name);
 
 /* Parsers for option values; a bad value is a usage error naming opt. */
 long d2v_parse_long(const char *opt, const char *s, long lo, long hi);
