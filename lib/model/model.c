@@ -1125,6 +1125,24 @@ mean_std(const float *x, long rows, int D)
 	return acc / D;
 }
 
+/* Mean over dims of the std of the predictions at the masked positions:
+ * pred rows of T tokens, the first `off` (CLS) skipped, mask (rows,N). */
+static double
+masked_pred_std(d2v_model *m, const uint8_t *mask, int rows, int T, int off)
+{
+	float *tmp = m->gA;
+	int N = m->N, D = m->D;
+	long k = 0;
+
+	for (int b = 0; b < rows; b++)
+		for (int n = 0; n < N; n++)
+			if (mask[TEN(b) * N + n])
+				memcpy(tmp + TEN(k++) * D,
+				    m->pred + (TEN(b) * T + off + n) * D,
+				    TEN(D) * sizeof(float));
+	return mean_std(tmp, k, D);
+}
+
 /* Draws this step's dropout, drop-path and layerdrop for every block of
  * the student pass a. */
 static void
@@ -1477,19 +1495,7 @@ d2v_model_step(d2v_model *m, const void *x, const uint8_t *mask,
 	out->loss = reg + cls;
 	out->n_masked = nmask;
 	out->target_var = mean_std(m->y, (long)B * N, D);
-	{
-		/* std of predictions over masked rows */
-		float *tmp = m->gA;
-		long k = 0;
-
-		for (int r = 0; r < R; r++)
-			for (int n = 0; n < N; n++)
-				if (mask[TEN(r) * N + n])
-					memcpy(tmp + TEN(k++) * D,
-					    m->pred + (TEN(r) * N + n) * D,
-					    TEN(D) * sizeof(float));
-		out->pred_var = mean_std(tmp, k, D);
-	}
+	out->pred_var = masked_pred_std(m, mask, R, N, 0);
 
 	/* backward: decoder, then back to the encoder output rows */
 	{
@@ -1583,22 +1589,41 @@ elem_loss(double e, double beta, double *g)
 	return e * e;
 }
 
-/* std over masked rows of pred (rows of T, the first `off` skipped) */
-static double
-masked_pred_std(d2v_model *m, const uint8_t *mask, int B, int T, int off)
+/*
+ * The v1 loss and its gradient: w times elem_loss summed over channels,
+ * averaged over the nmask masked positions (w = 1/D gives BEiT's mean
+ * over positions and channels).  pred has rows of T tokens, the first
+ * `off` (CLS) not predicted; y and mask (B,N); dp (B,T,D) gets the
+ * gradient; out the loss and the statistics.
+ */
+static void
+v1_loss(d2v_model *m, const uint8_t *mask, int B, int T, int off, double w,
+    double beta, long nmask, float *dp, d2v_step_out *out)
 {
-	float *tmp = m->gA;
 	int N = m->N, D = m->D;
-	long k = 0;
+	double loss = 0;
 
+	memset(dp, 0, TEN(B) * T * D * sizeof(float));
 	for (int b = 0; b < B; b++)
-		for (int n = 0; n < N; n++)
-			if (mask[TEN(b) * N + n])
-				memcpy(tmp + TEN(k++) * D,
-				    m->pred + (TEN(b) * T + off + n) * D,
-				    TEN(D) * sizeof(float));
-	return mean_std(tmp, k, D);
+		for (int n = 0; n < N; n++) {
+			if (!mask[TEN(b) * N + n])
+				continue;
+			for (int d = 0; d < D; d++) {
+				size_t i = (TEN(b) * T + off + n) * D + d;
+				double g;
+
+				loss += w * elem_loss(m->pred[i] -
+				    m->y[(TEN(b) * N + n) * D + d], beta, &g);
+				dp[i] = (float)(w * g / (double)nmask);
+			}
+		}
+	out->loss = out->loss_reg = loss / (double)nmask;
+	out->loss_cls = 0;
+	out->n_masked = nmask;
+	out->target_var = mean_std(m->y, (long)B * N, D);
+	out->pred_var = masked_pred_std(m, mask, B, T, off);
 }
+
 
 /* out (rows,D) += g (D) * x (rows,D) [* s (rows,D) when s] */
 static void
@@ -1733,7 +1758,7 @@ step_v1(d2v_model *m, const uint8_t *img, const uint8_t *mask,
 	const d2v_config *c = &m->cfg;
 	const d2v_ops *o = m->ops;
 	int N = m->N, D = m->D, T = N + 1, rc;
-	double beta = c->loss_beta, loss = 0;
+	double beta = c->loss_beta;
 	long nmask = 0;
 	float *P = m->params, *Gr = m->grads;
 	d2v_enc_acts *a = &m->st;
@@ -1787,31 +1812,7 @@ step_v1(d2v_model *m, const uint8_t *img, const uint8_t *mask,
 	/* Smooth-L1 (beta) or L2 (beta 0), the mean over masked tokens and
 	 * channels */
 	memset(Gr, 0, m->lay.total * sizeof(float));
-	{
-		float *dp = m->gB;
-		double den = (double)nmask * D;
-
-		memset(dp, 0, TEN(B) * T * D * sizeof(float));
-		for (int b = 0; b < B; b++)
-			for (int n = 0; n < N; n++) {
-				if (!mask[TEN(b) * N + n])
-					continue;
-				for (int d = 0; d < D; d++) {
-					size_t i = (TEN(b) * T + 1 + n) * D + d;
-					double g;
-
-					loss += elem_loss(m->pred[i] -
-					    m->y[(TEN(b) * N + n) * D + d], beta, &g);
-					dp[i] = (float)(g / den);
-				}
-			}
-		loss /= den;
-	}
-	out->loss = out->loss_reg = loss;
-	out->loss_cls = 0;
-	out->n_masked = nmask;
-	out->target_var = mean_std(m->y, (long)B * N, D);
-	out->pred_var = masked_pred_std(m, mask, B, T, 1);
+	v1_loss(m, mask, B, T, 1, 1.0 / D, beta, nmask, m->gB, out);
 
 	/* backward: head, final LayerNorm, blocks */
 	{
@@ -1879,7 +1880,6 @@ step_v1_seq(d2v_model *m, const void *x, const uint8_t *mask,
 	int N = m->N, D = m->D, BN = B * N, text = is_text(m), rc;
 	int edrop = text && c->embed_dropout > 0;
 	double s = c->loss_scale > 0 ? c->loss_scale : 1.0 / sqrt((double)D);
-	double loss = 0;
 	long nmask = 0;
 	float *P = m->params, *Gr = m->grads;
 	d2v_enc_acts *a = &m->st;
@@ -1935,29 +1935,7 @@ step_v1_seq(d2v_model *m, const void *x, const uint8_t *mask,
 
 	/* the loss and its gradient dp (B,N,D) */
 	memset(Gr, 0, l->total * sizeof(float));
-	{
-		float *dp = m->gdec2;
-
-		memset(dp, 0, nD * sizeof(float));
-		for (int i = 0; i < BN; i++) {
-			if (!mask[i])
-				continue;
-			for (int d = 0; d < D; d++) {
-				size_t k = TEN(i) * D + d;
-				double g;
-
-				loss += s * elem_loss(m->pred[k] - m->y[k], c->loss_beta,
-				    &g);
-				dp[k] = (float)(s * g / (double)nmask);
-			}
-		}
-		loss /= (double)nmask;
-	}
-	out->loss = out->loss_reg = loss;
-	out->loss_cls = 0;
-	out->n_masked = nmask;
-	out->target_var = mean_std(m->y, (long)BN, D);
-	out->pred_var = masked_pred_std(m, mask, B, N, 0);
+	v1_loss(m, mask, B, N, 0, s, c->loss_beta, nmask, m->gdec2, out);
 
 	/* backward: the head into gB, the blocks into gdec */
 	memset(m->gB, 0, nD * sizeof(float));
