@@ -119,7 +119,7 @@ check-ref: $(CMDS)
 # MODALITY=image (default, Fashion-MNIST), audio or text.
 demo: $(CMDS)
 	@if [ "$(MODALITY)" = audio ] || [ "$(MODALITY)" = text ]; then scripts/install-deps --demo; fi
-	@D2V_BIN=$(CURDIR)/$(BUILD)/bin QUICK=$(QUICK) MODALITY=$(MODALITY) sh scripts/demo
+	@D2V_BIN=$(CURDIR)/$(BUILD)/bin QUICK=$(QUICK) MODALITY=$(MODALITY) PRECISION=$(PRECISION) sh scripts/demo
 
 $(BUILD)/bench/%: bench/%.c $(BUILD)/libd2v.a $(HEADERS)
 	@mkdir -p $(@D)

@@ -3,7 +3,7 @@
  * clipping, EMA) on a benchmark configuration; the peer is
  * bench/train_peer.py on the same shapes.
  *
- * Usage: bench-step [B1|B2|B3|tiny] [STEPS] [WARMUP]
+ * Usage: bench-step [B1|B2|B3|tiny] [STEPS] [WARMUP] [fp32|bf16]
  *
  * B1, B2: data2vec 2.0 images, 224 pixels, 16-pixel patches, 157 of 196
  * masked, 8 copies, 4 images, width 192 (B1) or 384 (B2), 2 prenet + 10
@@ -12,7 +12,10 @@
  * heads, 12 blocks, top-K 8, 512 feature channels, 8 copies with 125
  * frames masked, the 1-D decoder (192 wide, kernel 7, 4 layers, 16
  * groups), ALiBi, no dropout (as the peer).
- * Prints one JSON line: config, threads, median_ms, min_ms, max_rss_mb.
+ * bf16: d2v-train --precision bf16 (the linear layers' products from bf16
+ * operands; engine says whether oneDNN or the emulation ran them).
+ * Prints one JSON line: config, precision, engine, threads, median_ms,
+ * min_ms, max_rss_mb.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,6 +51,8 @@ main(int argc, char **argv)
 {
 	const char *name = argc > 1 ? argv[1] : "B1";
 	int steps = argc > 2 ? atoi(argv[2]) : 20, warm = argc > 3 ? atoi(argv[3]) : 3;
+	int bf16 = argc > 4 && strcmp(argv[4], "bf16") == 0;
+	const d2v_ops *ops = bf16 ? d2v_backend_cpu_bf16(NULL) : d2v_backend_cpu();
 	int B = 4, masked = 157, S = 80000, audio = 0;
 	d2v_config c;
 	d2v_model m;
@@ -88,7 +93,16 @@ main(int argc, char **argv)
 	}
 	c.mlp_dim = 4 * c.dim;
 	c.decoder_dim = audio ? c.dim / 2 : c.dim;
-	if (d2v_model_init(&m, &c, d2v_backend_cpu(), &err) < 0) {
+	if (argc > 4 && !bf16 && strcmp(argv[4], "fp32") != 0) {
+		fprintf(stderr, "bench-step: precision %s is not fp32 or bf16\n",
+		    argv[4]);
+		return 2;
+	}
+	if (steps < 1 || warm < 0) {
+		fprintf(stderr, "bench-step: STEPS must be at least 1, WARMUP 0 or more\n");
+		return 2;
+	}
+	if (d2v_model_init(&m, &c, ops, &err) < 0) {
 		fprintf(stderr, "bench-step: %s\n", err.msg);
 		return 1;
 	}
@@ -135,9 +149,11 @@ main(int argc, char **argv)
 	}
 	qsort(t, (size_t)steps, sizeof *t, cmp);
 	getrusage(RUSAGE_SELF, &ru);
-	printf("{\"impl\":\"d2v\",\"config\":\"%s\",\"threads\":%d,\"median_ms\":%.2f,"
+	printf("{\"impl\":\"d2v\",\"config\":\"%s\",\"precision\":\"%s\","
+	    "\"engine\":\"%s\",\"threads\":%d,\"median_ms\":%.2f,"
 	    "\"min_ms\":%.2f,\"max_rss_mb\":%.1f,\"params\":%zu}\n", name,
-	    omp_get_max_threads(), t[steps / 2], t[0], ru.ru_maxrss / 1024.0,
+	    bf16 ? "bf16" : "fp32", !bf16 ? "sgemm" : d2v_bf16_onednn() ?
+	    "onednn" : "emulated", omp_get_max_threads(), t[steps / 2], t[0], ru.ru_maxrss / 1024.0,
 	    m.lay.total);
 	d2v_model_free(&m);
 	free(img);

@@ -41,6 +41,9 @@ static const char usage_text[] =
 "      --until N           stop this run at update N (the schedules keep\n"
 "                          their size; continue with --resume)\n"
 "      --progress, --no-progress   force the progress line on or off\n"
+"      --precision P       fp32 (default) or bf16: the linear layers' products\n"
+"                          from bf16 operands, summed in fp32 (oneDNN where\n"
+"                          the CPU has bf16 units, else emulated)\n"
 "Model (defaults from --preset, tiny unless given):\n"
 "      --preset NAME       tiny, small, base or large\n"
 "      --dim D --heads H --mlp F --depth L --prenet P --top-k K\n"
@@ -72,7 +75,7 @@ enum {
 	O_LR, O_MINLR, O_WARMUP, O_WD, O_CLIP, O_B1, O_B2, O_AEPS, O_EMA,
 	O_EMA_END, O_EMA_N, O_CLS, O_NOISE, O_SEED, O_MINTV, O_MINPV, O_VERSION,
 	O_DROP, O_ADROP, O_ACTDROP, O_POSTDROP, O_DPATH, O_EDROP, O_CDROP,
-	O_IDROP, O_LDROP, O_CONVDIM, O_OBJECTIVE, O_LSCALE, O_LBETA, O_UNTIL
+	O_IDROP, O_LDROP, O_CONVDIM, O_OBJECTIVE, O_LSCALE, O_LBETA, O_UNTIL, O_PRECISION
 };
 
 static const struct option longopts[] = {
@@ -129,6 +132,7 @@ static const struct option longopts[] = {
 	{"until", required_argument, NULL, O_UNTIL},
 	{"layer-scale", required_argument, NULL, O_LSCALE},
 	{"loss-beta", required_argument, NULL, O_LBETA},
+	{"precision", required_argument, NULL, O_PRECISION},
 	{"quiet", no_argument, NULL, 'q'},
 	{"help", no_argument, NULL, 'h'},
 	{"version", no_argument, NULL, O_VERSION},
@@ -146,6 +150,7 @@ static struct {
 	    mintv, minpv, drop, adrop, actdrop, postdrop, dpath, edrop, cdrop,
 	    idrop, ldrop, lscale, lbeta;
 	const char *objective;
+	int bf16;
 	long long seed;
 } opt = {
 	.progress = -1, .log_every = 1, .epochs = 1, .steps = -1, .dim = -1,
@@ -236,6 +241,11 @@ parse_args(int argc, char **argv)
 			if (strcmp(optarg, "v1") && strcmp(optarg, "v2"))
 				d2v_usage("--objective: '%s' is not v1 or v2", optarg);
 			opt.objective = optarg;
+			break;
+		case O_PRECISION:
+			if (strcmp(optarg, "fp32") && strcmp(optarg, "bf16"))
+				d2v_usage("--precision: '%s' is not fp32 or bf16", optarg);
+			opt.bf16 = !strcmp(optarg, "bf16");
 			break;
 		case O_UNTIL: opt.until = d2v_parse_long("--until", optarg, 1, LONG_MAX); break;
 		case O_LSCALE: opt.lscale = d2v_parse_double("--layer-scale", optarg, 1e-12, 10); break;
@@ -658,9 +668,14 @@ main(int argc, char **argv)
 	long step = 0, skip = 0, steps, saved_step = -1, seen = 0;
 	int progress, fd, rc = 1, stop = 0, pending = 0;
 	double tlast;
+	const d2v_ops *ops;
+	const char *why;
 
 	d2v_cli_init("d2v-train", 1);
 	parse_args(argc, argv);
+	ops = opt.bf16 ? d2v_backend_cpu_bf16(&why) : d2v_backend_cpu();
+	if (opt.bf16 && !opt.quiet)
+		fprintf(stderr, "d2v-train: --precision bf16: %s\n", why);
 	progress = d2v_progress_enabled(opt.quiet ? 0 : opt.progress);
 	in_name = opt.input && strcmp(opt.input, "-") ? opt.input : "stdin";
 	signal(SIGINT, on_signal);
@@ -694,15 +709,15 @@ main(int argc, char **argv)
 			d2v_fatal(1, "%s: no records to train on", in_name);
 	}
 	if (opt.resume) {
-		if (d2v_checkpoint_load(opt.ckpt, &m, d2v_backend_cpu(), &step,
-		    &rng, &err) < 0)
+		if (d2v_checkpoint_load(opt.ckpt, &m, ops, &step, &rng,
+		    &err) < 0)
 			d2v_fatal(1, "--resume: %s", err.msg);
 		cfg = m.cfg;
 		skip = step * cfg.batch;
 		saved_step = step;
 	} else {
 		make_config(&cfg, d2v_reader_header(r), steps);
-		if (d2v_model_init(&m, &cfg, d2v_backend_cpu(), &err) < 0)
+		if (d2v_model_init(&m, &cfg, ops, &err) < 0)
 			d2v_fatal(1, "%s", err.msg);
 		d2v_params_init(&m.lay, &cfg, m.params, cfg.seed);
 		d2v_model_sync_teacher(&m);

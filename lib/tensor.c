@@ -264,28 +264,6 @@ d2v_f16_to_f32(uint16_t h)
 	return f;
 }
 
-uint16_t
-d2v_f32_to_bf16(float f)
-{
-	uint32_t x;
-
-	memcpy(&x, &f, 4);
-	if ((x & 0x7f800000u) == 0x7f800000u && (x & 0x7fffffu))
-		return (uint16_t)((x >> 16) | 0x40u); /* quiet nan */
-	x += 0x7fffu + ((x >> 16) & 1u);
-	return (uint16_t)(x >> 16);
-}
-
-float
-d2v_bf16_to_f32(uint16_t h)
-{
-	uint32_t x = (uint32_t)h << 16;
-	float f;
-
-	memcpy(&f, &x, 4);
-	return f;
-}
-
 double
 d2v_tensor_get(const d2v_tensor *t, int64_t i)
 {

@@ -21,6 +21,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "err.h"
 
@@ -105,7 +106,29 @@ void d2v_tensor_stats(const d2v_tensor *t, d2v_stats *s);
 /* Half-precision conversions (bit patterns in uint16_t). */
 uint16_t d2v_f32_to_f16(float f);
 float d2v_f16_to_f32(uint16_t h);
-uint16_t d2v_f32_to_bf16(float f);
-float d2v_bf16_to_f32(uint16_t h);
+
+/* bf16: round to nearest even, NaN kept quiet; inline so that loops over
+ * arrays vectorise (the bf16 backend rounds every product's operands) */
+static inline uint16_t
+d2v_f32_to_bf16(float f)
+{
+	uint32_t x;
+
+	memcpy(&x, &f, 4);
+	if ((x & 0x7f800000u) == 0x7f800000u && (x & 0x7fffffu))
+		return (uint16_t)((x >> 16) | 0x40u); /* quiet nan */
+	x += 0x7fffu + ((x >> 16) & 1u);
+	return (uint16_t)(x >> 16);
+}
+
+static inline float
+d2v_bf16_to_f32(uint16_t h)
+{
+	uint32_t x = (uint32_t)h << 16;
+	float f;
+
+	memcpy(&f, &x, 4);
+	return f;
+}
 
 #endif

@@ -47,6 +47,27 @@ assert not any(k.startswith("teacher.decoder") for k in h)
 assert h["student.blocks.0.attn.qkv.weight"]["shape"] == [96, 32]
 ' "$T/ck.safetensors"
 
+# --precision bf16: the same run with the linear layers' products from bf16
+# operands: the loss falls as in fp32 and stays close to it.
+status 0 "d2v-train --precision bf16 runs the same 50 steps" d2v-train $MODEL --precision bf16 -i "$T/m.d2v" --epochs 1 --steps 50 -c "$T/ckb.safetensors" --log "$T/logb" 2> "$T/err"
+contains "$T/err" "precision bf16: \(onednn\|emulated\)" "... and says which engine ran its products"
+check "the bf16 loss falls, tracks fp32 and is not fp32's exactly" $PY -c '
+import json, sys
+A = [json.loads(l) for l in open(sys.argv[1])]
+B = [json.loads(l) for l in open(sys.argv[2])]
+a = [l["loss_reg"] for l in A]; b = [l["loss_reg"] for l in B]
+fa, fb = sum(a[-5:]) / 5, sum(b[-5:]) / 5
+print("# fp32 %.4f -> %.4f, bf16 %.4f -> %.4f" % (a[0], fa, b[0], fb))
+assert fb < 0.9 * sum(b[:5]) / 5
+assert abs(b[0] - a[0]) < 0.02 * a[0] and abs(fb - fa) < 0.1 * fa, (a[0], b[0], fa, fb)
+assert a != b
+' "$T/log" "$T/logb"
+status 0 "scripts/plot-log overlays the fp32 and bf16 logs" sh "$D2V_ROOT/scripts/plot-log" "$T/log" "$T/logb" "$T/both.png"
+check "... into a PNG" [ "$(od -An -c -N4 "$T/both.png" | tr -d ' ')" = "211PNG" ]
+status 1 "scripts/plot-log names a log it cannot read" sh -c "sh '$D2V_ROOT/scripts/plot-log' '$T/log' '$T/nolog' '$T/x.png' 2> '$T/err'"
+contains "$T/err" "nolog" "... in its message"
+status 2 "--precision fp16 is a usage error" d2v-train $MODEL --precision fp16 -i "$T/m.d2v" --steps 2 -c "$T/x.safetensors"
+
 # The cache stage, then training from cached targets.
 status 0 "d2v-teacher adds targets" d2v-teacher -c "$T/ck.safetensors" -o "$T/cached.d2v" "$T/m.d2v"
 d2v-show -n 1 "$T/cached.d2v" > "$T/out"

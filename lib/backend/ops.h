@@ -92,10 +92,44 @@ typedef struct d2v_ops {
  * element-wise loops. */
 const d2v_ops *d2v_backend_cpu(void);
 
+/* The CPU table with its linear layers (matmul_forward and
+ * matmul_backward) in bf16: both operands of each of their products
+ * rounded to bf16 (nearest even), the products summed in fp32, the bias
+ * and its gradient fp32; every other operation, the master weights, the
+ * optimiser and the EMA stay fp32.  Through oneDNN's bf16 matmul where
+ * this CPU has one (AVX-512 BF16 or AMX) and it agrees with the emulation
+ * on a test product, otherwise emulated: the rounded operands go through
+ * fp32 sgemm, the same numbers and no faster.  why (may be NULL) gets a
+ * static line that says which; D2V_BF16_EMULATE in the environment forces
+ * the emulation. */
+const d2v_ops *d2v_backend_cpu_bf16(const char **why);
+/* 1 when the bf16 table runs on oneDNN, 0 when it is emulated */
+int d2v_bf16_onednn(void);
+/* out (n) = in (n) rounded to bf16 and back (nearest even, NaN quiet);
+ * out may be in */
+void d2v_bf16_round(float *out, const float *in, size_t n);
+
 /* Scratch floats (col, and dcol alike) of a stride-1 'same' convolution
  * of R inputs of Hh x Ww, kernel kh x kw, for either CPU path. */
 size_t d2v_conv_scratch(int R, int Hh, int Ww, int Ci, int Co, int kh,
     int kw, int G);
+/* The CPU table with its linear layers (matmul_forward and
+ * matmul_backward) in bf16: both operands of each of their products
+ * rounded to bf16 (nearest even), the products summed in fp32, the bias
+ * and its gradient fp32; every other operation, the master weights, the
+ * optimiser and the EMA stay fp32.  Through oneDNN's bf16 matmul where
+ * this CPU has one (AVX-512 BF16 or AMX) and it agrees with the emulation
+ * on a test product, otherwise emulated: the rounded operands go through
+ * fp32 sgemm, the same numbers and no faster.  why (may be NULL) gets a
+ * static line that says which; D2V_BF16_EMULATE in the environment forces
+ * the emulation. */
+const d2v_ops *d2v_backend_cpu_bf16(const char **why);
+/* 1 when the bf16 table runs on oneDNN, 0 when it is emulated */
+int d2v_bf16_onednn(void);
+/* out (n) = in (n) rounded to bf16 and back (nearest even, NaN quiet);
+ * out may be in */
+void d2v_bf16_round(float *out, const float *in, size_t n);
+
 /* Scratch floats (col, and dcol alike) of a 1-D convolution as the
  * conv1d ops take it, for any CPU path. */
 size_t d2v_conv1d_scratch(int R, int Ti, int Ci, int Co, int k, int st,

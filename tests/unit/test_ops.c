@@ -616,6 +616,80 @@ test_instancenorm(void)
 	free(x); free(y);
 }
 
+/* ---- bf16 linear layers: the fp32 op on operands rounded to bf16 ---- */
+static void
+bf16_case(const d2v_ops *bo, int M, int K, int N, const char *what)
+{
+	size_t nk = (size_t)M * K, nw = (size_t)N * K, nd = (size_t)M * N;
+	float *in = rnd(nk, 2), *w = rnd(nw, 1), *b = rnd(N, 1), *d = rnd(nd, 1);
+	float *ri = zeros(nk), *rw = zeros(nw), *rd = zeros(nd);
+	float *y[2] = {zeros(nd), zeros(nd)}, *gi[2], *gw[2], *gb[2];
+	float *y32 = zeros(nd);
+
+	for (int i = 0; i < 2; i++) {
+		gi[i] = rnd(nk, 1); /* backward accumulates: start from the same */
+		gw[i] = rnd(nw, 1);
+		gb[i] = rnd(N, 1);
+	}
+	memcpy(gi[1], gi[0], nk * 4);
+	memcpy(gw[1], gw[0], nw * 4);
+	memcpy(gb[1], gb[0], (size_t)N * 4);
+	d2v_bf16_round(ri, in, nk);
+	d2v_bf16_round(rw, w, nw);
+	d2v_bf16_round(rd, d, nd);
+	bo->matmul_forward(y[0], in, w, b, M, K, N);
+	o->matmul_forward(y[1], ri, rw, b, M, K, N);
+	o->matmul_forward(y32, in, w, b, M, K, N);
+	bo->matmul_backward(gi[0], gw[0], gb[0], d, in, w, M, K, N);
+	o->matmul_backward(gi[1], gw[1], NULL, rd, ri, rw, M, K, N);
+	o->matmul_backward(NULL, NULL, gb[1], d, NULL, NULL, M, K, N);
+	T_OK(t_relerr(y[0], y[1], nd) < 1e-6 && t_relerr(gi[0], gi[1], nk) < 1e-6 &&
+	    t_relerr(gw[0], gw[1], nw) < 1e-6 && t_relerr(gb[0], gb[1], N) < 1e-7,
+	    "bf16 linear (%s, %s, %dx%dx%d) is the fp32 one on rounded operands: "
+	    "%.1e %.1e %.1e %.1e", bo->name, what, M, K, N,
+	    t_relerr(y[0], y[1], nd), t_relerr(gi[0], gi[1], nk),
+	    t_relerr(gw[0], gw[1], nw), t_relerr(gb[0], gb[1], N));
+	/* and it is not the fp32 product: bf16 keeps 8 bits of mantissa */
+	T_OK(t_relerr(y[0], y32, nd) > 1e-4 && t_relerr(y[0], y32, nd) < 1e-2,
+	    "bf16 linear differs from fp32 by bf16's rounding: %.1e",
+	    t_relerr(y[0], y32, nd));
+	free(in); free(w); free(b); free(d); free(ri); free(rw); free(rd);
+	free(y32);
+	for (int i = 0; i < 2; i++) {
+		free(y[i]); free(gi[i]); free(gw[i]); free(gb[i]);
+	}
+}
+
+static void
+test_bf16(void)
+{
+	const char *why;
+	const d2v_ops *bo = d2v_backend_cpu_bf16(&why);
+	/* ties to the even neighbour (down, then up), just above a tie, a
+	 * subnormal bf16 keeps, one below half its spacing, -0, inf, the
+	 * largest floats and NaN */
+	float x[] = {1.0f, 1.00390625f, 1.01171875f, 1.0f + 0x1p-8f + 0x1p-20f,
+	    -1.00390625f, 0x1p-130f, 0x1p-140f, -0.0f, INFINITY, 3.0e38f, NAN};
+	float want[] = {1.0f, 1.0f, 1.015625f, 1.0078125f, -1.0f, 0x1p-130f,
+	    0.0f, -0.0f, INFINITY, 3.00405527e38f, NAN}, r[11];
+
+	printf("# bf16 engine: %s\n", why);
+	T_OK(strcmp(bo->name, "cpu-bf16") == 0 && bo->layernorm_forward ==
+	    o->layernorm_forward && bo->attention_forward == o->attention_forward,
+	    "the bf16 table is the CPU table but for its linear layers");
+	int same = 1;
+
+	d2v_bf16_round(r, x, 11);
+	for (int i = 0; i < 10; i++)
+		same &= r[i] == want[i];
+	T_OK(same && signbit(r[7]) && isnan(r[10]),
+	    "bf16 rounding: nearest, ties to even, specials kept");
+	bf16_case(bo, 37, 53, 29, d2v_bf16_onednn() ? "onednn" : "emulated");
+	bf16_case(bo, 196, 192, 576, d2v_bf16_onednn() ? "onednn" : "emulated");
+	if (d2v_bf16_onednn())
+		T_OK(1, "oneDNN ran the bf16 products above (%s)", why);
+}
+
 int
 main(void)
 {
@@ -635,5 +709,6 @@ main(void)
 	attention_twin(2, 197, 96, 2, 1, 0);   /* long rows, ALiBi */
 	attention_twin(2, 17, 48, 3, 1, 1);
 	test_instancenorm();
+	test_bf16();
 	return T_DONE();
 }

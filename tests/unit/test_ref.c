@@ -3,7 +3,9 @@
  * v2_text.py, v2_audio.py and their *_tiny.safetensors fixtures): targets,
  * predictions, loss,
  * every gradient, and five updates of Adam and the EMA, within 1e-4
- * relative (per tensor, in the L2 norm).
+ * relative (per tensor, in the L2 norm); and the bf16 linear layers
+ * against tests/ref/bf16_matmul.py (rounding bit for bit, the products
+ * within 1e-6).
  */
 #include <math.h>
 #include <stdio.h>
@@ -176,6 +178,60 @@ run_fixture(const char *rel, const char *xdt)
 	d2v_st_free(&fx);
 }
 
+/* The bf16 table's linear layer against bf16_matmul.py: its rounding
+ * table bit for bit, out, din, dw and db within 1e-6 (fp32 sums of exact
+ * products against float64 ones); out's products without the bias, which
+ * dominates some rows. */
+static void
+run_bf16(void)
+{
+	char path[512];
+	d2v_err err = {0};
+	const d2v_ops *bo = d2v_backend_cpu_bf16(NULL);
+	enum { M = 37, K = 53, N = 29 };
+	const float *x, *w, *b, *d;
+	float *out, *outb, *din, *dw, *db, *want, *r;
+	size_t nr, nb;
+	int same = 1;
+
+	snprintf(path, sizeof path, "%s%stests/ref/bf16_matmul.safetensors",
+	    getenv("D2V_ROOT") ? getenv("D2V_ROOT") : "",
+	    getenv("D2V_ROOT") ? "/" : "");
+	if (d2v_st_load(&fx, path, &err) < 0) {
+		printf("not ok - load the fixture: %s\n", err.msg);
+		exit(1);
+	}
+	d2v_st_get(&fx, "round_in", "F32", NULL, NULL, &nb, &err);
+	nr = nb / sizeof(float);
+	r = malloc(nb ? nb : 1);
+	d2v_bf16_round(r, get("round_in", nr), nr);
+	for (size_t i = 0; i < nr; i++)
+		same &= memcmp(&r[i], get("round_out", nr) + i, 4) == 0;
+	T_OK(nr >= 40 && same, "bf16 rounding of %zu values equals torch's bit "
+	    "for bit", nr);
+	x = get("x", M * K), w = get("w", N * K), b = get("b", N);
+	d = get("dout", M * N);
+	out = calloc(M * N, 4), outb = calloc(M * N, 4), want = calloc(M * N, 4);
+	din = calloc(M * K, 4), dw = calloc(N * K, 4), db = calloc(N, 4);
+	bo->matmul_forward(out, x, w, b, M, K, N);
+	bo->matmul_forward(outb, x, w, NULL, M, K, N);
+	for (int i = 0; i < M * N; i++)
+		want[i] = get("out", M * N)[i] - b[i % N];
+	bo->matmul_backward(din, dw, db, d, x, w, M, K, N);
+	T_OK(t_relerr(out, get("out", M * N), M * N) < 1e-6 &&
+	    t_relerr(outb, want, M * N) < 1e-6 &&
+	    t_relerr(din, get("din", M * K), M * K) < 1e-6 &&
+	    t_relerr(dw, get("dw", N * K), N * K) < 1e-6 &&
+	    t_relerr(db, get("db", N), N) < 1e-6,
+	    "bf16 linear = torch on bf16 operands (%s): out %.1e (products "
+	    "%.1e) din %.1e dw %.1e db %.1e", d2v_bf16_onednn() ? "onednn" :
+	    "emulated", t_relerr(out, get("out", M * N), M * N),
+	    t_relerr(outb, want, M * N), t_relerr(din, get("din", M * K), M * K),
+	    t_relerr(dw, get("dw", N * K), N * K), t_relerr(db, get("db", N), N));
+	free(r); free(out); free(outb); free(want); free(din); free(dw); free(db);
+	d2v_st_free(&fx);
+}
+
 int
 main(void)
 {
@@ -185,5 +241,6 @@ main(void)
 	run_fixture("tests/ref/v1_image_tiny.safetensors", "U8");
 	run_fixture("tests/ref/v1_audio_tiny.safetensors", "F32");
 	run_fixture("tests/ref/v1_text_tiny.safetensors", "I32");
+	run_bf16();
 	return T_DONE();
 }
