@@ -12,6 +12,7 @@
  */
 #include <getopt.h>
 #include <limits.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -638,10 +639,12 @@ image_work(context *cx, item *it, int worker, d2v_view *views)
 	unsigned char *buf = NULL;
 	size_t len = 0;
 	int w, h, c, need_w = 0, need_h = 0, rc;
+	d2v_box reg = {0, 0, 0, 0}; /* all the views read, full-size pixels */
 
 	if (it->pixels != NULL) {   /* IDX: no decoding */
-		img = (d2v_image){cx->src->h, cx->src->w, cx->src->c,
-		    (uint8_t *)it->pixels};
+		img = (d2v_image){.h = cx->src->h, .w = cx->src->w,
+		    .c = cx->src->c, .fw = cx->src->w, .fh = cx->src->h,
+		    .px = (uint8_t *)it->pixels};
 		w = img.w, h = img.h;
 	} else if ((rc = d2v_file_read(it->name, FILE_LIMIT, &buf, &len,
 	    &it->err)) < 0 || (rc = d2v_jpeg_info(cx->jpeg[worker], buf, len,
@@ -656,10 +659,26 @@ image_work(context *cx, item *it, int worker, d2v_view *views)
 		d2v_view_draw(&views[v], &opt.aug, w, h, &r);
 		need_w = views[v].need_w > need_w ? views[v].need_w : need_w;
 		need_h = views[v].need_h > need_h ? views[v].need_h : need_h;
+		if (it->pixels == NULL) {
+			d2v_box b;
+			double x1, y1;
+
+			d2v_view_region(&views[v], &opt.aug, w, h, &b);
+			if (v == 0) {
+				reg = b;
+				continue;
+			}
+			x1 = fmax(reg.x + reg.w, b.x + b.w);
+			y1 = fmax(reg.y + reg.h, b.y + b.h);
+			reg.x = fmin(reg.x, b.x);
+			reg.y = fmin(reg.y, b.y);
+			reg.w = x1 - reg.x;
+			reg.h = y1 - reg.y;
+		}
 	}
 	if (it->pixels == NULL) {
 		rc = d2v_jpeg_decode(cx->jpeg[worker], buf, len,
-		    opt.aug.channels, need_w, need_h, &img, &it->err);
+		    opt.aug.channels, need_w, need_h, &reg, &img, &it->err);
 		free(buf);
 		if (rc < 0)
 			return rc;

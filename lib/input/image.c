@@ -2,9 +2,13 @@
 #include "input/image.h"
 
 #include <math.h>
+#include <setjmp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <jpeglib.h>
+#include <jerror.h>
 #include <turbojpeg.h>
 
 /* ==== images ============================================================ */
@@ -21,8 +25,8 @@ d2v_image_init(d2v_image *im, int h, int w, int c, d2v_err *err)
 	if (im->px == NULL)
 		return d2v_err_set(err, D2V_ENOMEM, "out of memory for a %d "
 		    "x %d image", w, h);
-	im->h = h;
-	im->w = w;
+	im->h = im->fh = h;
+	im->w = im->fw = w;
 	im->c = c;
 	return 0;
 }
@@ -115,14 +119,16 @@ d2v_jpeg_info(d2v_jpeg *j, const void *buf, size_t len, int *w, int *h,
 }
 
 /* The smallest of 1/8, 1/4, 1/2 (else 1) that keeps W x H at least
- * min_w x min_h; *sw, *sh get the decoded size. */
+ * min_w x min_h; *sw, *sh get the decoded size, *num the scale in
+ * eighths. */
 static void
-pick_scale(int w, int h, int min_w, int min_h, int *sw, int *sh)
+pick_scale(int w, int h, int min_w, int min_h, int *sw, int *sh, int *num)
 {
 	static const tjscalingfactor sf[] = {{1, 8}, {1, 4}, {1, 2}};
 
 	*sw = w;
 	*sh = h;
+	*num = 8;
 	if (min_w <= 0 || min_h <= 0)
 		return;
 	for (size_t i = 0; i < sizeof sf / sizeof sf[0]; i++) {
@@ -131,6 +137,7 @@ pick_scale(int w, int h, int min_w, int min_h, int *sw, int *sh)
 		if (tw >= min_w && th >= min_h) {
 			*sw = tw;
 			*sh = th;
+			*num = 8 / sf[i].denom;
 			return;
 		}
 	}
@@ -171,11 +178,109 @@ decode_status(d2v_jpeg *j, d2v_err *err)
 	return d2v_err_set(err, D2V_EFORMAT, "corrupt JPEG: %s", msg);
 }
 
+/* libjpeg's errors jump back to window_decode; its warnings are noted:
+ * a premature end is a truncation, the rest harmless (as TurboJPEG's) */
+struct jerr {
+	struct jpeg_error_mgr pub;
+	jmp_buf jb;
+	int trunc;
+	char msg[JMSG_LENGTH_MAX];
+};
+
+static void
+jerr_exit(j_common_ptr ci)
+{
+	struct jerr *e = (struct jerr *)(void *)ci->err;
+
+	(*ci->err->format_message)(ci, e->msg);
+	longjmp(e->jb, 1);
+}
+
+static void
+jerr_emit(j_common_ptr ci, int level)
+{
+	struct jerr *e = (struct jerr *)(void *)ci->err;
+
+	if (level < 0 && ci->err->msg_code == JWRN_JPEG_EOF)
+		e->trunc = 1;
+}
+
+/* Columns dropped at each cropped side of a window (see window_decode) */
+#define EDGE 1
+
+/* Decodes the window of the sw x sh (scale num/8) image that covers rows
+ * y0..y1-1 and columns x0..x1-1 of it, through libjpeg's partial
+ * decompression: the rows above skipped, the columns cropped to whole
+ * iMCUs, nothing below read.  0, or an error with out freed. */
+static int
+window_decode(const void *buf, size_t len, int c, int num, int x0, int x1,
+    int y0, int y1, d2v_image *out, d2v_err *err)
+{
+	struct jpeg_decompress_struct ci;
+	struct jerr je;
+	JDIMENSION xo = (JDIMENSION)x0, cw = (JDIMENSION)(x1 - x0);
+	int sw, sh, rc = 0;
+
+	memset(out, 0, sizeof *out);
+	memset(&je, 0, sizeof je);
+	ci.err = jpeg_std_error(&je.pub);
+	je.pub.error_exit = jerr_exit;
+	je.pub.emit_message = jerr_emit;
+	jpeg_create_decompress(&ci);
+	if (setjmp(je.jb)) {
+		d2v_image_free(out);
+		jpeg_destroy_decompress(&ci);
+		return d2v_err_set(err, D2V_EFORMAT, "corrupt JPEG: %s", je.msg);
+	}
+	jpeg_mem_src(&ci, buf, (unsigned long)len);
+	jpeg_read_header(&ci, TRUE);
+	ci.out_color_space = c == 1 ? JCS_GRAYSCALE : JCS_RGB;
+	ci.scale_num = (unsigned)num;
+	ci.scale_denom = 8;
+	jpeg_start_decompress(&ci);
+	sw = (int)ci.output_width;
+	sh = (int)ci.output_height;
+	jpeg_crop_scanline(&ci, &xo, &cw);
+	if ((rc = d2v_image_init(out, y1 - y0, (int)cw, c, err)) == 0) {
+		/* fancy upsampling takes the chroma past a cropped side as
+		 * missing, so the outermost column of each cropped side is
+		 * not the whole decode's: the caller asked for one more on
+		 * each side, and those are dropped */
+		int l = xo > 0 ? EDGE : 0;
+		int r = (int)(xo + cw) < sw ? EDGE : 0, n = (int)cw - l - r;
+
+		out->fw = sw;
+		out->fh = sh;
+		out->oy = y0;
+		if (y0 > 0)
+			jpeg_skip_scanlines(&ci, (JDIMENSION)y0);
+		while ((int)ci.output_scanline < y1) {
+			JSAMPROW row = out->px + (size_t)((int)ci.output_scanline -
+			    y0) * cw * c;
+
+			jpeg_read_scanlines(&ci, &row, 1);
+		}
+		for (int y = 0; y < y1 - y0 && n < (int)cw; y++)
+			memmove(out->px + (size_t)y * n * c, out->px +
+			    ((size_t)y * cw + l) * c, (size_t)n * c);
+		out->ox = (int)xo + l;
+		out->w = n;
+		if (je.trunc) {
+			d2v_image_free(out);
+			rc = d2v_err_set(err, D2V_ETRUNC, "truncated JPEG: "
+			    "Premature end of JPEG file");
+		}
+	}
+	jpeg_abort_decompress(&ci);
+	jpeg_destroy_decompress(&ci);
+	return rc;
+}
+
 int
 d2v_jpeg_decode(d2v_jpeg *j, const void *buf, size_t len, int c, int min_w,
-    int min_h, d2v_image *out, d2v_err *err)
+    int min_h, const d2v_box *region, d2v_image *out, d2v_err *err)
 {
-	int w, h, subsamp, cs, sw, sh, rc, cmyk;
+	int w, h, subsamp, cs, sw, sh, num, rc, cmyk;
 	uint8_t *tmp = NULL;
 
 	memset(out, 0, sizeof *out);
@@ -184,7 +289,29 @@ d2v_jpeg_decode(d2v_jpeg *j, const void *buf, size_t len, int c, int min_w,
 	if (c == 0)
 		c = (cs == TJCS_GRAY || subsamp == TJSAMP_GRAY) ? 1 : 3;
 	cmyk = cs == TJCS_CMYK || cs == TJCS_YCCK;
-	pick_scale(w, h, min_w, min_h, &sw, &sh);
+	pick_scale(w, h, min_w, min_h, &sw, &sh, &num);
+	/* a window, when the file ends as a whole one does and the window
+	 * leaves out at least a tenth of the image */
+	if (region != NULL && !cmyk && len >= 2 &&
+	    ((const uint8_t *)buf)[len - 2] == 0xff &&
+	    ((const uint8_t *)buf)[len - 1] == 0xd9) {
+		double fx = (double)sw / w, fy = (double)sh / h;
+		int x0 = (int)floor(fmax(region->x, 0) * fx);
+		int y0 = (int)floor(fmax(region->y, 0) * fy);
+		int x1 = (int)ceil(fmin(region->x + region->w, w) * fx);
+		int y1 = (int)ceil(fmin(region->y + region->h, h) * fy);
+
+		/* EDGE more columns each side, for window_decode to drop */
+		x1 = (x1 <= x0 ? x0 + 1 : x1) + EDGE;
+		x0 -= EDGE;
+		x0 = x0 < 0 ? 0 : x0 > sw - 1 ? sw - 1 : x0;
+		x1 = x1 > sw ? sw : x1 <= x0 ? x0 + 1 : x1;
+		y0 = y0 < 0 ? 0 : y0 > sh - 1 ? sh - 1 : y0;
+		y1 = y1 <= y0 ? y0 + 1 : y1 > sh ? sh : y1;
+		if ((double)(x1 - x0) * (y1 - y0) < 0.9 * sw * sh)
+			return window_decode(buf, len, c, num, x0, x1, y0, y1,
+			    out, err);
+	}
 	if ((rc = d2v_image_init(out, sh, sw, c, err)) < 0)
 		return rc;
 	if (cmyk && (tmp = malloc((size_t)sw * (size_t)sh * 4)) == NULL) {
@@ -329,6 +456,24 @@ d2v_view_draw(d2v_view *v, const d2v_augment *a, int w, int h, d2v_rng *r)
 		d2v_rng_shuffle_int(r, v->order, 3);
 }
 
+void
+d2v_view_region(const d2v_view *v, const d2v_augment *a, int w, int h,
+    d2v_box *region)
+{
+	/* the filter reaches support x the downscale factor past the box
+	 * (at any decoded scale: at most 8 decoded pixels are 64 full-size
+	 * ones), plus a pixel for rounding */
+	double sx = v->box.w / a->size, sy = v->box.h / a->size;
+	double rx = d2v_interp_support(a->interp) * fmax(sx, 8) + 1;
+	double ry = d2v_interp_support(a->interp) * fmax(sy, 8) + 1;
+	double x0 = fmax(fmax(v->box.x - rx, v->clip.x), 0);
+	double y0 = fmax(fmax(v->box.y - ry, v->clip.y), 0);
+	double x1 = fmin(fmin(v->box.x + v->box.w + rx, v->clip.x + v->clip.w), w);
+	double y1 = fmin(fmin(v->box.y + v->box.h + ry, v->clip.y + v->clip.h), h);
+
+	*region = (d2v_box){x0, y0, x1 - x0, y1 - y0};
+}
+
 /* ==== resampling ======================================================== */
 
 double
@@ -418,12 +563,23 @@ taps_init(taps *t, double in0, double in1, double lo, double hi, int out,
 	return 0;
 }
 
+/* 8 floats (two RGB pixels of 4 lanes, or two taps' weights), read at
+ * any float's alignment */
+typedef float v8f __attribute__((vector_size(32)));
+typedef float v8fu __attribute__((vector_size(32), aligned(4)));
+typedef float v4fu __attribute__((vector_size(16), aligned(4)));
+
 /* Horizontal pass over rows y0..y0+rows-1: tmp is (rows, OW, C).  A row
- * is first widened to floats, four lanes a pixel for RGB (row4 is (W, 4)),
- * so that each tap is one 4-wide multiply-add. */
+ * is first widened to floats, four lanes a pixel for RGB (row4 is (W + kp,
+ * 4), zero past the columns read), so that two taps are one 8-wide
+ * multiply-add: the weights kk (OW, kp, 4) are each tap's repeated in four
+ * lanes and padded with zeros to kp, an even count every output uses.
+ * The 4th lane of an output is written and then overwritten by the next
+ * pixel's first (tmp has room past its end). */
 static void
 resample_rows(const d2v_image *src, const taps *tx, int y0, int rows,
-    float *restrict row4, float *restrict tmp)
+    float *restrict row4, float *restrict tmp, const float *restrict kk,
+    int kp)
 {
 	int c = src->c, ow = tx->out, w = src->w, lanes = c == 3 ? 4 : 1;
 	int x0 = tx->first[0], x1 = tx->first[ow - 1] + tx->n[ow - 1];
@@ -432,6 +588,8 @@ resample_rows(const d2v_image *src, const taps *tx, int y0, int rows,
 		x0 = tx->first[i] < x0 ? tx->first[i] : x0;
 		x1 = tx->first[i] + tx->n[i] > x1 ? tx->first[i] + tx->n[i] : x1;
 	}
+	if (lanes == 4)
+		memset(row4 + (size_t)4 * x1, 0, (size_t)4 * kp * sizeof *row4);
 	for (int y = 0; y < rows; y++) {
 		const uint8_t *row = src->px + (size_t)(y0 + y) * w * c;
 		float *o = tmp + (size_t)y * ow * c;
@@ -439,39 +597,52 @@ resample_rows(const d2v_image *src, const taps *tx, int y0, int rows,
 		if (lanes == 1) {
 			for (int x = x0; x < x1; x++)
 				row4[x] = row[x];
-		} else {
-			for (int x = x0; x < x1; x++) {
-				row4[4 * x] = row[3 * x];
-				row4[4 * x + 1] = row[3 * x + 1];
-				row4[4 * x + 2] = row[3 * x + 2];
-				row4[4 * x + 3] = 0;
-			}
-		}
-		for (int i = 0; i < ow; i++) {
-			const float *restrict k = tx->k + (size_t)i * tx->ksize;
-			const float *restrict p = row4 + (size_t)tx->first[i] *
-			    lanes;
-			float s[4] = {0, 0, 0, 0};
+			for (int i = 0; i < ow; i++) {
+				const float *restrict k = tx->k + (size_t)i * tx->ksize;
+				const float *restrict p = row4 + tx->first[i];
+				float s = 0;
 
-			if (lanes == 1) {
 				for (int x = 0; x < tx->n[i]; x++)
-					s[0] += k[x] * p[x];
-				o[i] = s[0];
-				continue;
+					s += k[x] * p[x];
+				o[i] = s;
 			}
-			for (int x = 0; x < tx->n[i]; x++)
-				for (int l = 0; l < 4; l++)
-					s[l] += k[x] * p[4 * x + l];
-			o[3 * i] = s[0];
-			o[3 * i + 1] = s[1];
-			o[3 * i + 2] = s[2];
+			continue;
+		}
+		for (int x = x0; x < x1; x++) {
+			row4[4 * x] = row[3 * x];
+			row4[4 * x + 1] = row[3 * x + 1];
+			row4[4 * x + 2] = row[3 * x + 2];
+			row4[4 * x + 3] = 0;
+		}
+		/* two outputs at a time: two independent chains of adds */
+		for (int i = 0; i < ow; i += 2) {
+			int i1 = i + 1 < ow ? i + 1 : i;
+			const float *restrict k0 = kk + (size_t)i * kp * 4;
+			const float *restrict k1 = kk + (size_t)i1 * kp * 4;
+			const float *restrict p0 = row4 + (size_t)tx->first[i] * 4;
+			const float *restrict p1 = row4 + (size_t)tx->first[i1] * 4;
+			v8f s0 = {0}, s1 = {0};
+			v4fu r0, r1;
+
+			for (int x = 0; x < kp; x += 2) {
+				s0 += *(const v8fu *)(const void *)(p0 + 4 * x) *
+				    *(const v8fu *)(const void *)(k0 + 4 * x);
+				s1 += *(const v8fu *)(const void *)(p1 + 4 * x) *
+				    *(const v8fu *)(const void *)(k1 + 4 * x);
+			}
+			r0 = __builtin_shufflevector(s0, s0, 0, 1, 2, 3) +
+			    __builtin_shufflevector(s0, s0, 4, 5, 6, 7);
+			r1 = __builtin_shufflevector(s1, s1, 0, 1, 2, 3) +
+			    __builtin_shufflevector(s1, s1, 4, 5, 6, 7);
+			*(v4fu *)(void *)(o + 3 * i) = r0;
+			*(v4fu *)(void *)(o + 3 * i1) = r1;
 		}
 	}
 }
 
 /* Vertical pass: tmp (rows, OW, C) starting at source row y0 -> out
  * (C, OH, OW), columns mirrored when flip.  Whole rows are blended at a
- * time (acc is (OW * C)), which the compiler vectorises. */
+ * time (acc is (OW * C)). */
 static void
 resample_cols(const float *tmp, int y0, const taps *ty, int ow, int c,
     int flip, float *restrict acc, uint8_t *restrict out)
@@ -483,26 +654,30 @@ resample_cols(const float *tmp, int y0, const taps *ty, int ow, int c,
 		const float *restrict k = ty->k + (size_t)j * ty->ksize;
 		const float *restrict base = tmp + (size_t)(ty->first[j] - y0) *
 		    len;
+		size_t i = 0;
 
-		/* acc = sum of k[y] * row y, then + 0.5 and clamped to
-		 * [0, 255.5) for the truncating conversion below; loops are
-		 * 4-wide so that -O2 vectorises them (len is a multiple of 4
-		 * for even OW, a tail loop does the rest) */
-		for (size_t i = 0; i < len; i++)
-			acc[i] = 0.5f;
-		for (int y = 0; y < ty->n[j]; y++) {
-			const float *restrict r = base + (size_t)y * len;
-			float ky = k[y];
-			size_t i = 0;
+		/* acc = 0.5 + the sum of k[y] * row y, clamped to [0, 255.5)
+		 * for the truncating conversion below; 16 columns at a time
+		 * over all the taps, a tail loop for the rest */
+		for (; i + 16 <= len; i += 16) { /* 16 sums in registers */
+			v8f a0 = {0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f, 0.5f};
+			v8f a1 = a0;
 
-			for (; i + 4 <= len; i += 4) {
-				acc[i] += ky * r[i];
-				acc[i + 1] += ky * r[i + 1];
-				acc[i + 2] += ky * r[i + 2];
-				acc[i + 3] += ky * r[i + 3];
+			for (int y = 0; y < ty->n[j]; y++) {
+				const float *r = base + (size_t)y * len + i;
+
+				a0 += k[y] * *(const v8fu *)(const void *)r;
+				a1 += k[y] * *(const v8fu *)(const void *)(r + 8);
 			}
-			for (; i < len; i++)
-				acc[i] += ky * r[i];
+			*(v8fu *)(void *)(acc + i) = a0;
+			*(v8fu *)(void *)(acc + i + 8) = a1;
+		}
+		for (; i < len; i++) {
+			float a = 0.5f;
+
+			for (int y = 0; y < ty->n[j]; y++)
+				a += k[y] * base[(size_t)y * len + i];
+			acc[i] = a;
 		}
 		for (size_t i = 0; i < len; i++) {  /* maxss, minss */
 			float v = acc[i] > 0.0f ? acc[i] : 0.0f;
@@ -529,8 +704,9 @@ d2v_image_resample(const d2v_image *src, const d2v_box *box,
     d2v_err *err)
 {
 	taps tx = {0}, ty = {0};
-	float *tmp;
-	int rc, y0, rows;
+	float *tmp, *kk;
+	int rc, y0, rows, kp;
+	size_t ntmp, nrow4;
 
 	if (ow <= 0 || oh <= 0 || box->w <= 0 || box->h <= 0)
 		return d2v_err_set(err, D2V_EINVAL, "resample: empty box or "
@@ -551,17 +727,25 @@ d2v_image_resample(const d2v_image *src, const d2v_box *box,
 		y0 = ty.first[j] < y0 ? ty.first[j] : y0;
 		rows = e - y0 > rows ? e - y0 : rows;
 	}
-	/* rows of the horizontal pass, one row of the vertical one, and one
-	 * source row in floats */
-	tmp = malloc((((size_t)rows + 1) * ow * src->c + (size_t)src->w * 4) *
-	    sizeof *tmp);
+	/* rows of the horizontal pass and one row of the vertical one (ntmp,
+	 * with a float past the end), one source row in floats (nrow4, zero
+	 * padded by kp pixels) and the lane-repeated weights (ow, kp, 4) */
+	kp = (tx.ksize + 1) & ~1;
+	ntmp = ((size_t)rows + 1) * ow * src->c + 4;
+	nrow4 = ((size_t)src->w + kp) * 4;
+	tmp = malloc((ntmp + nrow4 + (size_t)ow * kp * 4) * sizeof *tmp);
 	if (tmp == NULL) {
 		taps_free(&tx);
 		taps_free(&ty);
 		return d2v_err_set(err, D2V_ENOMEM, "out of memory");
 	}
-	resample_rows(src, &tx, y0, rows, tmp + ((size_t)rows + 1) * ow *
-	    src->c, tmp);
+	kk = tmp + ntmp + nrow4;
+	for (int i = 0; i < ow; i++)
+		for (int x = 0; x < kp; x++)
+			for (int l = 0; l < 4; l++)
+				kk[((size_t)i * kp + x) * 4 + l] = x < tx.ksize ?
+				    tx.k[(size_t)i * tx.ksize + x] : 0.0f;
+	resample_rows(src, &tx, y0, rows, tmp + ntmp, tmp, kk, kp);
 	resample_cols(tmp, y0, &ty, ow, src->c, flip,
 	    tmp + (size_t)rows * ow * src->c, out);
 	free(tmp);
@@ -629,11 +813,12 @@ int
 d2v_view_render(const d2v_view *v, const d2v_augment *a,
     const d2v_image *src, int w, int h, uint8_t *out, d2v_err *err)
 {
-	double sx = (double)src->w / w, sy = (double)src->h / h;
-	d2v_box box = {v->box.x * sx, v->box.y * sy, v->box.w * sx,
-	    v->box.h * sy};
-	d2v_box clip = {v->clip.x * sx, v->clip.y * sy, v->clip.w * sx,
-	    v->clip.h * sy};
+	/* full size -> the decoded scale, then into src's window */
+	double sx = (double)src->fw / w, sy = (double)src->fh / h;
+	d2v_box box = {v->box.x * sx - src->ox, v->box.y * sy - src->oy,
+	    v->box.w * sx, v->box.h * sy};
+	d2v_box clip = {v->clip.x * sx - src->ox, v->clip.y * sy - src->oy,
+	    v->clip.w * sx, v->clip.h * sy};
 	int c = a->channels ? a->channels : src->c, s = a->size, rc;
 	int64_t n = (int64_t)s * s;
 	uint8_t *tmp = out;

@@ -12,14 +12,18 @@
  *     d2v_jpeg_info(dec, buf, len, &w, &h, &c, &err);
  *     d2v_rng_seed(&r, seed, record_index, view);
  *     d2v_view_draw(&v, &a, w, h, &r);               // crop box, flip, jitter
- *     d2v_jpeg_decode(dec, buf, len, 0, v.need_w, v.need_h, &img, &err);
+ *     d2v_view_region(&v, &a, w, h, &reg);           // the pixels it reads
+ *     d2v_jpeg_decode(dec, buf, len, 0, v.need_w, v.need_h, &reg, &img,
+ *         &err);
  *     d2v_view_render(&v, &a, &img, w, h, x, &err);  // x is (C, S, S)
  *
  * The view is drawn in the coordinates of the full-size image, before
  * decoding, so the decoder can pick the smallest DCT scale (1/8, 1/4, 1/2)
  * that still gives the crop at least S pixels each way: a big photo is
  * decoded at an eighth of the cost and nothing the final resize keeps is
- * lost.
+ * lost.  Only the rows and (whole iMCU) columns the view reads are
+ * decoded: the rows below are never read, those above are skipped (entropy
+ * decoded only), and columns left and right of it are not transformed.
  *
  * Resampling is PIL's (what torchvision uses on PIL images): a separable
  * convolution with the bicubic (a = -0.5) or bilinear kernel, widened by the
@@ -39,14 +43,21 @@
 /* ---- images ------------------------------------------------------------ */
 
 typedef struct d2v_image {
-	int h, w, c;       /* H, W, C */
+	int h, w, c;       /* H, W, C of the pixels held */
+	int fw, fh;        /* the whole image's size at this scale */
+	int ox, oy;        /* where px's first pixel sits in the whole image */
 	uint8_t *px;       /* px is (H, W, C), owned */
 } d2v_image;
 
-/* Allocates an uninitialised H x W x C image. */
+/* Allocates an uninitialised H x W x C image, whole (fw, fh = w, h). */
 int d2v_image_init(d2v_image *im, int h, int w, int c, d2v_err *err);
 /* Frees the pixels and zeroes the struct; safe on a zeroed struct. */
 void d2v_image_free(d2v_image *im);
+
+/* A box in pixel coordinates: x, y of the top-left corner, w, h its size. */
+typedef struct d2v_box {
+	double x, y, w, h;
+} d2v_box;
 
 /* ---- JPEG decoding ----------------------------------------------------- */
 
@@ -63,11 +74,17 @@ int d2v_jpeg_info(d2v_jpeg *j, const void *buf, size_t len, int *w, int *h,
  * Decodes into out (uninitialised) with channels c (0: as stored).  When
  * min_w and min_h are > 0, decodes at the smallest DCT scale of 1/8, 1/4 and
  * 1/2 whose result is still at least min_w x min_h; 0 decodes at full size.
+ * region (in full-size pixels, NULL for all) is the part wanted: out may
+ * then hold only a window of the image that covers it (out->ox, oy, fw,
+ * fh say where), decoded exactly as the whole would be.  A window is
+ * decoded only from a file that ends with its end-of-image marker; others
+ * (a truncated file, trailing bytes) and CMYK are decoded whole.
  * A corrupt or truncated file is an error (D2V_EFORMAT or D2V_ETRUNC);
  * warnings that leave the whole image decoded are not.
  */
 int d2v_jpeg_decode(d2v_jpeg *j, const void *buf, size_t len, int c,
-    int min_w, int min_h, d2v_image *out, d2v_err *err);
+    int min_w, int min_h, const d2v_box *region, d2v_image *out,
+    d2v_err *err);
 
 /* ---- augmentation settings --------------------------------------------- */
 
@@ -101,11 +118,6 @@ void d2v_augment_defaults(d2v_augment *a);
 
 /* ---- views ------------------------------------------------------------- */
 
-/* A box in pixel coordinates: x, y of the top-left corner, w, h its size. */
-typedef struct d2v_box {
-	double x, y, w, h;
-} d2v_box;
-
 /* One drawn augmentation, in the coordinates of the full-size W x H image. */
 typedef struct d2v_view {
 	d2v_box box;          /* the part of the source that becomes S x S */
@@ -125,6 +137,11 @@ void d2v_view_draw(d2v_view *v, const d2v_augment *a, int w, int h,
  * for a W x H image; integer pixels. */
 void d2v_crop_draw(const d2v_augment *a, int w, int h, d2v_rng *r,
     int *x, int *y, int *cw, int *ch);
+
+/* The part of the full-size W x H image that rendering v reads: its box,
+ * widened by the filter's reach, within its clip and the image. */
+void d2v_view_region(const d2v_view *v, const d2v_augment *a, int w, int h,
+    d2v_box *region);
 
 /*
  * Renders view v of src into out: resample the box (mapped from the full

@@ -312,7 +312,7 @@ test_jpeg_roundtrip(void)
 			make_ramp(&im, w, h, c);
 			jpg = encode(&im, subs[k], 95, &len);
 			rc = d2v_jpeg_info(dec, jpg, len, &iw, &ih, &ic, NULL);
-			rc |= d2v_jpeg_decode(dec, jpg, len, 0, 0, 0, &out, NULL);
+			rc |= d2v_jpeg_decode(dec, jpg, len, 0, 0, 0, NULL, &out, NULL);
 			if (rc == 0)
 				for (size_t i = 0; i < (size_t)w * h * c; i++)
 					err += abs(out.px[i] - im.px[i]);
@@ -342,13 +342,13 @@ test_jpeg_channels(void)
 	make_ramp(&grey, 64, 48, 1);
 	jpg = encode(&im, TJSAMP_444, 95, &len);
 	gjpg = encode(&grey, TJSAMP_GRAY, 95, &glen);
-	d2v_jpeg_decode(dec, gjpg, glen, 3, 0, 0, &rgb, NULL);
+	d2v_jpeg_decode(dec, gjpg, glen, 3, 0, 0, NULL, &rgb, NULL);
 	for (int i = 0; i < 64 * 48; i++)
 		bad += rgb.px[3 * i] != rgb.px[3 * i + 1] ||
 		    rgb.px[3 * i] != rgb.px[3 * i + 2];
 	T_OK(rgb.c == 3 && bad == 0, "a grey JPEG asked for 3 channels has "
 	    "R = G = B");
-	d2v_jpeg_decode(dec, jpg, len, 1, 0, 0, &out, NULL);
+	d2v_jpeg_decode(dec, jpg, len, 1, 0, 0, NULL, &out, NULL);
 	T_OK(out.c == 1 && abs(out.px[47 * 64 + 63] - (255 * 299 + 255 * 587 +
 	    255 * 114) / 1000) <= 3, "a colour JPEG asked for 1 channel is luma");
 	d2v_image_free(&out);
@@ -380,7 +380,7 @@ test_jpeg_cmyk(void)
 	    95, 0);
 	d2v_jpeg_new(&dec, NULL);
 	d2v_jpeg_info(dec, jpg, len, &rc, &rc, &c, NULL);
-	rc = d2v_jpeg_decode(dec, jpg, len, 0, 0, 0, &out, NULL);
+	rc = d2v_jpeg_decode(dec, jpg, len, 0, 0, 0, NULL, &out, NULL);
 	for (int i = 0; rc == 0 && i < 64 * 48 * 3; i++)
 		err += abs(out.px[i] - im.px[i]);
 	T_OK(rc == 0 && c == 3 && out.c == 3 && err / (64 * 48 * 3) < 3,
@@ -417,8 +417,8 @@ test_dct_scaling(void)
 	d2v_view_draw(&v, &a, 1024, 768, &r);
 	T_OK(v.need_w == 341 && v.need_h == 256, "centre crop of 1024x768 "
 	    "needs 341x256 decoded (%dx%d)", v.need_w, v.need_h);
-	d2v_jpeg_decode(dec, jpg, len, 0, v.need_w, v.need_h, &small, NULL);
-	d2v_jpeg_decode(dec, jpg, len, 0, 0, 0, &full, NULL);
+	d2v_jpeg_decode(dec, jpg, len, 0, v.need_w, v.need_h, NULL, &small, NULL);
+	d2v_jpeg_decode(dec, jpg, len, 0, 0, 0, NULL, &full, NULL);
 	T_OK(small.w == 512 && small.h == 384 && full.w == 1024,
 	    "the decoder picks the 1/2 DCT scale (%dx%d)", small.w, small.h);
 	d2v_view_render(&v, &a, &small, 1024, 768, x1, NULL);
@@ -429,11 +429,11 @@ test_dct_scaling(void)
 	T_OK(diff < 1.5, "the crop from the 1/2-scale decode matches the "
 	    "full decode (mean difference %.3f)", diff);
 	d2v_image_free(&small);
-	d2v_jpeg_decode(dec, jpg, len, 0, 90, 90, &small, NULL);
+	d2v_jpeg_decode(dec, jpg, len, 0, 90, 90, NULL, &small, NULL);
 	T_OK(small.w == 128 && small.h == 96, "1/8 scale when 90x90 is "
 	    "enough (%dx%d)", small.w, small.h);
 	d2v_image_free(&small);
-	d2v_jpeg_decode(dec, jpg, len, 0, 100, 100, &small, NULL);
+	d2v_jpeg_decode(dec, jpg, len, 0, 100, 100, NULL, &small, NULL);
 	T_OK(small.w == 256 && small.h == 192, "1/4 scale when 1/8 would "
 	    "give less than 100x100 (%dx%d)", small.w, small.h);
 	d2v_image_free(&small);
@@ -454,24 +454,25 @@ test_jpeg_bad(void)
 	unsigned long len;
 	d2v_err err = {0};
 	d2v_rng r;
+	d2v_box win = {40, 30, 100, 80};
 	int rc, crashed_not = 1;
 
 	d2v_jpeg_new(&dec, NULL);
 	make_ramp(&im, 200, 150, 3);
 	jpg = encode(&im, TJSAMP_420, 90, &len);
-	rc = d2v_jpeg_decode(dec, jpg, len / 2, 0, 0, 0, &out, &err);
+	rc = d2v_jpeg_decode(dec, jpg, len / 2, 0, 0, 0, &win, &out, &err);
 	T_OK(rc == D2V_ETRUNC && strstr(err.msg, "truncated") != NULL &&
 	    out.px == NULL, "a JPEG cut in half is truncated: %s", err.msg);
-	rc = d2v_jpeg_decode(dec, jpg, 300, 0, 0, 0, &out, &err);
+	rc = d2v_jpeg_decode(dec, jpg, 300, 0, 0, 0, NULL, &out, &err);
 	T_OK(rc < 0, "a JPEG cut after its header fails: %s", err.msg);
-	rc = d2v_jpeg_decode(dec, jpg, 2, 0, 0, 0, &out, &err);
+	rc = d2v_jpeg_decode(dec, jpg, 2, 0, 0, 0, NULL, &out, &err);
 	T_OK(rc == D2V_EFORMAT, "two bytes are not a JPEG: %s", err.msg);
 	d2v_rng_seed(&r, 9, 0, 0);
 	for (size_t i = 0; i < sizeof junk; i++)
 		junk[i] = (unsigned char)d2v_rng_below(&r, 256);
 	/* right after a failed header: TurboJPEG 2.1 would read this one's
 	 * "header" from the first stray marker unless the decoder is reset */
-	rc = d2v_jpeg_decode(dec, junk, sizeof junk, 0, 0, 0, &out, &err);
+	rc = d2v_jpeg_decode(dec, junk, sizeof junk, 0, 0, 0, NULL, &out, &err);
 	T_OK(rc == D2V_EFORMAT && strstr(err.msg, "not a JPEG") != NULL,
 	    "random bytes are not a JPEG: %s", err.msg);
 	/* flipped bytes after the header: an error or a decoded image,
@@ -483,12 +484,18 @@ test_jpeg_bad(void)
 		for (int k = 0; k < 8; k++)
 			bad[300 + d2v_rng_below(&r, len - 300)] ^=
 			    (unsigned char)(1 + d2v_rng_below(&r, 255));
-		rc = d2v_jpeg_decode(dec, bad, len, 0, 0, 0, &out, &err);
+		rc = d2v_jpeg_decode(dec, bad, len, 0, 0, 0, NULL, &out, &err);
 		crashed_not &= rc == 0 ? out.w == 200 : out.px == NULL;
+		d2v_image_free(&out);
+		/* and a window of it (the file still ends with its marker) */
+		rc = d2v_jpeg_decode(dec, bad, len, 0, 0, 0, &win, &out, &err);
+		crashed_not &= rc == 0 ? out.w < 200 && out.fw == 200 :
+		    out.px == NULL && err.msg[0] != 0;
 		d2v_image_free(&out);
 		free(bad);
 	}
-	T_OK(crashed_not, "50 JPEGs with flipped bytes decode or fail cleanly");
+	T_OK(crashed_not, "50 JPEGs with flipped bytes decode or fail cleanly, "
+	    "whole and as a window");
 	d2v_image_free(&im);
 	tjFree(jpg);
 	d2v_jpeg_free(dec);
@@ -560,6 +567,132 @@ test_render_channels(void)
 	d2v_image_free(&rgb);
 }
 
+/* A window (d2v_view_region's, or any box) decodes to exactly the pixels
+ * of the whole decode it covers, at every DCT scale, for 4:2:0, 4:2:2,
+ * 4:4:4 and grey, and views render from it byte for byte as from the
+ * whole image. */
+static void
+test_jpeg_window(void)
+{
+	static const int samp[] = {TJSAMP_420, TJSAMP_422, TJSAMP_444,
+	    TJSAMP_GRAY};
+	static const int need[][2] = {{0, 0}, {100, 80}, {60, 50}, {20, 20}};
+	d2v_jpeg *dec;
+	d2v_rng r;
+	d2v_augment a;
+	int bad_px = 0, bad_cover = 0, bad_view = 0, windows = 0, cases = 0;
+	uint8_t *x1 = malloc(3 * 64 * 64), *x2 = malloc(3 * 64 * 64);
+
+	d2v_jpeg_new(&dec, NULL);
+	d2v_rng_seed(&r, 7, 0, 0);
+	d2v_augment_defaults(&a);
+	a.size = 64;
+	for (int si = 0; si < 4; si++) {
+		d2v_image im, full, win;
+		unsigned char *jpg;
+		unsigned long len;
+		int W = si == 1 ? 333 : 500, H = si == 1 ? 250 : 375;
+		int c = samp[si] == TJSAMP_GRAY ? 1 : 3;
+
+		make_noise(&im, W, H, c, (unsigned)si);
+		for (size_t i = 0; i < (size_t)W * H * c; i++) /* smoother */
+			im.px[i] = (uint8_t)((im.px[i] + (i % 97) * 2) / 2);
+		jpg = encode(&im, samp[si], 90, &len);
+		for (int ni = 0; ni < 4; ni++) {
+			d2v_jpeg_decode(dec, jpg, len, 0, need[ni][0], need[ni][1],
+			    NULL, &full, NULL);
+			for (int t = 0; t < 25; t++) {
+				d2v_box b;
+				double fx = (double)full.w / W, fy = (double)full.h / H;
+
+				if (t < 20) {  /* random boxes, some at the edges */
+					b.x = d2v_rng_uniform(&r) * W * 0.9;
+					b.y = d2v_rng_uniform(&r) * H * 0.9;
+					b.w = 1 + d2v_rng_uniform(&r) * (W - b.x);
+					b.h = 1 + d2v_rng_uniform(&r) * (H - b.y);
+					if (t % 5 == 0)
+						b.x = 0;
+					if (t % 7 == 0)
+						b.y = 0;
+				} else {  /* the region of a random view */
+					d2v_view v;
+
+					a.crop = t == 20 ? D2V_CROP_CENTER : D2V_CROP_RANDOM;
+					d2v_view_draw(&v, &a, W, H, &r);
+					d2v_view_region(&v, &a, W, H, &b);
+				}
+				cases++;
+				if (d2v_jpeg_decode(dec, jpg, len, 0, need[ni][0],
+				    need[ni][1], &b, &win, NULL) < 0) {
+					bad_px++;
+					continue;
+				}
+				windows += win.w < full.w || win.h < full.h;
+				if (win.fw != full.w || win.fh != full.h ||
+				    win.ox > floor(b.x * fx) || win.oy > floor(b.y * fy) ||
+				    win.ox + win.w < ceil(fmin(b.x + b.w, W) * fx) ||
+				    win.oy + win.h < ceil(fmin(b.y + b.h, H) * fy) - 0)
+					bad_cover++;
+				for (int y = 0; y < win.h && win.oy + y < full.h; y++)
+					if (memcmp(win.px + (size_t)y * win.w * c,
+					    full.px + ((size_t)(win.oy + y) * full.w +
+					    win.ox) * c, (size_t)win.w * c) != 0) {
+						bad_px++;
+						break;
+					}
+				d2v_image_free(&win);
+			}
+			for (int t = 0; t < 10; t++) {  /* whole views */
+				d2v_view v;
+				d2v_box b;
+
+				a.crop = t < 2 ? D2V_CROP_CENTER : D2V_CROP_RANDOM;
+				d2v_view_draw(&v, &a, W, H, &r);
+				d2v_view_region(&v, &a, W, H, &b);
+				d2v_jpeg_decode(dec, jpg, len, 0, need[ni][0],
+				    need[ni][1], &b, &win, NULL);
+				d2v_view_render(&v, &a, &win, W, H, x1, NULL);
+				d2v_view_render(&v, &a, &full, W, H, x2, NULL);
+				bad_view += memcmp(x1, x2, (size_t)c * 64 * 64) != 0;
+				d2v_image_free(&win);
+			}
+			d2v_image_free(&full);
+		}
+		d2v_image_free(&im);
+		tjFree(jpg);
+	}
+	{	/* grey from a colour file: the window of the luma decode */
+		d2v_image im, full, win;
+		unsigned char *jpg;
+		unsigned long len;
+		d2v_box b = {101.5, 77.25, 200, 150};
+
+		make_noise(&im, 320, 240, 3, 9);
+		jpg = encode(&im, TJSAMP_420, 90, &len);
+		d2v_jpeg_decode(dec, jpg, len, 1, 0, 0, NULL, &full, NULL);
+		d2v_jpeg_decode(dec, jpg, len, 1, 0, 0, &b, &win, NULL);
+		cases++;
+		windows += win.w < full.w;
+		for (int y = 0; y < win.h; y++)
+			bad_px += win.c != 1 || memcmp(win.px + (size_t)y * win.w,
+			    full.px + (size_t)(win.oy + y) * full.w + win.ox,
+			    (size_t)win.w) != 0;
+		d2v_image_free(&im);
+		d2v_image_free(&full);
+		d2v_image_free(&win);
+		tjFree(jpg);
+	}
+	T_OK(bad_px == 0 && bad_cover == 0 && windows > cases / 2,
+	    "%d JPEG windows (%d smaller than the image; one grey from colour) equal the whole "
+	    "decode where they cover it and cover what was asked (%d differ, "
+	    "%d short)", cases, windows, bad_px, bad_cover);
+	T_OK(bad_view == 0, "160 views render from their window exactly as "
+	    "from the whole image (%d differ)", bad_view);
+	free(x1);
+	free(x2);
+	d2v_jpeg_free(dec);
+}
+
 int
 main(void)
 {
@@ -571,6 +704,7 @@ main(void)
 	test_jpeg_channels();
 	test_jpeg_cmyk();
 	test_dct_scaling();
+	test_jpeg_window();
 	test_jpeg_bad();
 	test_jitter();
 	test_render_channels();
