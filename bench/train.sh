@@ -3,7 +3,9 @@
 # on the same configurations, in the same run, and the sgemm peak of the
 # machine; prints the JSON lines and then a table.  Not part of make check.
 #   BENCH_CONFIGS="B1 B2 B3"  BENCH_STEPS=20  BENCH_BF16=1 (adds d2v's
-#   --precision bf16 and the peer's bf16 autocast)
+#   --precision bf16, and the peer's bf16 autocast on BENCH_BF16_CONFIGS,
+#   "B1 B2", over BENCH_BF16_STEPS steps, 3: on a CPU without bf16 units
+#   the peer's bf16 step is some 30 times its fp32 one)
 set -u
 BIN=${D2V_BIN:?}
 BENCH=$BIN/../bench
@@ -28,7 +30,10 @@ for cfg in ${BENCH_CONFIGS:-B1 B2 B3}; do
 	OPENBLAS_NUM_THREADS=1 $PY "$(dirname "$0")/train_peer.py" --config "$cfg" --threads 2 --steps "$STEPS" --json | tee -a "$out"
 	OPENBLAS_NUM_THREADS=2 $PY "$(dirname "$0")/train_peer.py" --config "$cfg" --threads 1 --steps "$STEPS" --json | tee -a "$out"
 	if [ "${BENCH_BF16:-0}" = 1 ]; then
-		OPENBLAS_NUM_THREADS=1 $PY "$(dirname "$0")/train_peer.py" --config "$cfg" --threads 2 --steps "$STEPS" --bf16 --json | tee -a "$out"
+		case " ${BENCH_BF16_CONFIGS:-B1 B2} " in
+		*" $cfg "*)
+			OPENBLAS_NUM_THREADS=1 $PY "$(dirname "$0")/train_peer.py" --config "$cfg" --threads 2 --steps "${BENCH_BF16_STEPS:-3}" --warmup 1 --bf16 --json | tee -a "$out" ;;
+		esac
 	fi
 done
 $PY - "$out" <<'PYEOF'

@@ -776,22 +776,34 @@ d2v_conv_scratch(int R, int Hh, int Ww, int Ci, int Co, int kh, int kw,
 }
 
 /* xp (C, R, Hp, Wp) = in (R, Ho, Wo, C) channel-first, zero-padded by
- * (ph, pw) before and up to Hp, Wp after. */
+ * (ph, pw) before and up to Hp, Wp after.  16 channels of one input at a
+ * time: each input position's 16 floats (a cache line) are read once and
+ * go to 16 output rows. */
 static void
 to_cf(float *xp, const float *in, const conv_geom *c, int C)
 {
 	int Hp = c->Ho + c->kh - 1, Wp = round8(c->Wo) + c->kw - 1;
+	int ncb = (C + 15) / 16;
 
 #pragma omp parallel for collapse(2) schedule(static)
-	for (int ch = 0; ch < C; ch++) {
-		for (int r = 0; r < c->R; r++) {
-			float *d = xp + ((size_t)ch * c->R + r) * Hp * Wp;
+	for (int r = 0; r < c->R; r++) {
+		for (int cb = 0; cb < ncb; cb++) {
+			int c0 = cb * 16, nk = C - c0 < 16 ? C - c0 : 16;
+			float *d[16];
 
-			memset(d, 0, sizeof(float) * (size_t)Hp * Wp);
+			for (int k = 0; k < nk; k++) {
+				d[k] = xp + ((size_t)(c0 + k) * c->R + r) * Hp * Wp;
+				memset(d[k], 0, sizeof(float) * (size_t)Hp * Wp);
+			}
 			for (int y = 0; y < c->Ho; y++)
-				for (int x = 0; x < c->Wo; x++)
-					d[(size_t)(y + c->ph) * Wp + x + c->pw] = in[(((size_t)r *
-					    c->Ho + y) * c->Wo + x) * C + ch];
+				for (int x = 0; x < c->Wo; x++) {
+					const float *s = in + (((size_t)r * c->Ho + y) *
+					    c->Wo + x) * C + c0;
+					size_t at = (size_t)(y + c->ph) * Wp + x + c->pw;
+
+					for (int k = 0; k < nk; k++)
+						d[k][at] = s[k];
+				}
 		}
 	}
 }
@@ -825,8 +837,38 @@ pack_w(float *wt, const float *w, const conv_geom *c, int flip)
 					}
 }
 
+/* ns (1 or 2, a constant where inlined) blocks of 8 neighbouring outputs
+ * by 4 output channels: a[s][j] += the taps of Cn input channels, the
+ * rows at row (Cn of them, rs floats apart), the weights wk (Cn, K2, OB)
+ * from lane j0.  Each input vector serves 4 products, each weight 2. */
+static inline __attribute__((always_inline)) void
+cf_block(v8f a[2][4], const float *row, size_t rs, const float *wk, int Cn,
+    int kh, int kw, int Wp, int ns)
+{
+	int K2 = kh * kw;
+
+	for (int i = 0; i < Cn; i++) {
+		const float *ri = row + (size_t)i * rs;
+		const float *wi = wk + (size_t)i * K2 * OB;
+
+		for (int ky = 0; ky < kh; ky++)
+			for (int kx = 0; kx < kw; kx++) {
+				const float *p = ri + (size_t)ky * Wp + kx;
+				const float *w = wi + (ky * kw + kx) * OB;
+				v8f v0 = v8_load(p), v1 = ns > 1 ? v8_load(p + 8) : v0;
+
+				for (int j = 0; j < 4; j++) {
+					a[0][j] += v0 * w[j];
+					if (ns > 1)
+						a[1][j] += v1 * w[j];
+				}
+			}
+	}
+}
+
 /* out (R, Ho, Wo, G*On) = (or += with acc) b + the convolution of xp
- * (G*Cn, R, Hp, Wp) with wt (pack_w). */
+ * (G*Cn, R, Hp, Wp) with wt (pack_w): two blocks of 8 outputs along a row
+ * by half a block of output channels at a time (cf_block). */
 static void
 conv_cf(float *out, const float *xp, const float *wt, const float *b,
     const conv_geom *c, int Cn, int On, int acc)
@@ -834,6 +876,7 @@ conv_cf(float *out, const float *xp, const float *wt, const float *b,
 	int G = c->G, H = c->Ho, W = c->Wo, kh = c->kh, kw = c->kw;
 	int Hp = H + kh - 1, Wp = round8(W) + kw - 1, K2 = kh * kw;
 	int nb = (On + OB - 1) / OB, Wv = round8(W) / 8, Co = G * On;
+	size_t rs = (size_t)c->R * Hp * Wp; /* one input channel's floats */
 
 #pragma omp parallel for collapse(3) schedule(static)
 	for (int r = 0; r < c->R; r++) {
@@ -844,35 +887,37 @@ conv_cf(float *out, const float *xp, const float *wt, const float *b,
 					int o0 = g * On + bl * OB, n = On - bl * OB;
 
 					n = n < OB ? n : OB;
-					for (int xb = 0; xb < Wv; xb++) {
-						v8f a[OB];
+					for (int xb = 0; xb < Wv; xb += 2) {
+						int ns = Wv - xb < 2 ? 1 : 2;
+						const float *row = xp + (((size_t)g * Cn * c->R + r) *
+						    Hp + y) * Wp + xb * 8;
 
-						for (int j = 0; j < OB; j++) {
-							float bj = b != NULL && j < n ? b[o0 + j] : 0.0f;
+						for (int j0 = 0; j0 < n; j0 += 4) {
+							v8f a[2][4];
 
-							a[j] = (v8f){bj, bj, bj, bj, bj, bj, bj, bj};
-						}
-						for (int i = 0; i < Cn; i++) {
-							const float *row = xp + (((size_t)(g * Cn + i) *
-							    c->R + r) * Hp + y) * Wp + xb * 8;
-							const float *wi = wb + (size_t)i * K2 * OB;
+							for (int j = 0; j < 4; j++) {
+								float bj = b != NULL && j0 + j < n ?
+								    b[o0 + j0 + j] : 0.0f;
 
-							for (int ky = 0; ky < kh; ky++)
-								for (int kx = 0; kx < kw; kx++) {
-									v8f v = v8_load(row + (size_t)ky * Wp +
-									    kx);
-									const float *wk = wi + (ky * kw + kx) * OB;
+								a[0][j] = a[1][j] = (v8f){bj, bj, bj, bj,
+								    bj, bj, bj, bj};
+							}
+							if (ns == 2)
+								cf_block(a, row, rs, wb + j0, Cn, kh, kw,
+								    Wp, 2);
+							else
+								cf_block(a, row, rs, wb + j0, Cn, kh, kw,
+								    Wp, 1);
+							for (int s = 0; s < ns; s++)
+								for (int l = 0; l < 8 &&
+								    (xb + s) * 8 + l < W; l++) {
+									float *o = out + (((size_t)r * H + y) *
+									    W + (xb + s) * 8 + l) * Co + o0 + j0;
 
-									for (int j = 0; j < OB; j++)
-										a[j] += v * wk[j];
+									for (int j = 0; j < 4 && j0 + j < n; j++)
+										o[j] = acc ? o[j] + a[s][j][l] :
+										    a[s][j][l];
 								}
-						}
-						for (int l = 0; l < 8 && xb * 8 + l < W; l++) {
-							float *o = out + (((size_t)r * H + y) * W + xb * 8 +
-							    l) * Co + o0;
-
-							for (int j = 0; j < n; j++)
-								o[j] = acc ? o[j] + a[j][l] : a[j][l];
 						}
 					}
 				}
@@ -881,47 +926,80 @@ conv_cf(float *out, const float *xp, const float *wt, const float *b,
 	}
 }
 
+/* Four output channels' gradient rows against three shifted input rows:
+ * a[q][j] += d[q] . x shifted by j, for j < nk, over Wv blocks of 8 (nk
+ * a constant where this is inlined, so the loop has no branch). */
+static inline __attribute__((always_inline)) void
+dw_rows(v8f a[4][3], const float *const d[4], const float *x, int Wv,
+    int nk)
+{
+	for (int xb = 0; xb < Wv; xb++) {
+		v8f x0 = v8_load(x + xb * 8);
+		v8f x1 = nk > 1 ? v8_load(x + xb * 8 + 1) : x0;
+		v8f x2 = nk > 2 ? v8_load(x + xb * 8 + 2) : x0;
+
+		for (int q = 0; q < 4; q++) {
+			v8f dv = v8_load(d[q] + xb * 8);
+
+			a[q][0] += dv * x0;
+			if (nk > 1)
+				a[q][1] += dv * x1;
+			if (nk > 2)
+				a[q][2] += dv * x2;
+		}
+	}
+}
+
 /* dw (Co, Cg, kh, kw) += the gradient: dp (Co, R, Hp, Wp) the padded
- * output gradient (zero past Wo), xp the padded input. */
+ * output gradient (zero past Wo), xp the padded input.  Four output
+ * channels of a group by three taps of a kernel row in registers, so that
+ * each input vector read serves four products (a group with fewer than
+ * four left repeats its last channel and drops the copies). */
 static void
 conv_cf_dw(float *dw, const float *dp, const float *xp, const conv_geom *c)
 {
 	int G = c->G, Cg = c->Ci / G, Og = c->Co / G, H = c->Ho;
 	int kh = c->kh, kw = c->kw, Hp = H + kh - 1;
 	int Wp = round8(c->Wo) + kw - 1, Wv = round8(c->Wo) / 8;
+	int nob = (Og + 3) / 4; /* blocks of 4 outputs per group */
 
 #pragma omp parallel for collapse(2) schedule(dynamic, 1)
-	for (int o = 0; o < c->Co; o++) {
+	for (int gb = 0; gb < G * nob; gb++) {
 		for (int ci = 0; ci < Cg; ci++) {
-			int g = o / Og;
+			int g = gb / nob, o0 = g * Og + gb % nob * 4;
+			int nq = g * Og + Og - o0 < 4 ? g * Og + Og - o0 : 4;
 
 			for (int ky = 0; ky < kh; ky++) {
-				for (int k0 = 0; k0 < kw; k0 += 4) {
-					v8f a[4] = {{0}};
-					int nk = kw - k0 < 4 ? kw - k0 : 4;
+				for (int k0 = 0; k0 < kw; k0 += 3) {
+					v8f a[4][3] = {{{0}}};
+					int nk = kw - k0 < 3 ? kw - k0 : 3;
 
 					for (int r = 0; r < c->R; r++)
 						for (int y = 0; y < H; y++) {
-							const float *d = dp + (((size_t)o * c->R + r) *
-							    Hp + y + c->ph) * Wp + c->pw;
 							const float *x = xp + (((size_t)(g * Cg + ci) *
 							    c->R + r) * Hp + y + ky) * Wp + k0;
+							const float *d[4];
 
-							for (int xb = 0; xb < Wv; xb++) {
-								v8f dv = v8_load(d + xb * 8);
-
-								for (int j = 0; j < 4; j++)
-									if (j < nk)
-										a[j] += dv * v8_load(x + xb * 8 + j);
-							}
+							for (int q = 0; q < 4; q++)
+								d[q] = dp + (((size_t)(o0 + (q < nq ? q :
+								    nq - 1)) * c->R + r) * Hp + y +
+								    c->ph) * Wp + c->pw;
+							if (nk == 3)
+								dw_rows(a, d, x, Wv, 3);
+							else if (nk == 2)
+								dw_rows(a, d, x, Wv, 2);
+							else
+								dw_rows(a, d, x, Wv, 1);
 						}
-					for (int j = 0; j < nk; j++) {
-						float s = 0;
+					for (int q = 0; q < nq; q++)
+						for (int j = 0; j < nk; j++) {
+							float s = 0;
 
-						for (int l = 0; l < 8; l++)
-							s += a[j][l];
-						dw[(((size_t)o * Cg + ci) * kh + ky) * kw + k0 + j] += s;
-					}
+							for (int l = 0; l < 8; l++)
+								s += a[q][j][l];
+							dw[(((size_t)(o0 + q) * Cg + ci) * kh + ky) *
+							    kw + k0 + j] += s;
+						}
 				}
 			}
 		}
