@@ -43,19 +43,27 @@ make_noise(d2v_image *im, int w, int h, int c, unsigned seed)
 		im->px[i] = (uint8_t)d2v_rng_below(&r, 256);
 }
 
-/* JPEG of im; subsamp TJSAMP_*; *len bytes, tjFree the result. */
+/* JPEG of im; subsamp TJSAMP_*, flags TJFLAG_* (TJFLAG_PROGRESSIVE); *len
+ * bytes, tjFree the result. */
 static unsigned char *
-encode(const d2v_image *im, int subsamp, int q, unsigned long *len)
+encode_flags(const d2v_image *im, int subsamp, int q, int flags,
+    unsigned long *len)
 {
 	tjhandle tj = tjInitCompress();
 	unsigned char *jpg = NULL;
 
 	*len = 0;
 	if (tjCompress2(tj, im->px, im->w, 0, im->h, im->c == 1 ? TJPF_GRAY :
-	    TJPF_RGB, &jpg, len, im->c == 1 ? TJSAMP_GRAY : subsamp, q, 0))
+	    TJPF_RGB, &jpg, len, im->c == 1 ? TJSAMP_GRAY : subsamp, q, flags))
 		jpg = NULL;
 	tjDestroy(tj);
 	return jpg;
+}
+
+static unsigned char *
+encode(const d2v_image *im, int subsamp, int q, unsigned long *len)
+{
+	return encode_flags(im, subsamp, q, 0, len);
 }
 
 /* The slow twin: PIL's resampling written as a direct 2-D sum per output
@@ -569,35 +577,40 @@ test_render_channels(void)
 
 /* A window (d2v_view_region's, or any box) decodes to exactly the pixels
  * of the whole decode it covers, at every DCT scale, for 4:2:0, 4:2:2,
- * 4:4:4 and grey, and views render from it byte for byte as from the
- * whole image. */
+ * 4:4:4, 4:4:0, 4:1:1, grey and a progressive file, and views render from
+ * it byte for byte as from the whole image. */
 static void
 test_jpeg_window(void)
 {
-	static const int samp[] = {TJSAMP_420, TJSAMP_422, TJSAMP_444,
-	    TJSAMP_GRAY};
+	static const struct { int samp, flags, w, h; } fs[] = {
+		{TJSAMP_420, 0, 500, 375}, {TJSAMP_422, 0, 333, 250},
+		{TJSAMP_444, 0, 500, 375}, {TJSAMP_GRAY, 0, 500, 375},
+		{TJSAMP_440, 0, 375, 500}, {TJSAMP_411, 0, 501, 377},
+		{TJSAMP_420, TJFLAG_PROGRESSIVE, 500, 375},
+	};
 	static const int need[][2] = {{0, 0}, {100, 80}, {60, 50}, {20, 20}};
 	d2v_jpeg *dec;
 	d2v_rng r;
 	d2v_augment a;
 	int bad_px = 0, bad_cover = 0, bad_view = 0, windows = 0, cases = 0;
+	int views = 0;
 	uint8_t *x1 = malloc(3 * 64 * 64), *x2 = malloc(3 * 64 * 64);
 
 	d2v_jpeg_new(&dec, NULL);
 	d2v_rng_seed(&r, 7, 0, 0);
 	d2v_augment_defaults(&a);
 	a.size = 64;
-	for (int si = 0; si < 4; si++) {
+	for (size_t si = 0; si < sizeof fs / sizeof fs[0]; si++) {
 		d2v_image im, full, win;
 		unsigned char *jpg;
 		unsigned long len;
-		int W = si == 1 ? 333 : 500, H = si == 1 ? 250 : 375;
-		int c = samp[si] == TJSAMP_GRAY ? 1 : 3;
+		int W = fs[si].w, H = fs[si].h;
+		int c = fs[si].samp == TJSAMP_GRAY ? 1 : 3;
 
 		make_noise(&im, W, H, c, (unsigned)si);
 		for (size_t i = 0; i < (size_t)W * H * c; i++) /* smoother */
 			im.px[i] = (uint8_t)((im.px[i] + (i % 97) * 2) / 2);
-		jpg = encode(&im, samp[si], 90, &len);
+		jpg = encode_flags(&im, fs[si].samp, 90, fs[si].flags, &len);
 		for (int ni = 0; ni < 4; ni++) {
 			d2v_jpeg_decode(dec, jpg, len, 0, need[ni][0], need[ni][1],
 			    NULL, &full, NULL);
@@ -654,6 +667,7 @@ test_jpeg_window(void)
 				d2v_view_render(&v, &a, &win, W, H, x1, NULL);
 				d2v_view_render(&v, &a, &full, W, H, x2, NULL);
 				bad_view += memcmp(x1, x2, (size_t)c * 64 * 64) != 0;
+				views++;
 				d2v_image_free(&win);
 			}
 			d2v_image_free(&full);
@@ -686,8 +700,8 @@ test_jpeg_window(void)
 	    "%d JPEG windows (%d smaller than the image; one grey from colour) equal the whole "
 	    "decode where they cover it and cover what was asked (%d differ, "
 	    "%d short)", cases, windows, bad_px, bad_cover);
-	T_OK(bad_view == 0, "160 views render from their window exactly as "
-	    "from the whole image (%d differ)", bad_view);
+	T_OK(bad_view == 0 && views > 200, "%d views render from their window "
+	    "exactly as from the whole image (%d differ)", views, bad_view);
 	free(x1);
 	free(x2);
 	d2v_jpeg_free(dec);
