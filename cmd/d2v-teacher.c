@@ -35,10 +35,14 @@ static const char usage_text[] =
 "      --student          use the student weights instead of the teacher's\n"
 "      --objective v1|v2  check that the checkpoint's objective is this\n"
 "  -b, --batch N          samples per forward pass (default 32)\n"
+"      --precision P      fp32 (default) or bf16 linear layers (d2v-train(1))\n"
 "  -o, --output FILE      write FILE (atomically) instead of standard output\n"
 "  -q, --quiet  -h, --help  --version\n";
 
-enum { O_DTYPE = 256, O_FEATURES, O_POOL, O_STUDENT, O_OBJECTIVE, O_VERSION };
+enum {
+	O_DTYPE = 256, O_FEATURES, O_POOL, O_STUDENT, O_OBJECTIVE, O_PRECISION,
+	O_VERSION
+};
 
 static const struct option longopts[] = {
 	{"checkpoint", required_argument, NULL, 'c'},
@@ -48,6 +52,7 @@ static const struct option longopts[] = {
 	{"pool", required_argument, NULL, O_POOL},
 	{"student", no_argument, NULL, O_STUDENT},
 	{"batch", required_argument, NULL, 'b'},
+	{"precision", required_argument, NULL, O_PRECISION},
 	{"output", required_argument, NULL, 'o'},
 	{"quiet", no_argument, NULL, 'q'},
 	{"help", no_argument, NULL, 'h'},
@@ -58,7 +63,7 @@ static const struct option longopts[] = {
 static struct {
 	const char *ckpt, *output, *pool, *objective;
 	d2v_dtype dtype;
-	int features, layer, student, quiet;
+	int features, layer, student, quiet, bf16;
 	long batch;
 } opt = {.dtype = D2V_DTYPE_F16, .pool = "none", .batch = 32};
 
@@ -124,6 +129,7 @@ main(int argc, char **argv)
 	int c, fd, rc, E, D, nrec = 0, status = 0, *lens;
 	char *xs = NULL;
 	float *y = NULL, *ycls = NULL, *feat;
+	const d2v_ops *ops = d2v_backend_cpu();
 
 	d2v_cli_init("d2v-teacher", 1);
 	while ((c = getopt_long(argc, argv, "c:b:o:qh", longopts, NULL)) != -1) {
@@ -153,6 +159,11 @@ main(int argc, char **argv)
 			opt.pool = optarg;
 			break;
 		case O_STUDENT: opt.student = 1; break;
+		case O_PRECISION:
+			if (strcmp(optarg, "fp32") && strcmp(optarg, "bf16"))
+				d2v_usage("--precision: '%s' is not fp32 or bf16", optarg);
+			opt.bf16 = !strcmp(optarg, "bf16");
+			break;
 		case O_OBJECTIVE:
 			if (strcmp(optarg, "v1") && strcmp(optarg, "v2"))
 				d2v_usage("--objective: '%s' is not v1 or v2", optarg);
@@ -169,8 +180,14 @@ main(int argc, char **argv)
 		d2v_usage("--pool goes with --features");
 	in = optind < argc ? argv[optind] : NULL;
 	in_name = in && strcmp(in, "-") ? in : "stdin";
-	if (d2v_checkpoint_load(opt.ckpt, &m, d2v_backend_cpu(), &step, NULL,
-	    &err) < 0)
+	if (opt.bf16) {
+		const char *why;
+
+		ops = d2v_backend_cpu_bf16(&why);
+		if (!opt.quiet)
+			fprintf(stderr, "d2v-teacher: --precision bf16: %s\n", why);
+	}
+	if (d2v_checkpoint_load(opt.ckpt, &m, ops, &step, NULL, &err) < 0)
 		d2v_fatal(1, "%s", err.msg);
 	if (opt.objective && strcmp(opt.objective, m.cfg.objective) != 0)
 		d2v_fatal(1, "%s: a %s checkpoint; --objective %s asks for the "
@@ -194,10 +211,11 @@ main(int argc, char **argv)
 	d2v_check_stream_model(hdr, &m.cfg, in_name);
 	if (d2v_header_has_stage(hdr, "teacher"))
 		d2v_fatal(1, "%s: the stream already has a teacher stage", in_name);
-	meta = json_pack("{s:s,s:s,s:I,s:i,s:i,s:s,s:s}", "checkpoint",
+	meta = json_pack("{s:s,s:s,s:I,s:i,s:i,s:s,s:s,s:s}", "checkpoint",
 	    opt.ckpt, "sha256", sha, "step", (json_int_t)step, "dim", D,
 	    "top_k", m.cfg.top_k, "dtype", d2v_dtype_name(opt.dtype),
-	    "weights", opt.student ? "student" : "teacher");
+	    "weights", opt.student ? "student" : "teacher", "precision",
+	    opt.bf16 ? "bf16" : "fp32");
 	if (E)
 		json_object_set_new(meta, "patch", json_integer(m.cfg.patch));
 	if (opt.features) {

@@ -66,6 +66,23 @@ status 0 "scripts/plot-log overlays the fp32 and bf16 logs" sh "$D2V_ROOT/script
 check "... into a PNG" [ "$(od -An -c -N4 "$T/both.png" | tr -d ' ')" = "211PNG" ]
 status 1 "scripts/plot-log names a log it cannot read" sh -c "sh '$D2V_ROOT/scripts/plot-log' '$T/log' '$T/nolog' '$T/x.png' 2> '$T/err'"
 contains "$T/err" "nolog" "... in its message"
+status 0 "d2v-teacher --precision bf16 adds targets" sh -c "d2v-teacher -c '$T/ck.safetensors' --precision bf16 --dtype f32 '$T/m.d2v' > '$T/tb.d2v' 2> '$T/err'"
+d2v-teacher -c "$T/ck.safetensors" --dtype f32 "$T/m.d2v" > "$T/tf.d2v" 2>/dev/null
+check "... within bf16 rounding of the fp32 targets, and not equal to them" $PY -c '
+import sys, json, numpy as np; sys.path.insert(0, sys.argv[3]); import d2v_stream as s
+def t(f):
+    h, ys = None, []
+    for k, o in s.read(open(f, "rb")):
+        if k == "header": h = o
+        elif k == "record": ys.append(o["target"])
+    return h, np.concatenate([y.ravel() for y in ys])
+(hb, b), (hf, a) = t(sys.argv[1]), t(sys.argv[2])
+e = np.linalg.norm(b - a) / np.linalg.norm(a)
+print("# bf16 targets against fp32: relative %.2e" % e)
+assert 1e-5 < e < 5e-2, e
+assert hb["meta"]["teacher"]["precision"] == "bf16" and hf["meta"]["teacher"]["precision"] == "fp32"
+' "$T/tb.d2v" "$T/tf.d2v" "$D2V_ROOT/scripts"
+status 2 "d2v-teacher --precision fp16 is a usage error" sh -c "d2v-teacher -c '$T/ck.safetensors' --precision fp16 '$T/m.d2v' > /dev/null 2>&1"
 status 2 "--precision fp16 is a usage error" d2v-train $MODEL --precision fp16 -i "$T/m.d2v" --steps 2 -c "$T/x.safetensors"
 
 # The cache stage, then training from cached targets.
