@@ -675,29 +675,31 @@ test_jpeg_window(void)
 		d2v_image_free(&im);
 		tjFree(jpg);
 	}
-	{	/* grey from a colour file: the window of the luma decode */
+	for (int k = 0; k < 2; k++) {
+		/* grey from a colour file (the luma), colour from a grey one */
 		d2v_image im, full, win;
 		unsigned char *jpg;
 		unsigned long len;
 		d2v_box b = {101.5, 77.25, 200, 150};
+		int c = k == 0 ? 1 : 3;
 
-		make_noise(&im, 320, 240, 3, 9);
+		make_noise(&im, 320, 240, k == 0 ? 3 : 1, 9);
 		jpg = encode(&im, TJSAMP_420, 90, &len);
-		d2v_jpeg_decode(dec, jpg, len, 1, 0, 0, NULL, &full, NULL);
-		d2v_jpeg_decode(dec, jpg, len, 1, 0, 0, &b, &win, NULL);
+		d2v_jpeg_decode(dec, jpg, len, c, 0, 0, NULL, &full, NULL);
+		d2v_jpeg_decode(dec, jpg, len, c, 0, 0, &b, &win, NULL);
 		cases++;
 		windows += win.w < full.w;
 		for (int y = 0; y < win.h; y++)
-			bad_px += win.c != 1 || memcmp(win.px + (size_t)y * win.w,
-			    full.px + (size_t)(win.oy + y) * full.w + win.ox,
-			    (size_t)win.w) != 0;
+			bad_px += win.c != c || memcmp(win.px + (size_t)y * win.w * c,
+			    full.px + ((size_t)(win.oy + y) * full.w + win.ox) * c,
+			    (size_t)win.w * c) != 0;
 		d2v_image_free(&im);
 		d2v_image_free(&full);
 		d2v_image_free(&win);
 		tjFree(jpg);
 	}
 	T_OK(bad_px == 0 && bad_cover == 0 && windows > cases / 2,
-	    "%d JPEG windows (%d smaller than the image; one grey from colour) equal the whole "
+	    "%d JPEG windows (%d smaller than the image; grey from colour and colour from grey among them) equal the whole "
 	    "decode where they cover it and cover what was asked (%d differ, "
 	    "%d short)", cases, windows, bad_px, bad_cover);
 	T_OK(bad_view == 0 && views > 200, "%d views render from their window "
