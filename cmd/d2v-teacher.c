@@ -129,7 +129,6 @@ main(int argc, char **argv)
 	int c, fd, rc, E, D, nrec = 0, status = 0, *lens;
 	char *xs = NULL;
 	float *y = NULL, *ycls = NULL, *feat;
-	const d2v_ops *ops = d2v_backend_cpu();
 
 	d2v_cli_init("d2v-teacher", 1);
 	while ((c = getopt_long(argc, argv, "c:b:o:qh", longopts, NULL)) != -1) {
@@ -159,11 +158,7 @@ main(int argc, char **argv)
 			opt.pool = optarg;
 			break;
 		case O_STUDENT: opt.student = 1; break;
-		case O_PRECISION:
-			if (strcmp(optarg, "fp32") && strcmp(optarg, "bf16"))
-				d2v_usage("--precision: '%s' is not fp32 or bf16", optarg);
-			opt.bf16 = !strcmp(optarg, "bf16");
-			break;
+		case O_PRECISION: opt.bf16 = d2v_parse_precision(optarg); break;
 		case O_OBJECTIVE:
 			if (strcmp(optarg, "v1") && strcmp(optarg, "v2"))
 				d2v_usage("--objective: '%s' is not v1 or v2", optarg);
@@ -180,14 +175,8 @@ main(int argc, char **argv)
 		d2v_usage("--pool goes with --features");
 	in = optind < argc ? argv[optind] : NULL;
 	in_name = in && strcmp(in, "-") ? in : "stdin";
-	if (opt.bf16) {
-		const char *why;
-
-		ops = d2v_backend_cpu_bf16(&why);
-		if (!opt.quiet)
-			fprintf(stderr, "d2v-teacher: --precision bf16: %s\n", why);
-	}
-	if (d2v_checkpoint_load(opt.ckpt, &m, ops, &step, NULL, &err) < 0)
+	if (d2v_checkpoint_load(opt.ckpt, &m, d2v_cli_backend(opt.bf16,
+	    opt.quiet), &step, NULL, &err) < 0)
 		d2v_fatal(1, "%s", err.msg);
 	if (opt.objective && strcmp(opt.objective, m.cfg.objective) != 0)
 		d2v_fatal(1, "%s: a %s checkpoint; --objective %s asks for the "

@@ -242,11 +242,7 @@ parse_args(int argc, char **argv)
 				d2v_usage("--objective: '%s' is not v1 or v2", optarg);
 			opt.objective = optarg;
 			break;
-		case O_PRECISION:
-			if (strcmp(optarg, "fp32") && strcmp(optarg, "bf16"))
-				d2v_usage("--precision: '%s' is not fp32 or bf16", optarg);
-			opt.bf16 = !strcmp(optarg, "bf16");
-			break;
+		case O_PRECISION: opt.bf16 = d2v_parse_precision(optarg); break;
 		case O_UNTIL: opt.until = d2v_parse_long("--until", optarg, 1, LONG_MAX); break;
 		case O_LSCALE: opt.lscale = d2v_parse_double("--layer-scale", optarg, 1e-12, 10); break;
 		case O_LBETA: opt.lbeta = d2v_parse_double("--loss-beta", optarg, 0, 1e6); break;
@@ -669,13 +665,10 @@ main(int argc, char **argv)
 	int progress, fd, rc = 1, stop = 0, pending = 0;
 	double tlast;
 	const d2v_ops *ops;
-	const char *why;
 
 	d2v_cli_init("d2v-train", 1);
 	parse_args(argc, argv);
-	ops = opt.bf16 ? d2v_backend_cpu_bf16(&why) : d2v_backend_cpu();
-	if (opt.bf16 && !opt.quiet)
-		fprintf(stderr, "d2v-train: --precision bf16: %s\n", why);
+	ops = d2v_cli_backend(opt.bf16, opt.quiet);
 	progress = d2v_progress_enabled(opt.quiet ? 0 : opt.progress);
 	in_name = opt.input && strcmp(opt.input, "-") ? opt.input : "stdin";
 	signal(SIGINT, on_signal);

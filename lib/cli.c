@@ -110,6 +110,28 @@ d2v_parse_long(const char *opt, const char *s, long lo, long hi)
 	return v;
 }
 
+int
+d2v_parse_precision(const char *s)
+{
+	if (strcmp(s, "fp32") && strcmp(s, "bf16"))
+		d2v_usage("--precision: '%s' is not fp32 or bf16", s);
+	return strcmp(s, "bf16") == 0;
+}
+
+const d2v_ops *
+d2v_cli_backend(int bf16, int quiet)
+{
+	const char *why;
+	const d2v_ops *o;
+
+	if (!bf16)
+		return d2v_backend_cpu();
+	o = d2v_backend_cpu_bf16(&why);
+	if (!quiet)
+		d2v_warn("--precision bf16: %s", why);
+	return o;
+}
+
 double
 d2v_parse_double(const char *opt, const char *s, double lo, double hi)
 {

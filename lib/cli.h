@@ -21,6 +21,7 @@
 
 #include <stdio.h>
 
+#include "backend/ops.h"
 #include "model/config.h"
 #include "stream.h"
 
@@ -80,6 +81,11 @@ int32_t d2v_check_mask_id(const json_t *hdr, const d2v_config *c,
 /* Parsers for option values; a bad value is a usage error naming opt. */
 long d2v_parse_long(const char *opt, const char *s, long lo, long hi);
 double d2v_parse_double(const char *opt, const char *s, double lo, double hi);
+/* --precision: 0 for fp32, 1 for bf16. */
+int d2v_parse_precision(const char *s);
+/* The CPU backend for --precision (bf16 set: the bf16 table, and unless
+ * quiet a notice of which engine runs its products). */
+const d2v_ops *d2v_cli_backend(int bf16, int quiet);
 
 typedef struct d2v_out {
 	int fd;          /* where to write */
