@@ -1302,8 +1302,61 @@ instancenorm_forward(float *out, const float *in, int R, int T, int C,
 	}
 }
 
+static void *
+cpu_alloc(size_t bytes)
+{
+	return calloc(1, bytes > 0 ? bytes : 1);
+}
+
+static double
+cpu_sumsq(const float *x, size_t n)
+{
+	double s = 0;
+
+#pragma omp parallel for reduction(+:s) schedule(static)
+	for (size_t i = 0; i < n; i++)
+		s += (double)x[i] * x[i];
+	return s;
+}
+
+static void
+cpu_scale(float *x, size_t n, float c)
+{
+#pragma omp parallel for schedule(static)
+	for (size_t i = 0; i < n; i++)
+		x[i] *= c;
+}
+
+static void
+cpu_adamw(float *p, const float *g, float *m, float *v, size_t n, double b1,
+    double b2, double step, double eps, float decay)
+{
+#pragma omp parallel for schedule(static)
+	for (size_t k = 0; k < n; k++) {
+		float mk = (float)(b1 * m[k] + (1 - b1) * g[k]);
+		float vk = (float)(b2 * v[k] + (1 - b2) * (double)g[k] * g[k]);
+
+		m[k] = mk;
+		v[k] = vk;
+		p[k] -= decay * p[k];
+		p[k] -= (float)(step * mk / (sqrt((double)vk) + eps));
+	}
+}
+
+static void
+cpu_ema(float *t, const float *s, size_t n, double tau)
+{
+	float a = (float)tau, b = (float)(1 - tau);
+
+#pragma omp parallel for schedule(static)
+	for (size_t i = 0; i < n; i++)
+		t[i] = a * t[i] + b * s[i];
+}
+
 static const d2v_ops cpu_ops = {
 	.name = "cpu",
+	.alloc = cpu_alloc,
+	.release = free,
 	.matmul_forward = matmul_forward,
 	.matmul_backward = matmul_backward,
 	.layernorm_forward = layernorm_forward,
@@ -1319,6 +1372,10 @@ static const d2v_ops cpu_ops = {
 	.add = add,
 	.mul = mul,
 	.instancenorm_forward = instancenorm_forward,
+	.sumsq = cpu_sumsq,
+	.scale = cpu_scale,
+	.adamw = cpu_adamw,
+	.ema = cpu_ema,
 };
 
 const d2v_ops *

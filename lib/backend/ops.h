@@ -12,8 +12,23 @@
 
 #include <stddef.h>
 
+#include "err.h"
+
 typedef struct d2v_ops {
 	const char *name;
+
+	/* Memory for every buffer the ops take: bytes, zeroed, NULL when
+	 * exhausted.  The CPU's is the heap; the GPU's is managed memory,
+	 * which the model's own loops read and write between ops (every GPU
+	 * op has finished when it returns).  release(NULL) does nothing. */
+	void *(*alloc)(size_t bytes);
+	void (*release)(void *p);
+	/* NULL (the CPU's, which cannot fail), or a function giving NULL
+	 * while every op has worked and otherwise the message of the first
+	 * failure (a CUDA, cuBLAS or cuDNN error); after one, the ops do
+	 * nothing.  The ops themselves return nothing: the model asks this
+	 * after each step (d2v_model_check). */
+	const char *(*failed)(void);
 
 	/* out (M,N) = in (M,K) . w (N,K)^T + b (N) (b may be NULL) */
 	void (*matmul_forward)(float *out, const float *in, const float *w,
@@ -86,6 +101,19 @@ typedef struct d2v_ops {
 	 * When acc is set, ADDS scale * normalised into out instead. */
 	void (*instancenorm_forward)(float *out, const float *in, int R, int T,
 	    int C, float eps, int acc, float scale);
+
+	/* The optimiser (lib/train/optim.c) over flat parameter buffers. */
+	/* sum of x (n) squared, in double */
+	double (*sumsq)(const float *x, size_t n);
+	/* x (n) *= c */
+	void (*scale)(float *x, size_t n, float c);
+	/* one AdamW step over n parameters: m = b1 m + (1-b1) g,
+	 * v = b2 v + (1-b2) g^2, p -= decay p, p -= step m / (sqrt(v) + eps);
+	 * step holds the learning rate and both bias corrections */
+	void (*adamw)(float *p, const float *g, float *m, float *v, size_t n,
+	    double b1, double b2, double step, double eps, float decay);
+	/* t (n) = tau t + (1 - tau) s */
+	void (*ema)(float *t, const float *s, size_t n, double tau);
 } d2v_ops;
 
 /* The CPU backend: OpenBLAS sgemm (outside OpenMP regions) and OpenMP
@@ -109,27 +137,20 @@ int d2v_bf16_onednn(void);
  * out may be in */
 void d2v_bf16_round(float *out, const float *in, size_t n);
 
+/* The CUDA backend (lib/backend/cuda.cu): cuBLAS GEMMs, cuDNN
+ * convolutions and the kernels of kernels/ on the first GPU, every buffer
+ * in managed memory.  bf16 rounds the GEMMs' operands to bf16 (fp32
+ * sums), as the CPU's bf16 table does; everything else is fp32.  NULL,
+ * with err saying why, when this build has no CUDA backend or no GPU can
+ * be used (never a silent fall back to the CPU). */
+const d2v_ops *d2v_backend_cuda(int bf16, d2v_err *err);
+/* 1 when this build has the CUDA backend (it may still find no GPU) */
+int d2v_cuda_built(void);
+
 /* Scratch floats (col, and dcol alike) of a stride-1 'same' convolution
  * of R inputs of Hh x Ww, kernel kh x kw, for either CPU path. */
 size_t d2v_conv_scratch(int R, int Hh, int Ww, int Ci, int Co, int kh,
     int kw, int G);
-/* The CPU table with its linear layers (matmul_forward and
- * matmul_backward) in bf16: both operands of each of their products
- * rounded to bf16 (nearest even), the products summed in fp32, the bias
- * and its gradient fp32; every other operation, the master weights, the
- * optimiser and the EMA stay fp32.  Through oneDNN's bf16 matmul where
- * this CPU has one (AVX-512 BF16 or AMX) and it agrees with the emulation
- * on a test product, otherwise emulated: the rounded operands go through
- * fp32 sgemm, the same numbers and no faster.  why (may be NULL) gets a
- * static line that says which; D2V_BF16_EMULATE in the environment forces
- * the emulation. */
-const d2v_ops *d2v_backend_cpu_bf16(const char **why);
-/* 1 when the bf16 table runs on oneDNN, 0 when it is emulated */
-int d2v_bf16_onednn(void);
-/* out (n) = in (n) rounded to bf16 and back (nearest even, NaN quiet);
- * out may be in */
-void d2v_bf16_round(float *out, const float *in, size_t n);
-
 /* Scratch floats (col, and dcol alike) of a 1-D convolution as the
  * conv1d ops take it, for any CPU path. */
 size_t d2v_conv1d_scratch(int R, int Ti, int Ci, int Co, int k, int st,

@@ -10,41 +10,49 @@
 
 #define TEN(x) ((size_t)(x))
 
+/* Every buffer an op reads or writes comes from the backend's alloc
+ * (zeroed; on a GPU, memory both the device and these host loops can
+ * read); the arrays of per-block pointers are host memory. */
 static void
-freev(float **v, int n)
+freev(const d2v_ops *o, float **v, int n)
 {
 	if (v == NULL)
 		return;
 	for (int i = 0; i < n; i++)
-		free(v[i]);
+		o->release(v[i]);
 	free(v);
 }
 
 static void
-acts_free(d2v_enc_acts *a, int nb)
+acts_free(const d2v_ops *o, d2v_enc_acts *a, int nb)
 {
-	free(a->x_in); free(a->ctx_mean); free(a->ctx_rstd); free(a->x0);
-	freev(a->qkv, nb); freev(a->probs, nb); freev(a->att, nb);
-	freev(a->x1, nb); freev(a->m1, nb); freev(a->s1, nb); freev(a->r, nb);
-	freev(a->h1, nb); freev(a->g, nb); freev(a->f, nb); freev(a->x2, nb);
-	freev(a->m2, nb); freev(a->s2, nb); freev(a->out, nb);
-	freev(a->drop_att, nb); freev(a->drop_ao, nb); freev(a->drop_act, nb);
-	freev(a->drop_f, nb);
-	free(a->drop_ctx); free(a->skip); free(a->pos); free(a->slope);
-	freev(a->pa, nb);
+	o->release(a->x_in); o->release(a->ctx_mean); o->release(a->ctx_rstd);
+	o->release(a->x0);
+	freev(o, a->qkv, nb); freev(o, a->probs, nb); freev(o, a->att, nb);
+	freev(o, a->x1, nb); freev(o, a->m1, nb); freev(o, a->s1, nb);
+	freev(o, a->r, nb);
+	freev(o, a->h1, nb); freev(o, a->g, nb); freev(o, a->f, nb);
+	freev(o, a->x2, nb);
+	freev(o, a->m2, nb); freev(o, a->s2, nb); freev(o, a->out, nb);
+	freev(o, a->drop_att, nb); freev(o, a->drop_ao, nb);
+	freev(o, a->drop_act, nb);
+	freev(o, a->drop_f, nb);
+	o->release(a->drop_ctx); o->release(a->skip); o->release(a->pos);
+	o->release(a->slope);
+	freev(o, a->pa, nb);
 	memset(a, 0, sizeof *a);
 }
 
 static float **
-allocv(int n, size_t each)
+allocv(const d2v_ops *o, int n, size_t each)
 {
 	float **v = calloc((size_t)n, sizeof *v);
 
 	if (v == NULL)
 		return NULL;
 	for (int i = 0; i < n; i++)
-		if ((v[i] = malloc(each * sizeof(float))) == NULL) {
-			freev(v, n);
+		if ((v[i] = o->alloc(each * sizeof(float))) == NULL) {
+			freev(o, v, n);
 			return NULL;
 		}
 	return v;
@@ -87,57 +95,58 @@ is_text(const d2v_model *m)
 static int
 acts_alloc(d2v_enc_acts *a, const d2v_model *m, int R, int T, int with_drop)
 {
+	const d2v_ops *o = m->ops;
 	size_t RT = TEN(R) * T, D = TEN(m->D), F = TEN(m->F);
 	int nb = m->nb;
 
 	if (a->R == R && a->T == T)
 		return 0;
-	acts_free(a, nb);
+	acts_free(o, a, nb);
 	a->R = R;
 	a->T = T;
-	a->x_in = malloc(RT * D * sizeof(float));
-	a->ctx_mean = malloc(RT * sizeof(float));
-	a->ctx_rstd = malloc(RT * sizeof(float));
-	a->x0 = malloc(RT * D * sizeof(float));
-	a->qkv = allocv(nb, RT * 3 * D);
-	a->probs = allocv(nb, TEN(R) * m->H * T * T);
-	a->att = allocv(nb, RT * D);
-	a->x1 = allocv(nb, RT * D);
-	a->m1 = allocv(nb, RT);
-	a->s1 = allocv(nb, RT);
-	a->r = allocv(nb, RT * D);
-	a->h1 = allocv(nb, RT * F);
-	a->g = allocv(nb, RT * F);
-	a->f = allocv(nb, RT * D);
-	a->x2 = allocv(nb, RT * D);
-	a->m2 = allocv(nb, RT);
-	a->s2 = allocv(nb, RT);
-	a->out = allocv(nb, RT * D);
-	if (is_v1_image(m) && (a->pa = allocv(nb, RT * D)) == NULL)
+	a->x_in = o->alloc(RT * D * sizeof(float));
+	a->ctx_mean = o->alloc(RT * sizeof(float));
+	a->ctx_rstd = o->alloc(RT * sizeof(float));
+	a->x0 = o->alloc(RT * D * sizeof(float));
+	a->qkv = allocv(o, nb, RT * 3 * D);
+	a->probs = allocv(o, nb, TEN(R) * m->H * T * T);
+	a->att = allocv(o, nb, RT * D);
+	a->x1 = allocv(o, nb, RT * D);
+	a->m1 = allocv(o, nb, RT);
+	a->s1 = allocv(o, nb, RT);
+	a->r = allocv(o, nb, RT * D);
+	a->h1 = allocv(o, nb, RT * F);
+	a->g = allocv(o, nb, RT * F);
+	a->f = allocv(o, nb, RT * D);
+	a->x2 = allocv(o, nb, RT * D);
+	a->m2 = allocv(o, nb, RT);
+	a->s2 = allocv(o, nb, RT);
+	a->out = allocv(o, nb, RT * D);
+	if (is_v1_image(m) && (a->pa = allocv(o, nb, RT * D)) == NULL)
 		return -1;
-	a->skip = calloc((size_t)nb, sizeof *a->skip);
-	a->pos = malloc(RT * sizeof *a->pos);
-	a->slope = calloc((size_t)m->H, sizeof *a->slope);
+	a->skip = o->alloc((size_t)nb * sizeof *a->skip);
+	a->pos = o->alloc(RT * sizeof *a->pos);
+	a->slope = o->alloc((size_t)m->H * sizeof *a->slope);
 	if (!a->skip || !a->pos || !a->slope) {
-		acts_free(a, nb);
+		acts_free(o, a, nb);
 		return -1;
 	}
 	if (with_drop) {
-		a->drop_ctx = malloc(RT * D * sizeof(float));
-		a->drop_att = allocv(nb, TEN(R) * m->H * T * T);
-		a->drop_ao = allocv(nb, RT * D);
-		a->drop_act = allocv(nb, RT * F);
-		a->drop_f = allocv(nb, RT * D);
+		a->drop_ctx = o->alloc(RT * D * sizeof(float));
+		a->drop_att = allocv(o, nb, TEN(R) * m->H * T * T);
+		a->drop_ao = allocv(o, nb, RT * D);
+		a->drop_act = allocv(o, nb, RT * F);
+		a->drop_f = allocv(o, nb, RT * D);
 		if (!a->drop_att || !a->drop_ao || !a->drop_act || !a->drop_f ||
 		    !a->drop_ctx) {
-			acts_free(a, nb);
+			acts_free(o, a, nb);
 			return -1;
 		}
 	}
 	if (!a->x_in || !a->ctx_mean || !a->ctx_rstd || !a->x0 || !a->qkv ||
 	    !a->probs || !a->att || !a->x1 || !a->m1 || !a->s1 || !a->r ||
 	    !a->h1 || !a->g || !a->f || !a->x2 || !a->m2 || !a->s2 || !a->out) {
-		acts_free(a, nb);
+		acts_free(o, a, nb);
 		return -1;
 	}
 	return 0;
@@ -188,6 +197,7 @@ int
 d2v_model_init(d2v_model *m, const d2v_config *cfg, const d2v_ops *ops,
     d2v_err *err)
 {
+	const d2v_ops *o = ops;
 	int rc;
 	size_t n;
 
@@ -205,13 +215,13 @@ d2v_model_init(d2v_model *m, const d2v_config *cfg, const d2v_ops *ops,
 	if ((rc = d2v_layout_init(&m->lay, cfg, err)) < 0)
 		return rc;
 	n = m->lay.total;
-	m->params = calloc(n, sizeof(float));
-	m->grads = calloc(n, sizeof(float));
-	m->m = calloc(n, sizeof(float));
-	m->v = calloc(n, sizeof(float));
-	m->teacher = calloc(n, sizeof(float));
-	m->sincos = malloc((m->N > 0 ? TEN(m->N) * m->D : 1) * sizeof(float));
-	m->alibi0 = malloc(TEN(m->H) * sizeof(float));
+	m->params = o->alloc(n * sizeof(float));
+	m->grads = o->alloc(n * sizeof(float));
+	m->m = o->alloc(n * sizeof(float));
+	m->v = o->alloc(n * sizeof(float));
+	m->teacher = o->alloc(n * sizeof(float));
+	m->sincos = o->alloc((m->N > 0 ? TEN(m->N) * m->D : 1) * sizeof(float));
+	m->alibi0 = o->alloc(TEN(m->H) * sizeof(float));
 	if (!m->params || !m->grads || !m->m || !m->v || !m->teacher ||
 	    !m->sincos || !m->alibi0) {
 		d2v_model_free(m);
@@ -265,23 +275,24 @@ d2v_model_tokens(const d2v_model *m)
 }
 
 static void
-pos_free(d2v_pos_acts *p, int n)
+pos_free(const d2v_ops *o, d2v_pos_acts *p, int n)
 {
-	free(p->z);
-	freev(p->c, n); freev(p->m, n); freev(p->s, n); freev(p->l, n);
-	freev(p->g, n);
+	o->release(p->z);
+	freev(o, p->c, n); freev(o, p->m, n); freev(o, p->s, n);
+	freev(o, p->l, n);
+	freev(o, p->g, n);
 	memset(p, 0, sizeof *p);
 }
 
 static int
-pos_alloc(d2v_pos_acts *p, int n, size_t RN, int D)
+pos_alloc(const d2v_ops *o, d2v_pos_acts *p, int n, size_t RN, int D)
 {
-	p->z = malloc(RN * D * sizeof(float));
-	p->c = allocv(n, RN * D);
-	p->m = allocv(n, RN);
-	p->s = allocv(n, RN);
-	p->l = allocv(n, RN * D);
-	p->g = allocv(n, RN * D);
+	p->z = o->alloc(RN * D * sizeof(float));
+	p->c = allocv(o, n, RN * D);
+	p->m = allocv(o, n, RN);
+	p->s = allocv(o, n, RN);
+	p->l = allocv(o, n, RN * D);
+	p->g = allocv(o, n, RN * D);
 	return p->z && (n == 0 || (p->c && p->m && p->s && p->l && p->g)) ?
 	    0 : -1;
 }
@@ -289,29 +300,37 @@ pos_alloc(d2v_pos_acts *p, int n, size_t RN, int D)
 static void
 step_free(d2v_model *m)
 {
+	const d2v_ops *o = m->ops;
 	int L = dec_layers(&m->cfg), np = m->cfg.pos_conv_depth;
 
-	free(m->pix); free(m->tok); free(m->dtok); free(m->keep);
-	free(m->y); free(m->ycls); free(m->dec_in);
-	freev(m->dc, L); freev(m->dm, L); freev(m->ds, L); freev(m->dl, L);
-	freev(m->dout, L);
-	free(m->pred); free(m->col); free(m->dcol);
-	free(m->gA); free(m->gB); free(m->gC); free(m->gF); free(m->gF2);
-	free(m->gQKV); free(m->gdec); free(m->gdec2);
+	o->release(m->pix); o->release(m->tok); o->release(m->dtok);
+	o->release(m->keep);
+	o->release(m->y); o->release(m->ycls); o->release(m->dec_in);
+	freev(o, m->dc, L); freev(o, m->dm, L); freev(o, m->ds, L);
+	freev(o, m->dl, L);
+	freev(o, m->dout, L);
+	o->release(m->pred); o->release(m->col); o->release(m->dcol);
+	o->release(m->gA); o->release(m->gB); o->release(m->gC);
+	o->release(m->gF); o->release(m->gF2);
+	o->release(m->gQKV); o->release(m->gdec); o->release(m->gdec2);
 	for (int i = 0; i < D2V_CONV_LAYERS; i++) {
-		free(m->cv[i]); free(m->cm[i]); free(m->cs[i]); free(m->cl[i]);
-		free(m->cg[i]);
+		o->release(m->cv[i]); o->release(m->cm[i]);
+		o->release(m->cs[i]); o->release(m->cl[i]);
+		o->release(m->cg[i]);
 		m->cv[i] = m->cm[i] = m->cs[i] = m->cl[i] = m->cg[i] = NULL;
 	}
-	free(m->fm); free(m->fs); free(m->fl);
-	pos_free(&m->spos, np);
-	pos_free(&m->tpos, np);
-	free(m->gslope);
-	free(m->esum); free(m->em); free(m->es); free(m->eln);
-	free(m->drop_emb); free(m->drop_in); free(m->ph); free(m->pg);
-	free(m->hn); free(m->hm); free(m->hs);
+	o->release(m->wav);
+	o->release(m->fm); o->release(m->fs); o->release(m->fl);
+	pos_free(o, &m->spos, np);
+	pos_free(o, &m->tpos, np);
+	o->release(m->gslope);
+	o->release(m->esum); o->release(m->em); o->release(m->es);
+	o->release(m->eln);
+	o->release(m->drop_emb); o->release(m->drop_in); o->release(m->ph);
+	o->release(m->pg);
+	o->release(m->hn); o->release(m->hm); o->release(m->hs);
 	m->hn = m->hm = m->hs = NULL;
-	m->fm = m->fs = m->fl = m->gslope = NULL;
+	m->fm = m->fs = m->fl = m->gslope = m->wav = NULL;
 	m->esum = m->em = m->es = m->eln = m->drop_emb = m->drop_in = NULL;
 	m->ph = m->pg = NULL;
 	m->pix = m->tok = m->dtok = m->y = m->ycls = m->dec_in = NULL;
@@ -326,11 +345,16 @@ step_free(d2v_model *m)
 void
 d2v_model_free(d2v_model *m)
 {
+	const d2v_ops *o = m->ops;
+
+	if (o == NULL) /* never initialised, or freed */
+		return;
 	step_free(m);
-	acts_free(&m->st, m->nb);
-	acts_free(&m->te, m->nb);
-	free(m->params); free(m->grads); free(m->m); free(m->v);
-	free(m->teacher); free(m->sincos); free(m->alibi0);
+	acts_free(o, &m->st, m->nb);
+	acts_free(o, &m->te, m->nb);
+	o->release(m->params); o->release(m->grads); o->release(m->m);
+	o->release(m->v);
+	o->release(m->teacher); o->release(m->sincos); o->release(m->alibi0);
 	d2v_layout_free(&m->lay);
 	memset(m, 0, sizeof *m);
 }
@@ -352,6 +376,7 @@ maxz(size_t a, size_t b)
 static int
 step_alloc(d2v_model *m, int B, int V, d2v_err *err)
 {
+	const d2v_ops *o = m->ops;
 	const d2v_config *c = &m->cfg;
 	int M = c->clone, R = B * M, N = m->N, D = m->D, L = dec_layers(c);
 	int Dd = c->decoder_dim, E = m->E, T = V + E, v1 = d2v_config_is_v1(c);
@@ -378,7 +403,7 @@ step_alloc(d2v_model *m, int B, int V, d2v_err *err)
 	if (E) {
 		size_t CPP = TEN(c->channels) * c->patch * c->patch;
 
-		m->pix = malloc(BN * CPP * sizeof(float));
+		m->pix = o->alloc(BN * CPP * sizeof(float));
 		bad |= m->pix == NULL;
 	}
 	if (is_audio(m)) {
@@ -387,83 +412,86 @@ step_alloc(d2v_model *m, int B, int V, d2v_err *err)
 		m->ct[0] = m->len;
 		for (int i = 0; i < D2V_CONV_LAYERS; i++) {
 			int cin = i ? C : 1;
-			size_t o;
+			size_t no;
 
 			m->ct[i + 1] = (m->ct[i] - d2v_conv_kernel[i]) /
 			    d2v_conv_stride[i] + 1;
-			o = TEN(B) * m->ct[i + 1];
+			no = TEN(B) * m->ct[i + 1];
 			cmax = maxz(cmax, d2v_conv1d_scratch(B, m->ct[i], cin, C,
 			    d2v_conv_kernel[i], d2v_conv_stride[i], 0, 1));
-			abuf = maxz(abuf, o * C);
-			m->cv[i] = malloc(o * C * sizeof(float));
-			m->cm[i] = malloc(o * sizeof(float));
-			m->cs[i] = malloc(o * sizeof(float));
-			m->cl[i] = malloc(o * C * sizeof(float));
-			m->cg[i] = malloc(o * C * sizeof(float));
+			abuf = maxz(abuf, no * C);
+			m->cv[i] = o->alloc(no * C * sizeof(float));
+			m->cm[i] = o->alloc(no * sizeof(float));
+			m->cs[i] = o->alloc(no * sizeof(float));
+			m->cl[i] = o->alloc(no * C * sizeof(float));
+			m->cg[i] = o->alloc(no * C * sizeof(float));
 			bad |= !m->cv[i] || !m->cm[i] || !m->cs[i] || !m->cl[i] ||
 			    !m->cg[i];
 		}
-		m->fm = malloc(BN * sizeof(float));
-		m->fs = malloc(BN * sizeof(float));
-		m->fl = malloc(BN * C * sizeof(float));
-		m->gslope = malloc(TEN(m->H) * sizeof(float));
+		m->wav = o->alloc(TEN(B) * m->len * sizeof(float));
+		m->fm = o->alloc(BN * sizeof(float));
+		m->fs = o->alloc(BN * sizeof(float));
+		m->fl = o->alloc(BN * C * sizeof(float));
+		m->gslope = o->alloc(TEN(m->H) * sizeof(float));
 		cmax = maxz(cmax, d2v_conv_scratch(R, 1, N, D, D, 1,
 		    c->pos_conv_kernel, c->pos_conv_groups));
-		bad |= !m->fm || !m->fs || !m->fl || !m->gslope ||
-		    pos_alloc(&m->spos, np, RN, D) < 0 ||
-		    pos_alloc(&m->tpos, np, BN, D) < 0;
+		bad |= !m->wav || !m->fm || !m->fs || !m->fl || !m->gslope ||
+		    pos_alloc(o, &m->spos, np, RN, D) < 0 ||
+		    pos_alloc(o, &m->tpos, np, BN, D) < 0;
 	}
 	if (is_text(m)) {
-		m->esum = malloc(BN * D * sizeof(float));
-		m->em = malloc(BN * sizeof(float));
-		m->es = malloc(BN * sizeof(float));
-		m->eln = malloc(BN * D * sizeof(float));
-		m->drop_emb = malloc(BN * D * sizeof(float));
+		m->esum = o->alloc(BN * D * sizeof(float));
+		m->em = o->alloc(BN * sizeof(float));
+		m->es = o->alloc(BN * sizeof(float));
+		m->eln = o->alloc(BN * D * sizeof(float));
+		m->drop_emb = o->alloc(BN * D * sizeof(float));
 		bad |= !m->esum || !m->em || !m->es || !m->eln || !m->drop_emb;
 	}
 	if (c->input_dropout > 0) {
-		m->drop_in = malloc(TEN(R) * (V > 0 ? V : 1) * D * sizeof(float));
+		m->drop_in = o->alloc(TEN(R) * (V > 0 ? V : 1) * D *
+		    sizeof(float));
 		bad |= m->drop_in == NULL;
 	}
 	if (is_v1_image(m)) {
 		size_t BT = TEN(B) * (N + E);
 
-		m->hn = malloc(BT * D * sizeof(float));
-		m->hm = malloc(BT * sizeof(float));
-		m->hs = malloc(BT * sizeof(float));
+		m->hn = o->alloc(BT * D * sizeof(float));
+		m->hm = o->alloc(BT * sizeof(float));
+		m->hs = o->alloc(BT * sizeof(float));
 		bad |= !m->hn || !m->hm || !m->hs;
 	}
 	if ((!v1 && c->decoder_proj_layers == 2) || head2) {
 		size_t w2 = 2 * TEN(head2 ? D : Dd);
 
-		m->ph = malloc(RN * w2 * sizeof(float)); /* (R,N,2Dd) or (B,N,2D) */
-		m->pg = malloc(RN * w2 * sizeof(float));
+		/* (R,N,2Dd) or (B,N,2D) */
+		m->ph = o->alloc(RN * w2 * sizeof(float));
+		m->pg = o->alloc(RN * w2 * sizeof(float));
 		bad |= !m->ph || !m->pg;
 	}
 	/* the audio feature encoder's backward runs through gdec and gdec2 */
 	abuf = maxz(abuf, TEN(R) * (N + E) * wide);
-	m->tok = malloc(BN * D * sizeof(float));
-	m->dtok = malloc(BN * D * sizeof(float));
-	m->keep = malloc(TEN(R) * (V > 0 ? V : 1) * sizeof(int));
-	m->y = malloc(BN * D * sizeof(float));
-	m->ycls = malloc(TEN(B) * D * sizeof(float));
-	m->dec_in = malloc(RN * D * sizeof(float));
-	m->dc = allocv(L, RN * Dd);
-	m->dm = allocv(L, RN);
-	m->ds = allocv(L, RN);
-	m->dl = allocv(L, RN * Dd);
-	m->dout = allocv(L, RN * Dd);
-	m->pred = malloc(TEN(R) * (N + E) * D * sizeof(float));
-	m->col = malloc(cmax * sizeof(float));
-	m->dcol = malloc(cmax * sizeof(float));
-	m->gA = malloc(RT * wide * sizeof(float));
-	m->gB = malloc(RT * wide * sizeof(float));
-	m->gC = malloc(RT * wide * sizeof(float));
-	m->gF = malloc(RT * m->F * sizeof(float));
-	m->gF2 = malloc(RT * m->F * sizeof(float));
-	m->gQKV = malloc(RT * 3 * D * sizeof(float));
-	m->gdec = malloc(abuf * sizeof(float));
-	m->gdec2 = malloc(abuf * sizeof(float));
+	m->tok = o->alloc(BN * D * sizeof(float));
+	m->dtok = o->alloc(BN * D * sizeof(float));
+	m->keep = o->alloc(TEN(R) * (V > 0 ? V : 1) * sizeof(int));
+	m->y = o->alloc(BN * D * sizeof(float));
+	m->ycls = o->alloc(TEN(B) * D * sizeof(float));
+	m->dec_in = o->alloc(RN * D * sizeof(float));
+	m->dc = allocv(o, L, RN * Dd);
+	m->dm = allocv(o, L, RN);
+	m->ds = allocv(o, L, RN);
+	m->dl = allocv(o, L, RN * Dd);
+	m->dout = allocv(o, L, RN * Dd);
+	m->pred = o->alloc(TEN(R) * (N + E) * D * sizeof(float));
+	m->col = o->alloc(cmax * sizeof(float));
+	m->dcol = o->alloc(cmax * sizeof(float));
+	m->gA = o->alloc(RT * wide * sizeof(float));
+	m->gB = o->alloc(RT * wide * sizeof(float));
+	m->gC = o->alloc(RT * wide * sizeof(float));
+	m->gF = o->alloc(RT * m->F * sizeof(float));
+	m->gF2 = o->alloc(RT * m->F * sizeof(float));
+	m->gQKV = o->alloc(RT * 3 * D * sizeof(float));
+	m->gdec = o->alloc(abuf * sizeof(float));
+	m->gdec2 = o->alloc(abuf * sizeof(float));
 	if (bad || !m->tok || !m->dtok || !m->keep || !m->y || !m->ycls ||
 	    !m->dec_in || (L > 0 && (!m->dc || !m->dm || !m->ds || !m->dl ||
 	    !m->dout)) ||
@@ -959,7 +987,9 @@ local_forward(d2v_model *m, const float *P, const void *x, int B, int drop)
 		patchify(m, x, B, m->pix);
 		embed(m, P, B, m->tok);
 	} else if (is_audio(m)) {
-		audio_local_forward(m, P, x, B);
+		/* the convolutions read the samples from the backend's memory */
+		memcpy(m->wav, x, TEN(B) * m->len * sizeof(float));
+		audio_local_forward(m, P, m->wav, B);
 	} else {
 		text_local_forward(m, P, x, B, drop);
 	}
@@ -1065,16 +1095,32 @@ d2v_model_targets(d2v_model *m, const float *params, const void *x,
 
 	if (rc < 0)
 		return rc;
+	/* made in the model's buffers (the backend's memory), then copied */
 	if (is_v1_image(m)) {
 		teacher_v1_forward(m, params, x, B);
-		make_targets(m, B, y, NULL);
-		return 0;
+		make_targets(m, B, m->y, NULL);
+	} else {
+		if (!m->E)
+			local_forward(m, m->params, x, B, 0);
+		teacher_forward(m, params, x, B);
+		make_targets(m, B, m->y, ycls ? m->ycls : NULL);
 	}
-	if (!m->E)
-		local_forward(m, m->params, x, B, 0);
-	teacher_forward(m, params, x, B);
-	make_targets(m, B, y, ycls);
+	if ((rc = d2v_model_check(m, err)) < 0)
+		return rc;
+	memcpy(y, m->y, TEN(B) * m->N * m->D * sizeof(float));
+	if (ycls != NULL && m->E && !is_v1_image(m))
+		memcpy(ycls, m->ycls, TEN(B) * m->D * sizeof(float));
 	return 0;
+}
+
+int
+d2v_model_check(const d2v_model *m, d2v_err *err)
+{
+	const char *why;
+
+	if (m->ops->failed == NULL || (why = m->ops->failed()) == NULL)
+		return 0;
+	return d2v_err_set(err, D2V_EIO, "%s", why);
 }
 
 int
@@ -1097,9 +1143,25 @@ d2v_model_features(d2v_model *m, const float *params, const void *x,
 			local_forward(m, m->params, x, B, 0);
 		teacher_forward(m, params, x, B);
 	}
+	if ((rc = d2v_model_check(m, err)) < 0)
+		return rc;
 	memcpy(out, m->te.out[layer], TEN(B) * (m->N + m->E) * m->D *
 	    sizeof(float));
 	return 0;
+}
+
+static int step_any(d2v_model *m, const void *x, const uint8_t *mask,
+    const float *noise, const float *y, const float *ycls, int B,
+    uint64_t rng_seed, d2v_step_out *out, d2v_err *err);
+
+int
+d2v_model_step(d2v_model *m, const void *x, const uint8_t *mask,
+    const float *noise, const float *y, const float *ycls, int B,
+    uint64_t rng_seed, d2v_step_out *out, d2v_err *err)
+{
+	int rc = step_any(m, x, mask, noise, y, ycls, B, rng_seed, out, err);
+
+	return rc < 0 ? rc : d2v_model_check(m, err);
 }
 
 /* Mean over dims of the standard deviation over rows of x (rows,D). */
@@ -1281,8 +1343,8 @@ decoder_backward(d2v_model *m, int R)
 	return dprev;
 }
 
-int
-d2v_model_step(d2v_model *m, const void *x, const uint8_t *mask,
+static int
+step_any(d2v_model *m, const void *x, const uint8_t *mask,
     const float *noise, const float *y, const float *ycls, int B,
     uint64_t rng_seed, d2v_step_out *out, d2v_err *err)
 {
@@ -1540,7 +1602,7 @@ d2v_model_step(d2v_model *m, const void *x, const uint8_t *mask,
 				for (int d = 0; d < D; d++)
 					dst[d] += src[d];
 			}
-		audio_local_backward(m, x, m->dtok, B);
+		audio_local_backward(m, m->wav, m->dtok, B);
 	} else {
 		const float *dx = m->gdec;
 		float *gcls = E ? Gr + m->lay.cls : NULL;
@@ -1973,6 +2035,6 @@ step_v1_seq(d2v_model *m, const void *x, const uint8_t *mask,
 		for (int d = 0; d < D; d++)
 			Gr[l->mask_tok + d] += src[d];
 	}
-	audio_local_backward(m, x, m->dtok, B);
+	audio_local_backward(m, m->wav, m->dtok, B);
 	return 0;
 }

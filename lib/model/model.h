@@ -110,6 +110,7 @@ typedef struct d2v_model {
 	float *cl[D2V_CONV_LAYERS], *cg[D2V_CONV_LAYERS];
 	                   /* (B,T_i+1,C) conv out, (B*T_i+1) LN mean, rstd,
 	                    * (B,T_i+1,C) LN out, GELU out */
+	float *wav;        /* (B,S) the audio samples, in the backend's memory */
 	float *fm, *fs, *fl; /* (B*N), (B*N), (B,N,C) feature LayerNorm */
 	d2v_pos_acts spos, tpos; /* student (R rows), teacher (B rows) */
 	float *gslope;     /* (H) ALiBi slope gradient */
@@ -180,5 +181,11 @@ int d2v_model_targets(d2v_model *m, const float *params, const void *x,
  * last) for B unmasked samples: out (B,N+E,D), the CLS first for images. */
 int d2v_model_features(d2v_model *m, const float *params, const void *x,
     int B, int layer, float *out, d2v_err *err);
+
+/* 0, or D2V_EIO with the message of the backend's first failure (a GPU
+ * error; the CPU backend cannot fail).  d2v_model_step, _targets and
+ * _features check it before they return; d2v_train_update's caller
+ * checks it after the update. */
+int d2v_model_check(const d2v_model *m, d2v_err *err);
 
 #endif

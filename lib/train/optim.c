@@ -56,27 +56,18 @@ d2v_tau(const d2v_config *c, long t)
 }
 
 double
-d2v_clip_grads(float *g, size_t n, double max)
+d2v_clip_grads(const d2v_ops *o, float *g, size_t n, double max)
 {
-	double s = 0, norm;
+	double norm = sqrt(o->sumsq(g, n));
 
-#pragma omp parallel for reduction(+:s) schedule(static)
-	for (size_t i = 0; i < n; i++)
-		s += (double)g[i] * g[i];
-	norm = sqrt(s);
-	if (max > 0 && norm > max) {
-		float coef = (float)(max / (norm + 1e-6));
-
-#pragma omp parallel for schedule(static)
-		for (size_t i = 0; i < n; i++)
-			g[i] *= coef;
-	}
+	if (max > 0 && norm > max)
+		o->scale(g, n, (float)(max / (norm + 1e-6)));
 	return norm;
 }
 
 void
-d2v_adam_step(const d2v_layout *l, const d2v_config *c, float *p,
-    const float *g, float *m, float *v, double lr, long t)
+d2v_adam_step(const d2v_ops *o, const d2v_layout *l, const d2v_config *c,
+    float *p, const float *g, float *m, float *v, double lr, long t)
 {
 	double b1 = c->beta1, b2 = c->beta2;
 	double step = lr * sqrt(1 - pow(b2, (double)t)) / (1 - pow(b1, (double)t));
@@ -84,31 +75,25 @@ d2v_adam_step(const d2v_layout *l, const d2v_config *c, float *p,
 	for (int i = 0; i < l->count; i++) {
 		const d2v_param *e = &l->p[i];
 		float decay = e->decay ? (float)(lr * c->weight_decay) : 0.0f;
-		size_t o = e->offset;
+		size_t k = e->offset, n = e->size;
 
-#pragma omp parallel for schedule(static)
-		for (size_t k = o; k < o + e->size; k++) {
-			float mk = (float)(b1 * m[k] + (1 - b1) * g[k]);
-			float vk = (float)(b2 * v[k] + (1 - b2) * (double)g[k] * g[k]);
-
-			m[k] = mk;
-			v[k] = vk;
-			p[k] -= decay * p[k];
-			p[k] -= (float)(step * mk / (sqrt((double)vk) + c->eps));
-		}
+		/* the run of parameters that follow with the same decay: one
+		 * call (the layout's entries are contiguous) */
+		while (i + 1 < l->count && l->p[i + 1].decay == e->decay &&
+		    l->p[i + 1].offset == k + n)
+			n += l->p[++i].size;
+		o->adamw(p + k, g + k, m + k, v + k, n, b1, b2, step, c->eps,
+		    decay);
 	}
 }
 
 void
-d2v_ema_step(float *teacher, const float *student, size_t n, double tau)
+d2v_ema_step(const d2v_ops *o, float *teacher, const float *student,
+    size_t n, double tau)
 {
-	float a = (float)tau, b = (float)(1 - tau);
-
 	if (tau >= 1)
 		return;
-#pragma omp parallel for schedule(static)
-	for (size_t i = 0; i < n; i++)
-		teacher[i] = a * teacher[i] + b * student[i];
+	o->ema(teacher, student, n, tau);
 }
 
 double
@@ -116,12 +101,14 @@ d2v_train_update(d2v_model *m, long k, double *lr_out, double *tau_out)
 {
 	const d2v_config *c = &m->cfg;
 	double lr = d2v_lr(c, k), tau = d2v_tau(c, k + 1);
-	double norm = d2v_clip_grads(m->grads, m->lay.total, c->clip_norm);
+	double norm = d2v_clip_grads(m->ops, m->grads, m->lay.total,
+	    c->clip_norm);
 
-	d2v_adam_step(&m->lay, c, m->params, m->grads, m->m, m->v, lr, k + 1);
+	d2v_adam_step(m->ops, &m->lay, c, m->params, m->grads, m->m, m->v, lr,
+	    k + 1);
 	/* shared parameters are copied, the teacher's own averaged (§5.2) */
 	memcpy(m->teacher, m->params, m->lay.teacher_begin * sizeof(float));
-	d2v_ema_step(m->teacher + m->lay.teacher_begin,
+	d2v_ema_step(m->ops, m->teacher + m->lay.teacher_begin,
 	    m->params + m->lay.teacher_begin,
 	    m->lay.teacher_end - m->lay.teacher_begin, tau);
 	if (lr_out)

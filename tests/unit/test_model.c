@@ -583,7 +583,7 @@ test_schedules(void)
 	    "tau anneals linearly, then stays at the end value");
 	{
 		float g[3] = {3, 4, 0};
-		double n = d2v_clip_grads(g, 3, 1.0);
+		double n = d2v_clip_grads(d2v_backend_cpu(), g, 3, 1.0);
 
 		T_OK(n == 5 && fabs(g[0] - 0.6f) < 1e-6 && fabs(g[1] - 0.8f) < 1e-6,
 		    "clipping returns the norm and rescales to the limit");
