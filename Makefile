@@ -5,6 +5,8 @@
 #   make check      build and run every test that needs no GPU
 #   make demo       the main job on Fashion-MNIST (QUICK=1 for a short one)
 #   make bench      benchmarks against the PyTorch peer (not part of check)
+#   make check-gpu  both backends, op by op and step by step (needs a GPU)
+#   make CUDA=0     leave out the CUDA backend (built whenever nvcc is found)
 #   make fuzz       libFuzzer on the stream reader (FUZZ_TIME seconds, clang)
 #   make install PREFIX=/usr/local
 #   make clean
@@ -56,6 +58,35 @@ ALL_CXXFLAGS := -std=c++17 $(WARN) $(CXXFLAGS) $(SANFLAGS) -Ilib $(SPM_CFLAGS)
 ALL_LDFLAGS := $(LDFLAGS) $(SANFLAGS) $(OMP_FLAGS)
 LIBS := $(PKG_LIBS) $(SPM_LIBS) $(BLAS_LIBS) $(DNNL_LIBS) -lstdc++ -lm
 
+# The CUDA backend (lib/backend/cuda.cu and the kernels of kernels/), in
+# its own archive: only d2v-train, d2v-teacher and check-gpu link it (and
+# with it cuBLAS and cuDNN); everything else gets lib/backend/nocuda.c's
+# d2v_backend_cuda, which says the build has none.  Built wherever
+# scripts/configure found nvcc (sm_80 and sm_90 code) unless CUDA=0; the
+# sanitizer builds leave it out (CUDA's runtime and ASan do not mix).
+CUDA ?= 1
+ifneq ($(SANITIZE),)
+CUDA := 0
+endif
+ifneq ($(and $(NVCC),$(CUDNN_INC),$(filter-out 0,$(CUDA))),)
+HAVE_CUDA := 1
+CUDA_ARCH := -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
+NVCC_FLAGS := -O3 -g -std=c++17 $(CUDA_ARCH) -Ilib -Ilib/backend -Ikernels \
+	-I$(CUDNN_INC) -Xcompiler -Wall,-Wextra
+CUDA_SRC := lib/backend/cuda.cu $(wildcard kernels/*.cu)
+CUDA_OBJ := $(CUDA_SRC:%.cu=$(BUILD)/cuda/%.o)
+CUDA_LIB := $(BUILD)/libd2vcuda.a
+CUDA_LIBS := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudnn \
+	-lcublas -lcudart
+else
+HAVE_CUDA := 0
+CUDA_LIB :=
+CUDA_LIBS :=
+ifneq ($(NVCC),)
+$(info d2v: CUDA backend: left out (CUDA=0, a sanitizer build, or no cuDNN))
+endif
+endif
+
 LIB_SRC := $(filter-out lib/cli.c,$(wildcard lib/*.c lib/*/*.c))
 LIB_CXX := $(wildcard lib/*.cc lib/*/*.cc)
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o) $(LIB_CXX:%.cc=$(BUILD)/%.o)
@@ -70,7 +101,7 @@ SH_TESTS := $(wildcard tests/*.sh)
 HEADERS := $(wildcard lib/*.h lib/*/*.h)
 MAN := $(wildcard man/man1/*.1 man/man5/*.5)
 
-.PHONY: all deps check check-ref demo bench fuzz install clean lint-man
+.PHONY: all deps check check-gpu kernel-lab check-ref demo bench fuzz install clean lint-man
 
 all: $(CMDS)
 
@@ -89,13 +120,30 @@ $(BUILD)/libd2v.a: $(LIB_OBJ)
 	@rm -f $@
 	$(AR) rcs $@ $^
 
+$(BUILD)/cuda/%.o: %.cu kernels/kernels.h lib/backend/ops.h lib/err.h $(BUILD)/config.mk Makefile
+	@mkdir -p $(@D)
+	$(NVCC) $(NVCC_FLAGS) -c $< -o $@
+
+$(BUILD)/libd2vcuda.a: $(CUDA_OBJ)
+	@rm -f $@
+	$(AR) rcs $@ $^
+	@echo "d2v: CUDA backend: built (sm_80 and sm_90 code; cuBLAS, cuDNN; make CUDA=0 leaves it out)"
+
 $(BUILD)/libd2vcli.a: $(CLI_OBJ)
 	@rm -f $@
 	$(AR) rcs $@ $^
 
+# the commands with --device cuda
+GPU_CMDS := $(BUILD)/bin/d2v-train $(BUILD)/bin/d2v-teacher
+$(GPU_CMDS): GPU_LINK := $(CUDA_LIB) $(CUDA_LIBS)
+$(GPU_CMDS): $(CUDA_LIB)
+# d2v-train runs data parallel under mpirun (Open MPI)
+$(BUILD)/bin/d2v-train: CMD_CFLAGS := $(MPI_CFLAGS)
+$(BUILD)/bin/d2v-train: CMD_LIBS := $(MPI_LIBS)
+
 $(BUILD)/bin/%: cmd/%.c $(BUILD)/libd2vcli.a $(BUILD)/libd2v.a $(HEADERS)
 	@mkdir -p $(@D)
-	$(CC) $(ALL_CFLAGS) $< -o $@ $(ALL_LDFLAGS) $(BUILD)/libd2vcli.a $(BUILD)/libd2v.a $(LIBS)
+	$(CC) $(ALL_CFLAGS) $(CMD_CFLAGS) $< -o $@ $(ALL_LDFLAGS) $(BUILD)/libd2vcli.a $(GPU_LINK) $(BUILD)/libd2v.a $(LIBS) $(CMD_LIBS)
 
 $(BUILD)/tests/%: tests/unit/%.c tests/unit/t.h $(BUILD)/libd2v.a $(HEADERS)
 	@mkdir -p $(@D)
@@ -107,10 +155,33 @@ $(BUILD)/tests/tools/%: tests/tools/%.c $(BUILD)/libd2v.a $(HEADERS)
 
 # Environment of the tests: D2V_BIN (the commands), D2V_TOOLS (test tools),
 # D2V_ROOT (the source tree).
-TEST_ENV := D2V_BIN=$(CURDIR)/$(BUILD)/bin D2V_TOOLS=$(CURDIR)/$(BUILD)/tests/tools D2V_ROOT=$(CURDIR)
+# D2V_CUDA (1 when the CUDA backend is built).
+TEST_ENV := D2V_BIN=$(CURDIR)/$(BUILD)/bin D2V_TOOLS=$(CURDIR)/$(BUILD)/tests/tools D2V_ROOT=$(CURDIR) D2V_CUDA=$(HAVE_CUDA)
 
-check: $(CMDS) $(UNITS) $(TOOLS)
+# With the CUDA backend, check also compiles the kernels/ lab programs.
+ifeq ($(HAVE_CUDA),1)
+KERNEL_LAB := kernel-lab
+endif
+
+check: $(CMDS) $(UNITS) $(TOOLS) $(KERNEL_LAB)
 	@$(TEST_ENV) sh tests/run $(UNITS) $(SH_TESTS)
+
+kernel-lab:
+	@$(MAKE) --no-print-directory -C kernels all NVCC=$(NVCC) BUILD=$(CURDIR)/$(BUILD)/kernels
+
+# Every op on both backends, a step and five steps of training against the
+# CPU, and the step's time; where there is no GPU it says so and fails.
+ifeq ($(HAVE_CUDA),1)
+$(BUILD)/tests/check-gpu: tests/gpu/check-gpu.c $(CUDA_LIB) $(BUILD)/libd2v.a $(HEADERS)
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) -Itests/unit $< -o $@ $(ALL_LDFLAGS) $(CUDA_LIB) $(CUDA_LIBS) $(BUILD)/libd2v.a $(LIBS)
+
+check-gpu: $(BUILD)/tests/check-gpu
+	@$(BUILD)/tests/check-gpu
+else
+check-gpu:
+	@echo "check-gpu: this build has no CUDA backend (no nvcc or cuDNN was found, or CUDA=0); it needs one, and a GPU" >&2; exit 1
+endif
 
 # Regenerates the PyTorch reference fixtures (needs python3-torch).
 check-ref: $(CMDS)

@@ -35,12 +35,15 @@ static const char usage_text[] =
 "      --student          use the student weights instead of the teacher's\n"
 "      --objective v1|v2  check that the checkpoint's objective is this\n"
 "  -b, --batch N          samples per forward pass (default 32)\n"
-"      --precision P      fp32 (default) or bf16 linear layers (d2v-train(1))\n"
+"      --device D         cpu (default) or cuda (d2v-train(1))\n"
+"      --precision P      fp32 or bf16 linear layers (d2v-train(1)); the\n"
+"                         default is fp32 on the CPU, bf16 on cuda\n"
 "  -o, --output FILE      write FILE (atomically) instead of standard output\n"
 "  -q, --quiet  -h, --help  --version\n";
 
 enum {
 	O_DTYPE = 256, O_FEATURES, O_POOL, O_STUDENT, O_OBJECTIVE, O_PRECISION,
+	O_DEVICE,
 	O_VERSION
 };
 
@@ -53,6 +56,7 @@ static const struct option longopts[] = {
 	{"student", no_argument, NULL, O_STUDENT},
 	{"batch", required_argument, NULL, 'b'},
 	{"precision", required_argument, NULL, O_PRECISION},
+	{"device", required_argument, NULL, O_DEVICE},
 	{"output", required_argument, NULL, 'o'},
 	{"quiet", no_argument, NULL, 'q'},
 	{"help", no_argument, NULL, 'h'},
@@ -63,9 +67,9 @@ static const struct option longopts[] = {
 static struct {
 	const char *ckpt, *output, *pool, *objective;
 	d2v_dtype dtype;
-	int features, layer, student, quiet, bf16;
+	int features, layer, student, quiet, bf16, cuda;
 	long batch;
-} opt = {.dtype = D2V_DTYPE_F16, .pool = "none", .batch = 32};
+} opt = {.dtype = D2V_DTYPE_F16, .pool = "none", .batch = 32, .bf16 = -1};
 
 static void
 sha256_file(const char *path, char hex[65])
@@ -159,6 +163,7 @@ main(int argc, char **argv)
 			break;
 		case O_STUDENT: opt.student = 1; break;
 		case O_PRECISION: opt.bf16 = d2v_parse_precision(optarg); break;
+		case O_DEVICE: opt.cuda = d2v_parse_device(optarg); break;
 		case O_OBJECTIVE:
 			if (strcmp(optarg, "v1") && strcmp(optarg, "v2"))
 				d2v_usage("--objective: '%s' is not v1 or v2", optarg);
@@ -175,8 +180,8 @@ main(int argc, char **argv)
 		d2v_usage("--pool goes with --features");
 	in = optind < argc ? argv[optind] : NULL;
 	in_name = in && strcmp(in, "-") ? in : "stdin";
-	if (d2v_checkpoint_load(opt.ckpt, &m, d2v_cli_backend(opt.bf16,
-	    opt.quiet), &step, NULL, &err) < 0)
+	if (d2v_checkpoint_load(opt.ckpt, &m, d2v_cli_backend(opt.cuda,
+	    &opt.bf16, opt.quiet), &step, NULL, &err) < 0)
 		d2v_fatal(1, "%s", err.msg);
 	if (opt.objective && strcmp(opt.objective, m.cfg.objective) != 0)
 		d2v_fatal(1, "%s: a %s checkpoint; --objective %s asks for the "

@@ -22,6 +22,10 @@
 #include "train/checkpoint.h"
 #include "train/optim.h"
 
+#ifdef D2V_HAVE_MPI
+#include <mpi.h>
+#endif
+
 static const char usage_text[] =
 "Usage: d2v-train [OPTION]... -c CHECKPOINT [-i FILE]\n"
 "Train a data2vec 2.0 model (image, audio or text, from the stream) on a\n"
@@ -41,9 +45,11 @@ static const char usage_text[] =
 "      --until N           stop this run at update N (the schedules keep\n"
 "                          their size; continue with --resume)\n"
 "      --progress, --no-progress   force the progress line on or off\n"
-"      --precision P       fp32 (default) or bf16: the linear layers' products\n"
-"                          from bf16 operands, summed in fp32 (oneDNN where\n"
-"                          the CPU has bf16 units, else emulated)\n"
+"      --device D          cpu (default) or cuda: the first NVIDIA GPU\n"
+"      --precision P       fp32 or bf16: the linear layers' products from\n"
+"                          bf16 operands, summed in fp32 (on the CPU, oneDNN\n"
+"                          where it has bf16 units, else emulated); the\n"
+"                          default is fp32 on the CPU, bf16 on cuda\n"
 "Model (defaults from --preset, tiny unless given):\n"
 "      --preset NAME       tiny, small, base or large\n"
 "      --dim D --heads H --mlp F --depth L --prenet P --top-k K\n"
@@ -55,7 +61,9 @@ static const char usage_text[] =
 "      --layer-scale X --loss-beta X   v1: LayerScale init (images),\n"
 "                          Smooth-L1 beta (0: L2)\n"
 "Training (defaults: the data2vec 2.0 recipe of the stream's modality):\n"
-"  -b, --batch B           samples per update (images 16, audio 8, text 64)\n"
+"  -b, --batch B           samples per step of each process (images 16,\n"
+"                          audio 8, text 64); an update takes B x K x ranks\n"
+"      --accum K           K steps' gradients per update (default 1)\n"
 "      --lr X --min-lr X --warmup N --weight-decay X --clip X\n"
 "      --beta1 X --beta2 X --adam-eps X\n"
 "      --ema-decay X --ema-end-decay X --ema-anneal-end N\n"
@@ -75,7 +83,8 @@ enum {
 	O_LR, O_MINLR, O_WARMUP, O_WD, O_CLIP, O_B1, O_B2, O_AEPS, O_EMA,
 	O_EMA_END, O_EMA_N, O_CLS, O_NOISE, O_SEED, O_MINTV, O_MINPV, O_VERSION,
 	O_DROP, O_ADROP, O_ACTDROP, O_POSTDROP, O_DPATH, O_EDROP, O_CDROP,
-	O_IDROP, O_LDROP, O_CONVDIM, O_OBJECTIVE, O_LSCALE, O_LBETA, O_UNTIL, O_PRECISION
+	O_IDROP, O_LDROP, O_CONVDIM, O_OBJECTIVE, O_LSCALE, O_LBETA, O_UNTIL, O_PRECISION,
+	O_DEVICE, O_ACCUM
 };
 
 static const struct option longopts[] = {
@@ -133,6 +142,8 @@ static const struct option longopts[] = {
 	{"layer-scale", required_argument, NULL, O_LSCALE},
 	{"loss-beta", required_argument, NULL, O_LBETA},
 	{"precision", required_argument, NULL, O_PRECISION},
+	{"device", required_argument, NULL, O_DEVICE},
+	{"accum", required_argument, NULL, O_ACCUM},
 	{"quiet", no_argument, NULL, 'q'},
 	{"help", no_argument, NULL, 'h'},
 	{"version", no_argument, NULL, O_VERSION},
@@ -143,17 +154,17 @@ static const struct option longopts[] = {
 static struct {
 	const char *input, *ckpt, *log, *preset;
 	int resume, stream_targets, progress, quiet;
-	long save_every, log_every, epochs, steps, until;
+	long save_every, log_every, epochs, steps, until, accum;
 	long dim, heads, mlp, depth, prenet, topk, ddim, dlayers, dkernel,
 	    dgroups, batch, warmup, ema_n, conv_dim;
 	double lr, min_lr, wd, clip, b1, b2, aeps, ema, ema_end, cls, noise,
 	    mintv, minpv, drop, adrop, actdrop, postdrop, dpath, edrop, cdrop,
 	    idrop, ldrop, lscale, lbeta;
 	const char *objective;
-	int bf16;
+	int bf16, cuda;
 	long long seed;
 } opt = {
-	.progress = -1, .log_every = 1, .epochs = 1, .steps = -1, .dim = -1,
+	.progress = -1, .log_every = 1, .accum = 1, .epochs = 1, .steps = -1, .dim = -1,
 	.heads = -1, .mlp = -1, .depth = -1, .prenet = -1, .topk = -1,
 	.ddim = -1, .dlayers = -1, .dkernel = -1, .dgroups = -1, .batch = -1,
 	.warmup = -1, .ema_n = -1, .lr = NAN, .min_lr = NAN, .wd = NAN,
@@ -162,7 +173,7 @@ static struct {
 	.drop = NAN, .adrop = NAN, .actdrop = NAN, .postdrop = NAN, .dpath = NAN,
 	.edrop = NAN, .cdrop = NAN, .idrop = NAN, .ldrop = NAN, .conv_dim = -1,
 	.lscale = NAN, .lbeta = NAN,
-	.seed = -1,
+	.seed = -1, .bf16 = -1,
 };
 
 static volatile sig_atomic_t stop_signal;
@@ -243,6 +254,8 @@ parse_args(int argc, char **argv)
 			opt.objective = optarg;
 			break;
 		case O_PRECISION: opt.bf16 = d2v_parse_precision(optarg); break;
+		case O_DEVICE: opt.cuda = d2v_parse_device(optarg); break;
+		case O_ACCUM: opt.accum = d2v_parse_long("--accum", optarg, 1, 1 << 16); break;
 		case O_UNTIL: opt.until = d2v_parse_long("--until", optarg, 1, LONG_MAX); break;
 		case O_LSCALE: opt.lscale = d2v_parse_double("--layer-scale", optarg, 1e-12, 10); break;
 		case O_LBETA: opt.lbeta = d2v_parse_double("--loss-beta", optarg, 0, 1e6); break;
@@ -385,6 +398,8 @@ typedef struct batch {
 	float *y, *ycls;   /* (cap, N, D), (cap, D) with --targets stream */
 	float *tall;       /* (N_i, D) one record's uncropped target */
 	size_t xcap, mcap, ycap, tcap, xmcap;
+	int L;             /* the length batch_build cropped to */
+	long count;        /* its masked positions (the loss's) */
 } batch;
 
 /* v1 text: the student reads x_masked, the teacher x */
@@ -474,6 +489,7 @@ batch_build(batch *b, d2v_model *m, d2v_rng *rng)
 			L = b->len[i];
 	if (d2v_model_set_length(m, L, &err) < 0)
 		d2v_fatal(1, "%s: %s", in_name, err.msg);
+	b->L = L;
 	N = tokens_of(c, L);
 	esz = d2v_config_is_image(c) ? (size_t)c->channels * c->image_size *
 	    c->image_size : (size_t)L * 4;
@@ -535,14 +551,96 @@ batch_build(batch *b, d2v_model *m, d2v_rng *rng)
 
 		for (size_t i = 0; i < (size_t)b->n * N; i++)
 			k += b->mask[i];
-		return k;
+		return b->count = k;
 	} else if (!d2v_config_is_image(c) && d2v_mask_equalize(b->mask,
 	    b->n * M, N, rng) == 0)
 		d2v_fatal(1, "%s: records %lld..%lld cropped to %d %s keep no "
 		    "masked position in some copy", in_name,
 		    (long long)b->rec[0].index, (long long)b->rec[b->n - 1].index,
 		    N, audio ? "frames" : "tokens");
+	b->count = 0;
+	for (size_t i = 0; i < (size_t)b->n * M * N; i++)
+		b->count += b->mask[i] != 0;
 	return d2v_config_is_image(c) ? 1 : (long)N;
+}
+
+/* Data parallel under mpirun (Open MPI): every rank holds the model and
+ * reads the whole input, and runs its share of each update's batches
+ * (batch j of an update on rank j % nranks); the gradients and the step's
+ * statistics are summed with MPI_Allreduce, so every rank makes the same
+ * update; rank 0 alone writes the log and the checkpoints. */
+static int rank, nranks = 1, mpi_on;
+
+#ifdef D2V_HAVE_MPI
+static void
+mpi_abort_at_exit(void)
+{
+	/* a rank that exits early (bad input, a signal) takes the others
+	 * with it instead of leaving them in MPI_Allreduce */
+	if (mpi_on)
+		MPI_Abort(MPI_COMM_WORLD, 1);
+}
+#endif
+
+static void
+dist_init(int *argc, char ***argv)
+{
+#ifdef D2V_HAVE_MPI
+	if (getenv("OMPI_COMM_WORLD_SIZE") == NULL && getenv("PMIX_RANK") ==
+	    NULL)
+		return; /* not under mpirun: no MPI at all */
+	if (MPI_Init(argc, argv) != MPI_SUCCESS)
+		d2v_fatal(1, "MPI_Init failed");
+	MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+	MPI_Comm_size(MPI_COMM_WORLD, &nranks);
+	mpi_on = 1;
+	atexit(mpi_abort_at_exit);
+#else
+	(void)argc; (void)argv;
+	if (getenv("OMPI_COMM_WORLD_SIZE") != NULL &&
+	    atoi(getenv("OMPI_COMM_WORLD_SIZE")) > 1)
+		d2v_fatal(1, "started by mpirun, but this d2v-train was built "
+		    "without MPI (install libopenmpi-dev and rebuild)");
+#endif
+}
+
+static void
+dist_end(void)
+{
+#ifdef D2V_HAVE_MPI
+	if (mpi_on) {
+		mpi_on = 0;
+		MPI_Finalize();
+	}
+#endif
+}
+
+/* x (n) summed over the ranks, in place */
+static void
+dist_sum_f(float *x, size_t n)
+{
+#ifdef D2V_HAVE_MPI
+	for (size_t o = 0; mpi_on && nranks > 1 && o < n; o += 1 << 28) {
+		int k = (int)(n - o < (size_t)1 << 28 ? n - o : (size_t)1 << 28);
+
+		MPI_Allreduce(MPI_IN_PLACE, x + o, k, MPI_FLOAT, MPI_SUM,
+		    MPI_COMM_WORLD);
+	}
+#else
+	(void)x; (void)n;
+#endif
+}
+
+static void
+dist_sum_d(double *x, int n)
+{
+#ifdef D2V_HAVE_MPI
+	if (mpi_on && nranks > 1)
+		MPI_Allreduce(MPI_IN_PLACE, x, n, MPI_DOUBLE, MPI_SUM,
+		    MPI_COMM_WORLD);
+#else
+	(void)x; (void)n;
+#endif
 }
 
 /* Counts the records of a file (to size the schedules). */
@@ -659,16 +757,23 @@ main(int argc, char **argv)
 	d2v_err err;
 	d2v_record rec;
 	d2v_reader *r;
-	batch b = {0};
+	batch *parts;
+	float *acc = NULL; /* (lay.total) the update's gradient, parts > 1 */
 	FILE *log = NULL;
 	long step = 0, skip = 0, steps, saved_step = -1, seen = 0;
-	int progress, fd, rc = 1, stop = 0, pending = 0;
+	int progress, fd, rc = 1, stop = 0, pending = 0, np, j = 0;
 	double tlast;
 	const d2v_ops *ops;
 
+	dist_init(&argc, &argv);
 	d2v_cli_init("d2v-train", 1);
 	parse_args(argc, argv);
-	ops = d2v_cli_backend(opt.bf16, opt.quiet);
+	if (rank > 0) /* one voice: rank 0's */
+		opt.quiet = 1;
+	if (nranks > 1 && (opt.input == NULL || !strcmp(opt.input, "-")))
+		d2v_usage("under mpirun every rank reads the input: give -i FILE");
+	np = (int)opt.accum * nranks; /* batches per update */
+	ops = d2v_cli_backend(opt.cuda, &opt.bf16, opt.quiet);
 	progress = d2v_progress_enabled(opt.quiet ? 0 : opt.progress);
 	in_name = opt.input && strcmp(opt.input, "-") ? opt.input : "stdin";
 	signal(SIGINT, on_signal);
@@ -691,8 +796,8 @@ main(int argc, char **argv)
 	steps = opt.steps;
 	if (steps < 0) {
 		const char *mod = d2v_header_modality(d2v_reader_header(r));
-		long bs = opt.batch > 0 ? opt.batch : mod && !strcmp(mod, "audio") ?
-		    8 : mod && !strcmp(mod, "text") ? 64 : 16;
+		long bs = (opt.batch > 0 ? opt.batch : mod && !strcmp(mod, "audio") ?
+		    8 : mod && !strcmp(mod, "text") ? 64 : 16) * np;
 
 		if (fd == 0)
 			d2v_usage("give --steps when reading standard input (it "
@@ -706,7 +811,7 @@ main(int argc, char **argv)
 		    &err) < 0)
 			d2v_fatal(1, "--resume: %s", err.msg);
 		cfg = m.cfg;
-		skip = step * cfg.batch;
+		skip = step * cfg.batch * np;
 		saved_step = step;
 	} else {
 		make_config(&cfg, d2v_reader_header(r), steps);
@@ -717,19 +822,27 @@ main(int argc, char **argv)
 		d2v_rng_seed(&rng, cfg.seed, 0x7a11, 0);
 	}
 	check_header(d2v_reader_header(r), &cfg);
-	b.cap = cfg.batch;
-	b.rec = calloc((size_t)b.cap, sizeof *b.rec);
-	b.len = calloc((size_t)b.cap, sizeof *b.len);
-	if (!b.rec || !b.len)
-		d2v_fatal(1, "out of memory for a batch of %d", b.cap);
-	for (int i = 0; i < b.cap; i++)
-		d2v_record_init(&b.rec[i]);
+	if ((parts = calloc((size_t)np, sizeof *parts)) == NULL ||
+	    (np > 1 && (acc = ops->alloc(m.lay.total * sizeof(float))) == NULL))
+		d2v_fatal(1, "out of memory for %d batches", np);
+	for (int p = 0; p < np; p++) {
+		batch *b = &parts[p];
+
+		b->cap = cfg.batch;
+		b->rec = calloc((size_t)b->cap, sizeof *b->rec);
+		b->len = calloc((size_t)b->cap, sizeof *b->len);
+		if (!b->rec || !b->len)
+			d2v_fatal(1, "out of memory for a batch of %d", b->cap);
+		for (int i = 0; i < b->cap; i++)
+			d2v_record_init(&b->rec[i]);
+	}
 	if (pending) {
 		/* the first record, read for its channels */
-		b.rec[0] = rec;
+		parts[0].rec[0] = rec;
 		d2v_record_init(&rec);
 	}
-	if (opt.log != NULL && (log = fopen(opt.log, opt.resume ? "a" : "w")) == NULL)
+	if (rank == 0 && opt.log != NULL &&
+	    (log = fopen(opt.log, opt.resume ? "a" : "w")) == NULL)
 		d2v_fatal(1, "open %s: %s", opt.log, strerror(errno));
 	tlast = d2v_now();
 	for (long epoch = 0; epoch < opt.epochs && !stop; epoch++) {
@@ -740,43 +853,107 @@ main(int argc, char **argv)
 				d2v_fatal(1, "%s", err.msg);
 		}
 		for (;;) {
-			d2v_step_out o;
-			double lr, tau, gnorm, t;
+			d2v_step_out o = {0};
+			double lr, tau, gnorm, t, sum[7] = {0};
+			long total = 0, first = seen, rows = 0;
+			int built = 0, mine = 0;
+			batch *b = &parts[j];
 
-			rc = pending ? 1 : d2v_reader_next(r, &b.rec[b.n], &err);
+			rc = pending ? 1 : d2v_reader_next(r, &b->rec[b->n], &err);
 			pending = 0;
 			if (rc > 0) {
-				batch_add(&b, &cfg); /* checks every record */
+				batch_add(b, &cfg); /* checks every record */
 				if (seen++ < skip) {
-					b.n = 0;
+					b->n = 0;
 					continue;
 				}
-				if (b.n < b.cap)
+				if (b->n < b->cap)
 					continue;
+				if (j + 1 < np) {
+					j++;
+					continue;
+				}
 			}
 			if (rc < 0) {
 				d2v_warn("%s", err.msg);
 				stop = 2;
 			}
-			if (b.n == 0 || (rc < 0 && b.n < b.cap))
+			/* an update: parts[0..j], the last one possibly short at
+			 * the end of the input (never after an error) */
+			if (parts[0].n == 0 || (rc < 0 && (j + 1 < np ||
+			    b->n < b->cap)))
 				break;
-			if (batch_build(&b, &m, &rng) == 0) {
+			for (int p = 0; p <= j; p++) {
+				first -= parts[p].n;
+				if (parts[p].n > 0 && batch_build(&parts[p], &m,
+				    &rng) > 0) {
+					total += parts[p].count;
+					built++;
+				}
+			}
+			if (built == 0 || total == 0) {
 				/* v1 text: no <mask> in these records; no update */
 				if (!opt.quiet)
 					d2v_warn("%s: records %ld..%ld hold no <mask> "
-					    "token; skipped", in_name, seen - b.n, seen - 1);
-				b.n = 0;
+					    "token; skipped", in_name, first, seen - 1);
+				for (int p = 0; p <= j; p++)
+					parts[p].n = 0;
+				j = 0;
 				if (rc <= 0)
 					break;
 				continue;
 			}
-			if (reads_x_masked(&cfg))
-				d2v_model_set_student_ids(&m, b.xm);
-			if (d2v_model_step(&m, b.x, b.mask, NULL, b.y, b.ycls, b.n,
-			    cfg.seed * 0x9e3779b97f4a7c15ull + (uint64_t)step, &o,
-			    &err) < 0)
-				d2v_fatal(1, "%s: records %ld..%ld: %s", in_name,
-				    seen - b.n, seen - 1, err.msg);
+			for (int p = 0; p <= j; p++) {
+				batch *q = &parts[p];
+				d2v_step_out po;
+
+				if (q->n == 0 || q->count == 0 || p % nranks != rank) {
+					rows += (long)q->n * cfg.clone;
+					continue;
+				}
+				if (d2v_model_set_length(&m, q->L, &err) < 0)
+					d2v_fatal(1, "%s: %s", in_name, err.msg);
+				if (reads_x_masked(&cfg))
+					d2v_model_set_student_ids(&m, q->xm);
+				m.row0 = rows;
+				m.loss_count = np > 1 ? total : 0;
+				if (d2v_model_step(&m, q->x, q->mask, NULL, q->y, q->ycls,
+				    q->n, cfg.seed * 0x9e3779b97f4a7c15ull +
+				    (uint64_t)step, &po, &err) < 0)
+					d2v_fatal(1, "%s: records %lld..%lld: %s", in_name,
+					    (long long)q->rec[0].index,
+					    (long long)q->rec[q->n - 1].index, err.msg);
+				rows += (long)q->n * cfg.clone;
+				if (np > 1) {
+					if (mine++ == 0)
+						memcpy(acc, m.grads, m.lay.total *
+						    sizeof(float));
+					else
+						ops->add(acc, m.grads, m.lay.total);
+				}
+				sum[0] += po.loss;
+				sum[1] += po.loss_reg;
+				sum[2] += po.loss_cls;
+				sum[3] += po.target_var;
+				sum[4] += po.pred_var;
+				sum[5] += 1;
+			}
+			if (np > 1) {
+				if (mine == 0)
+					memset(acc, 0, m.lay.total * sizeof(float));
+				dist_sum_f(acc, m.lay.total);
+				/* a signal seen by any rank stops them all after
+				 * this update */
+				sum[6] = stop_signal != 0;
+				dist_sum_d(sum, 7);
+				memcpy(m.grads, acc, m.lay.total * sizeof(float));
+			}
+			o.loss = sum[0];
+			o.loss_reg = sum[1];
+			o.loss_cls = sum[2];
+			o.target_var = sum[3] / sum[5];
+			o.pred_var = sum[4] / sum[5];
+			o.n_masked = total;
 			if (!isfinite(o.loss)) {
 				if (saved_step >= 0)
 					d2v_fatal(1, "step %ld: the loss is %g; stopping. "
@@ -786,18 +963,21 @@ main(int argc, char **argv)
 				    "checkpoint was written yet", step, o.loss);
 			}
 			gnorm = d2v_train_update(&m, step, &lr, &tau);
+			if (d2v_model_check(&m, &err) < 0)
+				d2v_fatal(1, "step %ld: %s", step + 1, err.msg);
 			step++;
 			t = d2v_now();
 			if (log && (step % opt.log_every == 0 || step == 1))
 				log_step(log, step, &o, lr, tau, gnorm,
-				    (double)b.n * cfg.clone * m.N /
-				    (t - tlast));
+				    (double)rows * m.N / (t - tlast));
 			if (progress)
 				fprintf(stderr, "\rd2v-train: step %ld/%ld loss %.4f "
 				    "lr %.2e tau %.6f", step, cfg.max_update, o.loss,
 				    lr, tau);
 			tlast = t;
-			b.n = 0;
+			for (int p = 0; p <= j; p++)
+				parts[p].n = 0;
+			j = 0;
 			if (cfg.min_target_var > 0 && o.target_var < cfg.min_target_var)
 				d2v_fatal(1, "step %ld: target_var %.4g fell below "
 				    "--min-target-var %.4g: the teacher collapsed", step,
@@ -806,12 +986,13 @@ main(int argc, char **argv)
 				d2v_fatal(1, "step %ld: pred_var %.4g fell below "
 				    "--min-pred-var %.4g: the student collapsed", step,
 				    o.pred_var, cfg.min_pred_var);
-			if (opt.save_every > 0 && step % opt.save_every == 0) {
+			if (rank == 0 && opt.save_every > 0 &&
+			    step % opt.save_every == 0) {
 				save(&m, step, &rng);
 				saved_step = step;
 			}
-			if (step >= cfg.max_update || stop_signal ||
-			    (opt.until > 0 && step >= opt.until)) {
+			if (step >= cfg.max_update || (nranks > 1 ? sum[6] > 0 :
+			    stop_signal != 0) || (opt.until > 0 && step >= opt.until)) {
 				stop = stop ? stop : 1;
 				break;
 			}
@@ -821,7 +1002,8 @@ main(int argc, char **argv)
 	}
 	if (progress)
 		fputc('\n', stderr);
-	save(&m, step, &rng);
+	if (rank == 0)
+		save(&m, step, &rng);
 	if (stop_signal && !opt.quiet)
 		d2v_warn("%s: stopped at step %ld; checkpoint %s written",
 		    strsignal(stop_signal), step, opt.ckpt);
@@ -829,10 +1011,18 @@ main(int argc, char **argv)
 		fclose(log);
 	d2v_record_clear(&rec);
 	d2v_reader_free(r);
-	for (int i = 0; i < b.cap; i++)
-		d2v_record_clear(&b.rec[i]);
-	free(b.rec); free(b.len); free(b.x); free(b.mask); free(b.y); free(b.xm);
-	free(b.ycls); free(b.tall);
+	for (int p = 0; p < np; p++) {
+		batch *b = &parts[p];
+
+		for (int i = 0; i < b->cap; i++)
+			d2v_record_clear(&b->rec[i]);
+		free(b->rec); free(b->len); free(b->x); free(b->mask); free(b->y);
+		free(b->xm); free(b->ycls); free(b->tall);
+	}
+	free(parts);
+	ops->release(acc);
 	d2v_model_free(&m);
+	if (stop != 2)
+		dist_end();
 	return stop == 2 ? 1 : 0;
 }

@@ -118,13 +118,32 @@ d2v_parse_precision(const char *s)
 	return strcmp(s, "bf16") == 0;
 }
 
+int
+d2v_parse_device(const char *s)
+{
+	if (strcmp(s, "cpu") && strcmp(s, "cuda"))
+		d2v_usage("--device: '%s' is not cpu or cuda", s);
+	return strcmp(s, "cuda") == 0;
+}
+
 const d2v_ops *
-d2v_cli_backend(int bf16, int quiet)
+d2v_cli_backend(int cuda, int *bf16, int quiet)
 {
 	const char *why;
 	const d2v_ops *o;
+	d2v_err err;
 
-	if (!bf16)
+	if (*bf16 < 0) /* no --precision: bf16 on a GPU, fp32 on the CPU */
+		*bf16 = cuda;
+	if (cuda) {
+		if ((o = d2v_backend_cuda(*bf16, &err)) == NULL)
+			d2v_fatal(1, "--device cuda: %s", err.msg);
+		if (!quiet)
+			d2v_warn("--device cuda: GPU 0, %s GEMMs", *bf16 ? "bf16" :
+			    "fp32");
+		return o;
+	}
+	if (!*bf16)
 		return d2v_backend_cpu();
 	o = d2v_backend_cpu_bf16(&why);
 	if (!quiet)

@@ -83,9 +83,14 @@ long d2v_parse_long(const char *opt, const char *s, long lo, long hi);
 double d2v_parse_double(const char *opt, const char *s, double lo, double hi);
 /* --precision: 0 for fp32, 1 for bf16. */
 int d2v_parse_precision(const char *s);
-/* The CPU backend for --precision (bf16 set: the bf16 table, and unless
- * quiet a notice of which engine runs its products). */
-const d2v_ops *d2v_cli_backend(int bf16, int quiet);
+/* --device: 0 for cpu, 1 for cuda. */
+int d2v_parse_device(const char *s);
+/* The backend for --device and --precision.  *bf16 -1 (no --precision)
+ * becomes the device's default: 1 on cuda, 0 on the CPU.  On the CPU, bf16
+ * is the bf16 table, with a notice (unless quiet) of which engine runs its
+ * products.  cuda without a usable GPU, or in a build without the CUDA
+ * backend, exits 1 saying why: never a fall back to the CPU. */
+const d2v_ops *d2v_cli_backend(int cuda, int *bf16, int quiet);
 
 typedef struct d2v_out {
 	int fd;          /* where to write */

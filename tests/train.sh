@@ -85,6 +85,40 @@ assert hb["meta"]["teacher"]["precision"] == "bf16" and hf["meta"]["teacher"]["p
 status 2 "d2v-teacher --precision fp16 is a usage error" sh -c "d2v-teacher -c '$T/ck.safetensors' --precision fp16 '$T/m.d2v' > /dev/null 2>&1"
 status 2 "--precision fp16 is a usage error" d2v-train $MODEL --precision fp16 -i "$T/m.d2v" --steps 2 -c "$T/x.safetensors"
 
+# --device cuda.  Where it runs on a GPU (make check-gpu compares it with
+# the CPU), the run must work; elsewhere it must exit 1 saying why, write
+# nothing, and never fall back to the CPU.  D2V_CUDA=1 (from the Makefile)
+# when the CUDA backend is built: then the message must come from the CUDA
+# runtime, which proves the backend linked and ran as far as the driver.
+status 2 "--device tpu is a usage error" d2v-train $MODEL --device tpu -i "$T/m.d2v" --steps 2 -c "$T/x.safetensors"
+rm -f "$T/cu.safetensors"
+d2v-train $MODEL --device cuda -i "$T/m.d2v" --steps 3 -c "$T/cu.safetensors" --log "$T/logcu" 2> "$T/err"
+rc=$?
+if [ "$rc" -eq 0 ]; then
+	ok "d2v-train --device cuda ran on a GPU here"
+	check "... and wrote its checkpoint and 3 log lines" [ -s "$T/cu.safetensors" -a "$(wc -l < "$T/logcu")" -eq 3 ]
+else
+	check "d2v-train --device cuda without a usable GPU exits 1 (status $rc)" [ "$rc" -eq 1 ]
+	check "... and writes no checkpoint" [ ! -e "$T/cu.safetensors" ]
+	contains "$T/err" "d2v-train: --device cuda: " "... with a message naming the option"
+	if [ "${D2V_CUDA:-0}" = 1 ]; then
+		contains "$T/err" "no usable GPU: cudaGetDeviceCount: \|no usable GPU: the CUDA runtime sees no device" "... from the CUDA runtime (the backend is linked)"
+	else
+		contains "$T/err" "this build has no CUDA backend" "... saying the build has no CUDA backend"
+	fi
+	status 1 "d2v-teacher --device cuda without a usable GPU exits 1" sh -c "d2v-teacher -c '$T/ck.safetensors' --device cuda '$T/m.d2v' > '$T/tcu.d2v' 2> '$T/err'"
+	contains "$T/err" "d2v-teacher: --device cuda: " "... saying why"
+fi
+if [ "${D2V_CUDA:-0}" = 1 ]; then
+	for c in d2v-train d2v-teacher; do
+		ldd "$D2V_BIN/$c" > "$T/ldd"
+		contains "$T/ldd" "libcublas\\.so" "$c links cuBLAS"
+		contains "$T/ldd" "libcudnn\\.so" "$c links cuDNN"
+	done
+	ldd "$D2V_BIN/d2v-show" > "$T/ldd"
+	check "d2v-show (no GPU work) does not load CUDA's libraries" sh -c "! grep -q 'libcu' '$T/ldd'"
+fi
+
 # The cache stage, then training from cached targets.
 status 0 "d2v-teacher adds targets" d2v-teacher -c "$T/ck.safetensors" -o "$T/cached.d2v" "$T/m.d2v"
 d2v-show -n 1 "$T/cached.d2v" > "$T/out"

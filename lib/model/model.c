@@ -66,6 +66,14 @@ has_dropout(const d2v_config *c)
 	    c->drop_path > 0 || c->context_dropout > 0 || c->layerdrop > 0;
 }
 
+/* The divisor of the regression loss: the masked count of this batch, or
+ * m->loss_count when the batch is one part of a larger one. */
+static long
+loss_norm(const d2v_model *m, long nmask)
+{
+	return m->loss_count > 0 ? m->loss_count : nmask;
+}
+
 /* v1 images: BEiT's pre-LN blocks, CLS, final LayerNorm and head */
 static int
 is_v1_image(const d2v_model *m)
@@ -552,7 +560,7 @@ embed(d2v_model *m, const float *P, int B, float *tok)
  * times 0 or 1/(1-dp) per row (drop path); keyed by (seed, kind, row). */
 static void
 fill_drop(float *buf, int rows, size_t per, double p, double dp,
-    uint64_t seed, uint64_t kind)
+    uint64_t seed, uint64_t kind, uint64_t first)
 {
 	float keep = p > 0 ? (float)(1.0 / (1.0 - p)) : 1.0f;
 	float kpath = dp > 0 ? (float)(1.0 / (1.0 - dp)) : 1.0f;
@@ -563,7 +571,7 @@ fill_drop(float *buf, int rows, size_t per, double p, double dp,
 		float *row = buf + TEN(r) * per;
 		float s;
 
-		d2v_rng_seed(&g, seed, kind, (uint64_t)r);
+		d2v_rng_seed(&g, seed, kind, first + (uint64_t)r);
 		s = dp > 0 && d2v_rng_uniform(&g) < dp ? 0.0f : kpath;
 		for (size_t i = 0; i < per; i++)
 			row[i] = p > 0 && d2v_rng_uniform(&g) < p ? 0.0f : keep * s;
@@ -1212,6 +1220,7 @@ make_dropout(d2v_model *m, d2v_enc_acts *a, uint64_t seed)
 {
 	const d2v_config *c = &m->cfg;
 	int R = a->R, T = a->T, D = m->D, F = m->F, H = m->H;
+	uint64_t r0 = (uint64_t)m->row0;
 	d2v_rng g;
 
 	d2v_rng_seed(&g, seed, 0x1a7e, 0);
@@ -1223,20 +1232,22 @@ make_dropout(d2v_model *m, d2v_enc_acts *a, uint64_t seed)
 		a->skip[l] = l >= c->prenet_depth && c->layerdrop > 0 &&
 		    d2v_rng_uniform(&g) < c->layerdrop;
 		fill_drop(a->drop_att[l], R * H, TEN(T) * T, c->attention_dropout,
-		    0, seed, k);
+		    0, seed, k, r0 * (uint64_t)H);
 		fill_drop(a->drop_ao[l], R, TEN(T) * D, c->encoder_dropout, dp,
-		    seed, k + 1);
+		    seed, k + 1, r0);
 		fill_drop(a->drop_act[l], R, TEN(T) * F, c->activation_dropout, 0,
-		    seed, k + 2);
+		    seed, k + 2, r0);
 		/* activation dropout after fc2 and the post-MLP dropout stack */
 		{
 			double p1 = c->activation_dropout, p2 = c->post_mlp_drop;
 			double p = 1 - (1 - p1) * (1 - p2);
 
-			fill_drop(a->drop_f[l], R, TEN(T) * D, p, dp, seed, k + 3);
+			fill_drop(a->drop_f[l], R, TEN(T) * D, p, dp, seed, k + 3,
+			    r0);
 		}
 	}
-	fill_drop(a->drop_ctx, R, TEN(T) * D, c->context_dropout, 0, seed, 0xc0);
+	fill_drop(a->drop_ctx, R, TEN(T) * D, c->context_dropout, 0, seed, 0xc0,
+	    r0);
 }
 
 /* Decoder forward from m->dec_in (R,N,D) to m->pred (R,N,D): 2-D
@@ -1353,7 +1364,7 @@ step_any(d2v_model *m, const void *x, const uint8_t *mask,
 	int M = c->clone, R = B * M, N = m->N, D = m->D, E = m->E, V, T, rc;
 	double s = c->loss_scale > 0 ? c->loss_scale : 1.0 / sqrt((double)D);
 	double reg = 0, cls = 0;
-	long nmask;
+	long nmask, norm;
 	float *P = m->params, *Gr = m->grads;
 	d2v_enc_acts *a = &m->st;
 	int drop = has_dropout(c), edrop = c->embed_dropout > 0 && is_text(m);
@@ -1383,6 +1394,7 @@ step_any(d2v_model *m, const void *x, const uint8_t *mask,
 		    "need at least one kept and one masked", V, N);
 	T = V + E;
 	nmask = (long)R * (N - V);
+	norm = loss_norm(m, nmask);
 	if ((rc = step_alloc(m, B, V, err)) < 0)
 		return rc;
 	for (int r = 0; r < R; r++) {
@@ -1396,7 +1408,7 @@ step_any(d2v_model *m, const void *x, const uint8_t *mask,
 	/* the student's local encoder first: audio and text teachers read it */
 	if (edrop)
 		fill_drop(m->drop_emb, B, TEN(N) * D, c->embed_dropout, 0,
-		    rng_seed, 0xe0);
+		    rng_seed, 0xe0, (uint64_t)(m->row0 / c->clone));
 	if (!E)
 		local_forward(m, P, x, B, edrop);
 	/* targets: given, or from the EMA teacher */
@@ -1468,7 +1480,7 @@ step_any(d2v_model *m, const void *x, const uint8_t *mask,
 	 * place, noise elsewhere */
 	if (m->drop_in != NULL)
 		fill_drop(m->drop_in, R, TEN(V) * D, c->input_dropout, 0, rng_seed,
-		    0x1d);
+		    0x1d, (uint64_t)m->row0);
 	{
 		const float *h = a->out[m->nb - 1];
 
@@ -1477,7 +1489,8 @@ step_any(d2v_model *m, const void *x, const uint8_t *mask,
 			float *di = m->dec_in + TEN(r) * N * D;
 			d2v_rng rng;
 
-			d2v_rng_seed(&rng, rng_seed, 0xdec0, (uint64_t)r);
+			d2v_rng_seed(&rng, rng_seed, 0xdec0,
+			    (uint64_t)(m->row0 + r));
 			for (int n = 0; n < N; n++) {
 				float *dst = di + TEN(n) * D;
 
@@ -1531,12 +1544,12 @@ step_any(d2v_model *m, const void *x, const uint8_t *mask,
 					double e = m->pred[i] - yb[TEN(n) * D + d];
 
 					reg += s * e * e;
-					dp[i] = (float)(2 * s * e / nmask);
+					dp[i] = (float)(2 * s * e / norm);
 				}
 			}
 		}
 	}
-	reg /= nmask;
+	reg /= norm;
 	{
 		const float *h = a->out[m->nb - 1];
 		float *dh = m->gB;
@@ -1663,7 +1676,7 @@ v1_loss(d2v_model *m, const uint8_t *mask, int B, int T, int off, double w,
     double beta, long nmask, float *dp, d2v_step_out *out)
 {
 	int N = m->N, D = m->D;
-	double loss = 0;
+	double loss = 0, norm = (double)loss_norm(m, nmask);
 
 	memset(dp, 0, TEN(B) * T * D * sizeof(float));
 	for (int b = 0; b < B; b++)
@@ -1676,10 +1689,10 @@ v1_loss(d2v_model *m, const uint8_t *mask, int B, int T, int off, double w,
 
 				loss += w * elem_loss(m->pred[i] -
 				    m->y[(TEN(b) * N + n) * D + d], beta, &g);
-				dp[i] = (float)(w * g / (double)nmask);
+				dp[i] = (float)(w * g / norm);
 			}
 		}
-	out->loss = out->loss_reg = loss / (double)nmask;
+	out->loss = out->loss_reg = loss / norm;
 	out->loss_cls = 0;
 	out->n_masked = nmask;
 	out->target_var = mean_std(m->y, (long)B * N, D);
@@ -1967,7 +1980,7 @@ step_v1_seq(d2v_model *m, const void *x, const uint8_t *mask,
 	/* student input x_in (B,N,D) */
 	if (edrop)
 		fill_drop(m->drop_emb, B, TEN(N) * D, c->embed_dropout, 0,
-		    rng_seed, 0xe0);
+		    rng_seed, 0xe0, (uint64_t)(m->row0 / c->clone));
 	if (text || y != NULL)
 		local_forward(m, P, xs, B, edrop);
 	if (text) {

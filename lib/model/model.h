@@ -123,6 +123,13 @@ typedef struct d2v_model {
 	float *ph, *pg;    /* (R,N,2Dd) two-layer projection: hidden, GELU */
 	float *hn, *hm, *hs; /* v1: (B,N+1,D) final LayerNorm out, (B*(N+1))
 	                    * mean, rstd */
+	/* One step as a part of a larger batch (gradient accumulation, data
+	 * parallel ranks): row0 is the global index of this part's first
+	 * student row (B*M rows per part: its dropout and decoder noise are
+	 * those rows' of the whole batch), loss_count the masked count of the
+	 * whole batch, the regression loss's divisor (0: this part's own).
+	 * The parts' losses and gradients then add up to the whole's. */
+	long row0, loss_count;
 	int *keep;         /* (R,V) kept token indices, ascending */
 	const int32_t *xm; /* v1 text: the student's ids (B,N), or NULL */
 	d2v_enc_acts st;   /* student, R x (V+1) */
