@@ -64,8 +64,11 @@ b = [json.loads(l)["loss"] for l in open(sys.argv[2])]
 assert max(abs(x - y) / abs(x) for x, y in zip(a, b)) > 1e-3' "$T/b8.log" "$T/b4.log"
 status 2 "--accum 0 is a usage error" d2v-train $MODEL --accum 0 -i "$T/m.d2v" --steps 2 -c "$T/x.safetensors" 2> /dev/null
 
-# mpirun: two ranks of -b 4 are one process of -b 8.
-MPIRUN="mpirun --allow-run-as-root --oversubscribe -np 2"
+# mpirun: two ranks of -b 4 are one process of -b 8.  Open MPI 4.1's
+# plugins leak at exit from modules already unloaded, which no suppression
+# can name: the ranks run without LeakSanitizer (in sanitizer builds); the
+# same code without MPI is leak-checked by the runs above.
+MPIRUN="mpirun --allow-run-as-root --oversubscribe -np 2 -x LSAN_OPTIONS=detect_leaks=0"
 if ! command -v mpirun > /dev/null; then
 	notok "mpirun is installed (scripts/install-deps installs openmpi-bin)"
 else
