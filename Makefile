@@ -137,9 +137,14 @@ $(BUILD)/libd2vcli.a: $(CLI_OBJ)
 GPU_CMDS := $(BUILD)/bin/d2v-train $(BUILD)/bin/d2v-teacher
 $(GPU_CMDS): GPU_LINK := $(CUDA_LIB) $(CUDA_LIBS)
 $(GPU_CMDS): $(CUDA_LIB)
-# d2v-train runs data parallel under mpirun (Open MPI)
-$(BUILD)/bin/d2v-train: CMD_CFLAGS := $(MPI_CFLAGS)
-$(BUILD)/bin/d2v-train: CMD_LIBS := $(MPI_LIBS)
+# d2v-train runs data parallel under mpirun (Open MPI); with the CUDA
+# backend and the toolkit's NCCL, its GPU gradients go through NCCL
+ifneq ($(and $(MPI_LIBS),$(filter 1,$(HAVE_CUDA)),$(wildcard $(CUDA_HOME)/include/nccl.h)),)
+NCCL_CFLAGS := -DD2V_HAVE_NCCL=1 -I$(CUDA_HOME)/include
+NCCL_LIBS := -lnccl
+endif
+$(BUILD)/bin/d2v-train: CMD_CFLAGS := $(MPI_CFLAGS) $(NCCL_CFLAGS)
+$(BUILD)/bin/d2v-train: CMD_LIBS := $(MPI_LIBS) $(NCCL_LIBS)
 
 $(BUILD)/bin/%: cmd/%.c $(BUILD)/libd2vcli.a $(BUILD)/libd2v.a $(HEADERS)
 	@mkdir -p $(@D)

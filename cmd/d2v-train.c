@@ -25,6 +25,11 @@
 #ifdef D2V_HAVE_MPI
 #include <mpi.h>
 #endif
+#if defined(D2V_HAVE_MPI) && defined(D2V_HAVE_NCCL)
+#include <cuda_runtime_api.h>
+#include <nccl.h>
+#define D2V_NCCL 1
+#endif
 
 static const char usage_text[] =
 "Usage: d2v-train [OPTION]... -c CHECKPOINT [-i FILE]\n"
@@ -571,6 +576,10 @@ batch_build(batch *b, d2v_model *m, d2v_rng *rng)
  * statistics are summed with MPI_Allreduce, so every rank makes the same
  * update; rank 0 alone writes the log and the checkpoints. */
 static int rank, nranks = 1, mpi_on;
+#ifdef D2V_NCCL
+static ncclComm_t nccl;     /* the gradients' allreduce on GPUs */
+static int nccl_on;
+#endif
 
 #ifdef D2V_HAVE_MPI
 static void
@@ -605,9 +614,37 @@ dist_init(int *argc, char ***argv)
 #endif
 }
 
+/* With --device cuda over several ranks, the gradients go through NCCL,
+ * its communicator bootstrapped through MPI (rank 0's id broadcast). */
+static void
+dist_gpu_init(void)
+{
+#ifdef D2V_NCCL
+	ncclUniqueId id;
+	ncclResult_t e;
+
+	if (!mpi_on || nranks < 2 || !opt.cuda)
+		return;
+	memset(&id, 0, sizeof id);
+	if (rank == 0 && (e = ncclGetUniqueId(&id)) != ncclSuccess)
+		d2v_fatal(1, "ncclGetUniqueId: %s", ncclGetErrorString(e));
+	MPI_Bcast(&id, (int)sizeof id, MPI_BYTE, 0, MPI_COMM_WORLD);
+	if ((e = ncclCommInitRank(&nccl, nranks, id, rank)) != ncclSuccess)
+		d2v_fatal(1, "rank %d: ncclCommInitRank: %s", rank,
+		    ncclGetErrorString(e));
+	nccl_on = 1;
+#endif
+}
+
 static void
 dist_end(void)
 {
+#ifdef D2V_NCCL
+	if (nccl_on) {
+		nccl_on = 0;
+		ncclCommDestroy(nccl);
+	}
+#endif
 #ifdef D2V_HAVE_MPI
 	if (mpi_on) {
 		mpi_on = 0;
@@ -620,6 +657,19 @@ dist_end(void)
 static void
 dist_sum_f(float *x, size_t n)
 {
+#ifdef D2V_NCCL
+	if (nccl_on) {
+		ncclResult_t e = ncclAllReduce(x, x, n, ncclFloat, ncclSum, nccl,
+		    0);
+		cudaError_t ce;
+
+		if (e != ncclSuccess)
+			d2v_fatal(1, "ncclAllReduce: %s", ncclGetErrorString(e));
+		if ((ce = cudaStreamSynchronize(0)) != cudaSuccess)
+			d2v_fatal(1, "ncclAllReduce: %s", cudaGetErrorString(ce));
+		return;
+	}
+#endif
 #ifdef D2V_HAVE_MPI
 	for (size_t o = 0; mpi_on && nranks > 1 && o < n; o += 1 << 28) {
 		int k = (int)(n - o < (size_t)1 << 28 ? n - o : (size_t)1 << 28);
@@ -775,6 +825,7 @@ main(int argc, char **argv)
 		d2v_usage("under mpirun every rank reads the input: give -i FILE");
 	np = (int)opt.accum * nranks; /* batches per update */
 	ops = d2v_cli_backend(opt.cuda, &opt.bf16, opt.quiet);
+	dist_gpu_init();
 	progress = d2v_progress_enabled(opt.quiet ? 0 : opt.progress);
 	in_name = opt.input && strcmp(opt.input, "-") ? opt.input : "stdin";
 	signal(SIGINT, on_signal);

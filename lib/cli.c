@@ -139,8 +139,8 @@ d2v_cli_backend(int cuda, int *bf16, int quiet)
 		if ((o = d2v_backend_cuda(*bf16, &err)) == NULL)
 			d2v_fatal(1, "--device cuda: %s", err.msg);
 		if (!quiet)
-			d2v_warn("--device cuda: GPU 0, %s GEMMs", *bf16 ? "bf16" :
-			    "fp32");
+			d2v_warn("--device cuda: %s GEMMs (D2V_CUDA_DEVICE picks "
+			    "the GPU)", *bf16 ? "bf16" : "fp32");
 		return o;
 	}
 	if (!*bf16)

@@ -81,6 +81,16 @@ else
 	same "$T/b8.log" "$T/np2a.log" "$T/b8.safetensors" "$T/np2a.safetensors" "2 ranks x --accum 2 x -b 2 against -b 8"
 	$MPIRUN d2v-train $MODEL -b 4 --steps 2 -c "$T/x.safetensors" < "$T/m.d2v" > /dev/null 2> "$T/err"
 	contains "$T/err" "every rank reads the input: give -i FILE" "under mpirun, standard input is refused with a reason"
+	# --device cuda under mpirun: on GPUs (NCCL) it must train; without
+	# one every rank must stop with the reason, none hang
+	timeout 120 $MPIRUN d2v-train $MODEL --device cuda -b 4 -i "$T/m.d2v" --steps 4 -c "$T/g.safetensors" -q > /dev/null 2> "$T/err"
+	rc=$?
+	if [ "$rc" -eq 0 ]; then
+		check "2 ranks with --device cuda trained on GPUs" [ -s "$T/g.safetensors" ]
+	else
+		check "2 ranks with --device cuda and no GPU stop with status 1 (status $rc)" [ "$rc" -eq 1 ]
+		contains "$T/err" "d2v-train: --device cuda: " "... each saying why"
+	fi
 fi
 
 # Stages on two hosts: network namespaces joined by a veth pair, d2v-teacher

@@ -17,6 +17,7 @@ extern "C" {
 
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -871,7 +872,7 @@ extern "C" const d2v_ops *
 d2v_backend_cuda(int bf16, d2v_err *err)
 {
 	static int ready;
-	int n = 0;
+	int n = 0, dev = 0;
 	cudaError_t e;
 	cudaDeviceProp prop;
 
@@ -887,8 +888,19 @@ d2v_backend_cuda(int bf16, d2v_err *err)
 			    "runtime sees no device");
 			return NULL;
 		}
-		if ((e = cudaSetDevice(0)) != cudaSuccess ||
-		    (e = cudaGetDeviceProperties(&prop, 0)) != cudaSuccess ||
+		/* D2V_CUDA_DEVICE, else one GPU per local rank under mpirun,
+		 * else the first */
+		if (getenv("D2V_CUDA_DEVICE") != NULL)
+			dev = atoi(getenv("D2V_CUDA_DEVICE"));
+		else if (getenv("OMPI_COMM_WORLD_LOCAL_RANK") != NULL)
+			dev = atoi(getenv("OMPI_COMM_WORLD_LOCAL_RANK")) % n;
+		if (dev < 0 || dev >= n) {
+			d2v_err_set(err, D2V_EINVAL, "no usable GPU: device %d of "
+			    "%d (D2V_CUDA_DEVICE)", dev, n);
+			return NULL;
+		}
+		if ((e = cudaSetDevice(dev)) != cudaSuccess ||
+		    (e = cudaGetDeviceProperties(&prop, dev)) != cudaSuccess ||
 		    (e = cudaStreamCreate(&st)) != cudaSuccess) {
 			d2v_err_set(err, D2V_EINVAL, "no usable GPU: %s",
 			    cudaGetErrorString(e));
