@@ -85,6 +85,19 @@ void d2v_k_to_bf16(__nv_bfloat16 *out, const float *in, size_t n,
 void d2v_k_instancenorm_forward(float *out, const float *in, int R, int T,
     int C, float eps, int acc, float scale, cudaStream_t st);
 
+/* tokens.cu: the student's visible tokens.  gather: out (R, E+V, D), row
+ * r = [first (D) when E is 1,] then rows idx[r, 0..V) of sequence r / M of
+ * src (R/M, N, D); idx (R,V) ascending in [0, N).  scatter: dsrc (R/M, N,
+ * D) += each row's tokens of din (R, E+V, D) at idx, the M copies of a
+ * sequence added in order; dfirst (D, or NULL) += the rows' first tokens
+ * in row order (E = 1). */
+void d2v_k_gather_tokens(float *out, const float *src, const int *idx,
+    const float *first, int R, int M, int N, int V, int E, int D,
+    cudaStream_t st);
+void d2v_k_scatter_tokens(float *dsrc, float *dfirst, const float *din,
+    const int *idx, int R, int M, int N, int V, int E, int D,
+    cudaStream_t st);
+
 /* adamw.cu: one AdamW step over n parameters, fp32 state:
  *     m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2
  *     p -= decay p;  p -= step m / (sqrt(v) + eps)

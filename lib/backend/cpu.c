@@ -1302,6 +1302,55 @@ instancenorm_forward(float *out, const float *in, int R, int T, int C,
 	}
 }
 
+static void
+gather_tokens(float *out, const float *src, const int *idx,
+    const float *first, int R, int M, int N, int V, int E, int D)
+{
+	size_t T = (size_t)E + V;
+
+#pragma omp parallel for schedule(static)
+	for (int r = 0; r < R; r++) {
+		float *row = out + (size_t)r * T * D;
+		const float *seq = src + (size_t)(r / M) * N * D;
+		const int *k = idx + (size_t)r * V;
+
+		if (E)
+			memcpy(row, first, (size_t)D * sizeof(float));
+		for (int j = 0; j < V; j++)
+			memcpy(row + ((size_t)E + j) * D, seq + (size_t)k[j] * D,
+			    (size_t)D * sizeof(float));
+	}
+}
+
+static void
+scatter_tokens(float *dsrc, float *dfirst, const float *din, const int *idx,
+    int R, int M, int N, int V, int E, int D)
+{
+	size_t T = (size_t)E + V;
+
+	/* one sequence per thread: its M copies added in order */
+#pragma omp parallel for schedule(static)
+	for (int b = 0; b < R / M; b++) {
+		float *seq = dsrc + (size_t)b * N * D;
+
+		for (int r = b * M; r < (b + 1) * M; r++) {
+			const float *row = din + (size_t)r * T * D;
+			const int *k = idx + (size_t)r * V;
+
+			for (int j = 0; j < V; j++) {
+				float *dst = seq + (size_t)k[j] * D;
+				const float *g = row + ((size_t)E + j) * D;
+
+				for (int d = 0; d < D; d++)
+					dst[d] += g[d];
+			}
+		}
+	}
+	for (int r = 0; dfirst && E && r < R; r++)
+		for (int d = 0; d < D; d++)
+			dfirst[d] += din[(size_t)r * T * D + d];
+}
+
 static void *
 cpu_alloc(size_t bytes)
 {
@@ -1372,6 +1421,8 @@ static const d2v_ops cpu_ops = {
 	.add = add,
 	.mul = mul,
 	.instancenorm_forward = instancenorm_forward,
+	.gather_tokens = gather_tokens,
+	.scatter_tokens = scatter_tokens,
 	.sumsq = cpu_sumsq,
 	.scale = cpu_scale,
 	.adamw = cpu_adamw,

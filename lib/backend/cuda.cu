@@ -791,6 +791,28 @@ conv1d_backward(float *din, float *dw, float *db, float *col, float *dcol,
 	done("conv1d_backward");
 }
 
+/* ---- the visible tokens ------------------------------------------------ */
+
+static void
+gather_tokens(float *out, const float *src, const int *idx,
+    const float *first, int R, int M, int N, int V, int E, int D)
+{
+	if (failed_now())
+		return;
+	d2v_k_gather_tokens(out, src, idx, first, R, M, N, V, E, D, st);
+	done("gather_tokens");
+}
+
+static void
+scatter_tokens(float *dsrc, float *dfirst, const float *din, const int *idx,
+    int R, int M, int N, int V, int E, int D)
+{
+	if (failed_now())
+		return;
+	d2v_k_scatter_tokens(dsrc, dfirst, din, idx, R, M, N, V, E, D, st);
+	done("scatter_tokens");
+}
+
 /* ---- the optimiser ----------------------------------------------------- */
 
 static double
@@ -860,6 +882,8 @@ static const d2v_ops cuda_ops = {
 	.add = add,
 	.mul = mul,
 	.instancenorm_forward = instancenorm_forward,
+	.gather_tokens = gather_tokens,
+	.scatter_tokens = scatter_tokens,
 	.sumsq = sumsq,
 	.scale = scale,
 	.adamw = adamw,

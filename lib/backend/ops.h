@@ -102,6 +102,17 @@ typedef struct d2v_ops {
 	void (*instancenorm_forward)(float *out, const float *in, int R, int T,
 	    int C, float eps, int acc, float scale);
 
+	/* The student's visible tokens.  gather: out (R, E+V, D), row r =
+	 * [first (D) when E is 1,] then the rows idx[r, 0..V) of sequence
+	 * r / M of src (R/M, N, D); idx (R,V) ascending in [0, N).
+	 * scatter, its backward: dsrc (R/M, N, D) += each row's tokens of
+	 * din (R, E+V, D) at idx, the copies of a sequence added in order;
+	 * dfirst (D, may be NULL) += the rows' first tokens (E = 1). */
+	void (*gather_tokens)(float *out, const float *src, const int *idx,
+	    const float *first, int R, int M, int N, int V, int E, int D);
+	void (*scatter_tokens)(float *dsrc, float *dfirst, const float *din,
+	    const int *idx, int R, int M, int N, int V, int E, int D);
+
 	/* The optimiser (lib/train/optim.c) over flat parameter buffers. */
 	/* sum of x (n) squared, in double */
 	double (*sumsq)(const float *x, size_t n);

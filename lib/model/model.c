@@ -1445,25 +1445,10 @@ step_any(d2v_model *m, const void *x, const uint8_t *mask,
 					    TEN(D) * sizeof(float));
 			}
 		pos_forward(m, P, &m->spos, R, xz);
-#pragma omp parallel for schedule(static)
-		for (int r = 0; r < R; r++)
-			for (int j = 0; j < V; j++)
-				memcpy(a->x_in + (TEN(r) * T + j) * D,
-				    xz + (TEN(r) * N + m->keep[TEN(r) * V + j]) * D,
-				    TEN(D) * sizeof(float));
+		o->gather_tokens(a->x_in, xz, m->keep, NULL, R, 1, N, V, 0, D);
 	} else {
-#pragma omp parallel for schedule(static)
-		for (int r = 0; r < R; r++) {
-			float *row = a->x_in + TEN(r) * T * D;
-			const float *src = m->tok + TEN(r / M) * N * D;
-
-			if (E)
-				memcpy(row, P + m->lay.cls, TEN(D) * sizeof(float));
-			for (int j = 0; j < V; j++)
-				memcpy(row + TEN(E + j) * D,
-				    src + TEN(m->keep[TEN(r) * V + j]) * D,
-				    TEN(D) * sizeof(float));
-		}
+		o->gather_tokens(a->x_in, m->tok, m->keep, E ? P + m->lay.cls :
+		    NULL, R, M, N, V, E, D);
 	}
 	if (c->alibi) {
 		for (int r = 0; r < R; r++)
@@ -1599,11 +1584,7 @@ step_any(d2v_model *m, const void *x, const uint8_t *mask,
 		float *dxz = m->gdec2, *dz = m->gB;
 
 		memset(dxz, 0, TEN(R) * N * D * sizeof(float));
-		for (int r = 0; r < R; r++)
-			for (int j = 0; j < V; j++)
-				memcpy(dxz + (TEN(r) * N + m->keep[TEN(r) * V + j]) * D,
-				    m->gdec + (TEN(r) * T + j) * D,
-				    TEN(D) * sizeof(float));
+		o->scatter_tokens(dxz, NULL, m->gdec, m->keep, R, 1, N, V, 0, D);
 		pos_backward(m, &m->spos, R, dxz, dz);
 		for (int r = 0; r < R; r++)
 			for (int n = 0; n < N; n++) {
@@ -1617,22 +1598,8 @@ step_any(d2v_model *m, const void *x, const uint8_t *mask,
 			}
 		audio_local_backward(m, m->wav, m->dtok, B);
 	} else {
-		const float *dx = m->gdec;
-		float *gcls = E ? Gr + m->lay.cls : NULL;
-
-		for (int r = 0; r < R; r++) {
-			const float *row = dx + TEN(r) * T * D;
-			float *dt = m->dtok + TEN(r / M) * N * D;
-
-			for (int d = 0; gcls && d < D; d++)
-				gcls[d] += row[d];
-			for (int j = 0; j < V; j++) {
-				float *dst = dt + TEN(m->keep[TEN(r) * V + j]) * D;
-
-				for (int d = 0; d < D; d++)
-					dst[d] += row[TEN(E + j) * D + d];
-			}
-		}
+		o->scatter_tokens(m->dtok, E ? Gr + m->lay.cls : NULL, m->gdec,
+		    m->keep, R, M, N, V, E, D);
 		if (E)
 			o->matmul_backward(NULL, Gr + m->lay.patch_w,
 			    Gr + m->lay.patch_b, m->dtok, m->pix, P + m->lay.patch_w,

@@ -241,6 +241,34 @@ ops_conv1d(d2v_rng *r, int R, int Ti, int Ci, int Co, int k, int s, int pad,
 }
 
 static void
+ops_tokens(d2v_rng *r, int R, int M, int N, int V, int E, int D)
+{
+	size_t T = (size_t)E + V;
+	pair src = mk((size_t)(R / M) * N * D, r, 1), first = mk(D, r, 1);
+	pair out = mk((size_t)R * T * D, NULL, 0), din = mk(out.n, r, 1);
+	pair ds = mk(src.n, r, 1), df = mk(D, r, 1);
+	int *ic = cpu->alloc((size_t)R * V * sizeof(int));
+	int *ig = gpu->alloc((size_t)R * V * sizeof(int));
+
+	for (int row = 0; row < R; row++)
+		for (int j = 0; j < V; j++) /* ascending, spread over N */
+			ic[(size_t)row * V + j] = ig[(size_t)row * V + j] =
+			    (int)(((long)j * N + row % 3) / V);
+	cpu->gather_tokens(out.c, src.c, ic, E ? first.c : NULL, R, M, N, V, E,
+	    D);
+	gpu->gather_tokens(out.g, src.g, ig, E ? first.g : NULL, R, M, N, V, E,
+	    D);
+	CMP(out, 0, "gather_tokens R%d M%d N%d V%d E%d", R, M, N, V, E);
+	cpu->scatter_tokens(ds.c, E ? df.c : NULL, din.c, ic, R, M, N, V, E, D);
+	gpu->scatter_tokens(ds.g, E ? df.g : NULL, din.g, ig, R, M, N, V, E, D);
+	CMP(ds, 0, "scatter_tokens (added to, same order)");
+	CMP(df, 0, "scatter_tokens first token (added to)");
+	cpu->release(ic);
+	gpu->release(ig);
+	drop(&src); drop(&first); drop(&out); drop(&din); drop(&ds); drop(&df);
+}
+
+static void
 ops_optim(d2v_rng *r, size_t n)
 {
 	pair p = mk(n, r, 1), g = mk(n, r, 1), m = mk(n, r, 0.1), v = mk(n, r, 0);
@@ -471,6 +499,8 @@ main(void)
 	ops_conv1d(&r, 2, 400, 1, 32, 10, 5, 0, 1, 0);
 	ops_conv1d(&r, 2, 49, 32, 32, 3, 2, 0, 1, 0);
 	ops_conv1d(&r, 2, 49, 32, 32, 19, 1, 9, 16, 1);
+	ops_tokens(&r, 32, 8, 196, 39, 1, 192);
+	ops_tokens(&r, 6, 1, 49, 10, 0, 31);
 	ops_optim(&r, 100003);
 	check_failed("the ops");
 

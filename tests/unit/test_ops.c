@@ -690,6 +690,46 @@ test_bf16(void)
 		T_OK(1, "oneDNN ran the bf16 products above (%s)", why);
 }
 
+/* gather_tokens and scatter_tokens against the index arithmetic written
+ * out, and the scatter as the gather's adjoint: <gather(x), y> equals
+ * <x, scatter(y)> (and the first token's part). */
+static void
+test_tokens(int R, int M, int N, int V, int E, int D)
+{
+	size_t T = (size_t)E + V, no = (size_t)R * T * D, ns = (size_t)(R / M) *
+	    N * D;
+	float *src = rnd(ns, 1), *first = rnd(D, 1), *out = zeros(no);
+	float *y = rnd(no, 1), *ds = zeros(ns), *df = zeros(D);
+	int *idx = malloc((size_t)R * V * sizeof *idx), bad = 0;
+	double lhs, rhs;
+
+	for (int r = 0; r < R; r++) {
+		int j = 0;
+
+		for (int n = 0; n < N && j < V; n++)
+			if ((int)d2v_rng_below(&rng, (uint64_t)(N - n)) < V - j)
+				idx[(size_t)r * V + j++] = n;
+	}
+	o->gather_tokens(out, src, idx, E ? first : NULL, R, M, N, V, E, D);
+	for (int r = 0; r < R; r++)
+		for (size_t t = 0; t < T; t++)
+			for (int d = 0; d < D; d++) {
+				float want = (int)t < E ? first[d] : src[((size_t)(r /
+				    M) * N + idx[(size_t)r * V + t - E]) * D + d];
+
+				bad += out[((size_t)r * T + t) * D + d] != want;
+			}
+	T_OK(bad == 0, "gather_tokens R %d M %d N %d V %d E %d: every row "
+	    "from its sequence's kept token (%d wrong)", R, M, N, V, E, bad);
+	o->scatter_tokens(ds, E ? df : NULL, y, idx, R, M, N, V, E, D);
+	lhs = dot(out, y, no);
+	rhs = dot(src, ds, ns) + (E ? dot(first, df, D) : 0);
+	T_OK(fabs(lhs - rhs) <= 1e-4 * fabs(lhs), "scatter_tokens is the "
+	    "gather's adjoint: %.9g against %.9g", rhs, lhs);
+	free(src); free(first); free(out); free(y); free(ds); free(df);
+	free(idx);
+}
+
 int
 main(void)
 {
@@ -710,5 +750,8 @@ main(void)
 	attention_twin(2, 17, 48, 3, 1, 1);
 	test_instancenorm();
 	test_bf16();
+	test_tokens(6, 3, 7, 2, 1, 5);
+	test_tokens(32, 8, 196, 39, 1, 24);
+	test_tokens(4, 1, 49, 10, 0, 16);
 	return T_DONE();
 }
