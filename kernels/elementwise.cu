@@ -7,10 +7,14 @@
  *
  * bias_grad: column sums over the rows of dout (M,N), deterministic in two
  * kernels.  The rows are cut into nchunk chunks of rpc rows (a function
- * of M only); a block of 32 x 8 threads sums 32 columns of one chunk (8
- * row lanes, then the 8 partials in order) into scratch (nchunk, N), and
- * a second kernel adds each column's nchunk partials in order, in double.
+ * of M only); a block of 32 x 8 threads sums 32 columns of one chunk in
+ * double (8 row lanes, then the 8 partials in order) into scratch (nchunk,
+ * N) as doubles (from the first 8-byte boundary of the float scratch), and
+ * a second kernel adds each column's nchunk partials in order, in double,
+ * to db, rounded once.
  */
+#include <stdint.h>
+
 #include "kernels.h"
 
 #define EW_THREADS 256
@@ -70,26 +74,27 @@ bias_add_kernel(float *out, const float *b, size_t n, int N)
 {
 	size_t stride = (size_t)gridDim.x * blockDim.x;
 	size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-	int c = (int)(i % N), step = (int)(stride % N);
+	unsigned c = (unsigned)(i % N), step = (unsigned)(stride % N);
 
 	for (; i < n; i += stride) {
 		out[i] += b[c];
-		c += step;	/* < 2N */
-		if (c >= N)
+		c += step;	/* < 2N < 2^32 */
+		if (c >= (unsigned)N)
 			c -= N;
 	}
 }
 
-/* part (nchunk, N): part[k][c] = sum of dout (M,N) over the rows [k rpc,
- * k rpc + rpc) of column c.  Grid (ceil(N/32), nchunk), block (32, 8). */
+/* part (nchunk, N) doubles: part[k][c] = sum of dout (M,N) over the rows
+ * [k rpc, k rpc + rpc) of column c.  Grid (ceil(N/32), nchunk), block
+ * (32, 8). */
 static __global__ void
-bias_grad_partial(float *part, const float *dout, int M, int N, int rpc)
+bias_grad_partial(double *part, const float *dout, int M, int N, int rpc)
 {
-	__shared__ float sh[BG_LANES][BG_COLS];
+	__shared__ double sh[BG_LANES][BG_COLS];
 	int tx = threadIdx.x, ty = threadIdx.y;
 	int c = blockIdx.x * BG_COLS + tx;
 	int r0 = blockIdx.y * rpc, r1 = min(r0 + rpc, M);
-	float acc = 0;
+	double acc = 0;
 
 	if (c < N)
 		for (int r = r0 + ty; r < r1; r += BG_LANES)
@@ -97,7 +102,7 @@ bias_grad_partial(float *part, const float *dout, int M, int N, int rpc)
 	sh[ty][tx] = acc;
 	__syncthreads();
 	if (ty == 0 && c < N) {
-		float s = 0;
+		double s = 0;
 
 		for (int k = 0; k < BG_LANES; k++)
 			s += sh[k][tx];
@@ -105,9 +110,10 @@ bias_grad_partial(float *part, const float *dout, int M, int N, int rpc)
 	}
 }
 
-/* db (N) += the sums of part (nchunk, N) over the chunks, in order */
+/* db (N) += the sums of part (nchunk, N) over the chunks, in order, in
+ * double, rounded once */
 static __global__ void
-bias_grad_final(float *db, const float *part, int N, int nchunk)
+bias_grad_final(float *db, const double *part, int N, int nchunk)
 {
 	int c = blockIdx.x * blockDim.x + threadIdx.x;
 	double s = 0;
@@ -116,7 +122,7 @@ bias_grad_final(float *db, const float *part, int N, int nchunk)
 		return;
 	for (int k = 0; k < nchunk; k++)
 		s += part[(size_t)k * N + c];
-	db[c] += (float)s;
+	db[c] = (float)(db[c] + s);
 }
 
 /* out (n) = in (n) rounded to bf16, nearest even */
@@ -203,8 +209,9 @@ d2v_k_bias_grad_scratch(int M, int N)
 {
 	int nchunk, rpc;
 
+	/* nchunk N doubles, and a float to reach an 8-byte boundary */
 	bias_grad_chunks(M, &nchunk, &rpc);
-	return (size_t)nchunk * (size_t)(N > 0 ? N : 0);
+	return 2 * (size_t)nchunk * (size_t)(N > 0 ? N : 0) + 1;
 }
 
 extern "C" void
@@ -213,13 +220,14 @@ d2v_k_bias_grad(float *db, const float *dout, int M, int N, float *scratch,
 {
 	int nchunk, rpc;
 	dim3 grid, block(BG_COLS, BG_LANES);
+	double *part = (double *)(((uintptr_t)scratch + 7) & ~(uintptr_t)7);
 
 	if (M <= 0 || N <= 0 || db == NULL)
 		return;
 	bias_grad_chunks(M, &nchunk, &rpc);
 	grid = dim3((N + BG_COLS - 1) / BG_COLS, nchunk);
-	bias_grad_partial<<<grid, block, 0, st>>>(scratch, dout, M, N, rpc);
-	bias_grad_final<<<(N + 255) / 256, 256, 0, st>>>(db, scratch, N, nchunk);
+	bias_grad_partial<<<grid, block, 0, st>>>(part, dout, M, N, rpc);
+	bias_grad_final<<<(N + 255) / 256, 256, 0, st>>>(db, part, N, nchunk);
 }
 
 extern "C" void
@@ -332,7 +340,9 @@ check_bias(int M, int N, lab_rng *rng, cudaStream_t st)
 	lab_fill(b, N, -1, 1, rng);
 	d_o = lab_dup(o, n);
 	d_b = lab_dup(b, N);
-	d_scr = (float *)lab_dalloc(d2v_k_bias_grad_scratch(M, N) *
+	/* a float more, so that odd M get a scratch at an odd float (not
+	 * 8-byte aligned) */
+	d_scr = (float *)lab_dalloc((d2v_k_bias_grad_scratch(M, N) + 1) *
 	    sizeof(float));
 
 	for (size_t i = 0; i < n; i++)
@@ -352,12 +362,12 @@ check_bias(int M, int N, lab_rng *rng, cudaStream_t st)
 		for (int c = 0; c < N; c++)
 			ref[c] += o[(size_t)r * N + c];
 	LAB_CK(cudaMemcpy(d_o, o, n * sizeof(float), cudaMemcpyHostToDevice));
-	d2v_k_bias_grad(d_b, d_o, M, N, d_scr, st);
+	d2v_k_bias_grad(d_b, d_o, M, N, d_scr + (M & 1), st);
 	lab_sync(st);
 	lab_get(got, d_b, N);
 	snprintf(what, sizeof(what), "bias_grad (+=) M %d N %d", M, N);
 	fails += lab_report(NAME, what, lab_max_rel_err(got, ref, N,
-	    fmax(1e-3 * lab_max_abs(ref, N), 1e-30)), 1e-5);
+	    fmax(1e-3 * lab_max_abs(ref, N), 1e-30)), 1e-6);
 
 	free(o), free(b), free(got), free(ref);
 	cudaFree(d_o), cudaFree(d_b), cudaFree(d_scr);

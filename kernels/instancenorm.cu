@@ -5,10 +5,11 @@
  *
  * A block of 32 x 16 threads normalises 32 channels of one sequence:
  * threadIdx.x the channel (reads coalesced along C), threadIdx.y strides
- * over T.  Each column's sum is the 16 row-lane partials added in order
- * from shared memory (every thread of the column adds them itself, so all
- * get the same bits).  Two passes (mean, then squared deviations), then
- * the write pass; each element is read and written by one thread, after
+ * over T.  Sums in double: each column's sum is the 16 T-lane partials
+ * added in order from shared memory (every thread of the column adds them
+ * itself, so all get the same bits).  Two passes (mean, then squared
+ * deviations), then the write pass, with x - mean taken in double before
+ * it is rounded, as the CPU backend does; each element is read and written by one thread, after
  * both reductions, so out may be in.  Blocks grid-stride over the (r,
  * channel tile) pairs.
  */
@@ -23,7 +24,7 @@ static __global__ void
 instancenorm_kernel(float *out, const float *in, int R, int T, int C,
     float eps, int acc, float scale, int ctiles)
 {
-	__shared__ float sh[IN_LANES][IN_COLS];
+	__shared__ double sh[IN_LANES][IN_COLS];
 	int tx = threadIdx.x, ty = threadIdx.y;
 	size_t nblk = (size_t)R * ctiles;
 
@@ -32,7 +33,8 @@ instancenorm_kernel(float *out, const float *in, int R, int T, int C,
 		int c = (int)(blk % ctiles) * IN_COLS + tx;
 		const float *x = in + r * T * C + c;
 		float *y = out + r * T * C + c;
-		float s = 0, v = 0, m, rs;
+		double s = 0, v = 0, m;
+		float rs;
 
 		if (c < C)
 			for (int t = ty; t < T; t += IN_LANES)
@@ -46,7 +48,7 @@ instancenorm_kernel(float *out, const float *in, int R, int T, int C,
 		__syncthreads();	/* all have read sh */
 		if (c < C)
 			for (int t = ty; t < T; t += IN_LANES) {
-				float d = x[(size_t)t * C] - m;
+				double d = x[(size_t)t * C] - m;
 
 				v += d * d;
 			}
@@ -56,11 +58,11 @@ instancenorm_kernel(float *out, const float *in, int R, int T, int C,
 		for (int k = 0; k < IN_LANES; k++)
 			v += sh[k][tx];
 		v /= T;
-		rs = 1.0f / sqrtf(v + eps);
+		rs = (float)(1.0 / sqrt(v + eps));
 		if (c < C)
 			for (int t = ty; t < T; t += IN_LANES) {
 				size_t k = (size_t)t * C;
-				float n = (x[k] - m) * rs;
+				float n = (float)(x[k] - m) * rs;
 
 				if (acc)
 					y[k] += scale * n;
@@ -148,7 +150,7 @@ check(int R, int T, int C, lab_rng *rng, cudaStream_t st)
 	lab_sync(st);
 	lab_get(got, d_o, n);
 	snprintf(what, sizeof(what), "acc 0 R %d T %d C %d", R, T, C);
-	fails += lab_report(NAME, what, lab_max_rel_err(got, y, n, 1e-2), 1e-4);
+	fails += lab_report(NAME, what, lab_max_rel_err(got, y, n, 1e-2), 1e-5);
 
 	for (size_t i = 0; i < n; i++)
 		ref[i] = o0[i] + scale * y[i];
@@ -164,7 +166,7 @@ check(int R, int T, int C, lab_rng *rng, cudaStream_t st)
 	lab_sync(st);
 	lab_get(got, d_x, n);
 	snprintf(what, sizeof(what), "acc 0 in place R %d T %d C %d", R, T, C);
-	fails += lab_report(NAME, what, lab_max_rel_err(got, y, n, 1e-2), 1e-4);
+	fails += lab_report(NAME, what, lab_max_rel_err(got, y, n, 1e-2), 1e-5);
 
 	free(x), free(o0), free(got), free(y), free(ref);
 	cudaFree(d_x), cudaFree(d_o);
