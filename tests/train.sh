@@ -9,16 +9,7 @@ fi
 export OMP_NUM_THREADS=1
 MODEL="--dim 32 --heads 2 --depth 2 --prenet 1 --decoder-dim 16 --decoder-layers 1 --decoder-groups 4 -b 8 --lr 2e-3 --warmup 4 --ema-decay 0.99 --ema-end-decay 0.999"
 
-d2v-tokenize --idx $FM/t10k-images-idx3-ubyte.gz --idx-labels $FM/t10k-labels-idx1-ubyte.gz \
-	--size 28 --crop center 2>/dev/null | $PY -c '
-import sys; sys.path.insert(0, sys.argv[1]); import d2v_stream as s
-# the first 400 records, as a stream
-out = sys.stdout.buffer; w = None
-for kind, o in s.read(sys.stdin.buffer):
-    if kind == "header": w = s.Writer(out, o["modality"], o["stages"], o["meta"])
-    elif kind == "record" and w.n < 400:
-        rid = o.pop("id"); w.record(rid, **o)
-w.close()' "$D2V_ROOT/scripts" > "$T/img.d2v"
+fm_images 400 > "$T/img.d2v"
 d2v-mask --patch 7 --copies 2 < "$T/img.d2v" > "$T/m.d2v"
 check "a 400-image masked stream to train on" [ "$(d2v-show --check "$T/m.d2v" | cut -d, -f1)" = "records 400" ]
 
