@@ -907,8 +907,8 @@ main(int argc, char **argv)
 		for (;;) {
 			d2v_step_out o = {0};
 			double lr, tau, gnorm, t, sum[7] = {0};
-			long total = 0, first = seen, rows = 0;
-			int built = 0, mine = 0;
+			long total = 0, first, rows = 0;
+			int mine = 0;
 			batch *b = &parts[j];
 
 			rc = pending ? 1 : d2v_reader_next(r, &b->rec[b->n], &err);
@@ -935,15 +935,15 @@ main(int argc, char **argv)
 			if (parts[0].n == 0 || (rc < 0 && (j + 1 < np ||
 			    b->n < b->cap)))
 				break;
+			/* first: the index of the update's first record */
+			first = seen;
 			for (int p = 0; p <= j; p++) {
 				first -= parts[p].n;
 				if (parts[p].n > 0 && batch_build(&parts[p], &m,
-				    &rng) > 0) {
+				    &rng) > 0)
 					total += parts[p].count;
-					built++;
-				}
 			}
-			if (built == 0 || total == 0) {
+			if (total == 0) {
 				/* v1 text: no <mask> in these records; no update */
 				if (!opt.quiet)
 					d2v_warn("%s: records %ld..%ld hold no <mask> "
