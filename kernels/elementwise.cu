@@ -1,9 +1,11 @@
 /*
- * elementwise.cu - add, mul, mul_to, scale, bias_add, bias_grad, to_bf16.
+ * elementwise.cu - add, mul, mul_to, scale, bias_add, bias_grad,
+ * add_bcast, to_bf16.
  *
  * The element-wise ones: grid-stride loops with size_t indices, 256
- * threads a block, at most EW_MAXGRID blocks.  bias_add keeps its column
- * with an increment instead of a 64-bit modulo per element.
+ * threads a block, at most EW_MAXGRID blocks.  bias_add and add_bcast
+ * keep their column with an increment instead of a 64-bit modulo per
+ * element.
  *
  * bias_grad: column sums over the rows of dout (M,N), deterministic in two
  * kernels.  The rows are cut into nchunk chunks of rpc rows (a function
@@ -81,6 +83,22 @@ bias_add_kernel(float *out, const float *b, size_t n, int N)
 		c += step;	/* < 2N < 2^32 */
 		if (c >= (unsigned)N)
 			c -= N;
+	}
+}
+
+/* a (B,n) += b (n) on every row; total = B n */
+static __global__ void
+add_bcast_kernel(float *a, const float *b, size_t total, size_t n)
+{
+	size_t stride = (size_t)gridDim.x * blockDim.x;
+	size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+	size_t c = i % n, step = stride % n;
+
+	for (; i < total; i += stride) {
+		a[i] += b[c];
+		c += step;	/* < 2n */
+		if (c >= n)
+			c -= n;
 	}
 }
 
@@ -231,6 +249,18 @@ d2v_k_bias_grad(float *db, const float *dout, int M, int N, float *scratch,
 }
 
 extern "C" void
+d2v_k_add_bcast(float *a, const float *b, int B, size_t n, cudaStream_t st)
+{
+	size_t total;
+
+	if (B <= 0 || n == 0)
+		return;
+	total = (size_t)B * n;
+	add_bcast_kernel<<<grid_for(total), EW_THREADS, 0, st>>>(a, b, total,
+	    n);
+}
+
+extern "C" void
 d2v_k_to_bf16(__nv_bfloat16 *out, const float *in, size_t n,
     cudaStream_t st)
 {
@@ -374,6 +404,37 @@ check_bias(int M, int N, lab_rng *rng, cudaStream_t st)
 	return fails;
 }
 
+/* add_bcast on (B,n); failures */
+static int
+check_bcast(int B, size_t n, lab_rng *rng, cudaStream_t st)
+{
+	size_t total = (size_t)B * n;
+	float *a = (float *)lab_halloc(total * sizeof(float));
+	float *b = (float *)lab_halloc(n * sizeof(float));
+	float *got = (float *)lab_halloc(total * sizeof(float));
+	double *ref = (double *)lab_halloc(total * sizeof(double));
+	float *d_a, *d_b;
+	char what[96];
+	int fails;
+
+	lab_fill(a, total, -1, 1, rng);
+	lab_fill(b, n, -1, 1, rng);
+	d_a = lab_dup(a, total);
+	d_b = lab_dup(b, n);
+	/* one rounding each, as add */
+	for (size_t i = 0; i < total; i++)
+		ref[i] = (double)a[i] + b[i % n];
+	d2v_k_add_bcast(d_a, d_b, B, n, st);
+	lab_sync(st);
+	lab_get(got, d_a, total);
+	snprintf(what, sizeof(what), "add_bcast B %d n %zu", B, n);
+	fails = lab_report(NAME, what, lab_max_rel_err(got, ref, total, 1e-30),
+	    1e-7);
+	free(a), free(b), free(got), free(ref);
+	cudaFree(d_a), cudaFree(d_b);
+	return fails;
+}
+
 /* to_bf16 bit for bit on n values over the whole float range, with the
  * special values and ties first; failures */
 static int
@@ -501,6 +562,14 @@ bench_bias_grad(void *p, cudaStream_t st)
 }
 
 static void
+bench_add_bcast(void *p, cudaStream_t st)
+{
+	bench_arg *a = (bench_arg *)p;
+
+	d2v_k_add_bcast(a->a, a->b, a->M, (size_t)a->N, st);
+}
+
+static void
 bench_bf16(void *p, cudaStream_t st)
 {
 	bench_arg *a = (bench_arg *)p;
@@ -529,6 +598,10 @@ main(void)
 		fails += check_ew(ns[i], &rng, st);
 	for (int i = 0; i < 6; i++)
 		fails += check_bias(shapes[i][0], shapes[i][1], &rng, st);
+	for (int i = 0; i < 6; i++)
+		fails += check_bcast(shapes[i][0], (size_t)shapes[i][1], &rng,
+		    st);
+	fails += check_bcast(8, (size_t)197 * 768, &rng, st);
 	fails += check_bf16(17, &rng, st);
 	fails += check_bf16(1000003, &rng, st);
 	if (getenv("D2V_LAB_BIG") != NULL)
@@ -569,6 +642,10 @@ main(void)
 	ms = lab_time_ms(bench_bias_grad, &a, st);
 	/* bytes: read dout (M N floats); the scratch is small */
 	lab_bench(NAME, what, 4.0 * a.M * a.N, ms);
+	snprintf(what, sizeof(what), "add_bcast B %d n %d", a.M, a.N);
+	ms = lab_time_ms(bench_add_bcast, &a, st);
+	/* bytes: read and write a (B n floats); b is cached */
+	lab_bench(NAME, what, 8.0 * a.M * a.N, ms);
 	snprintf(what, sizeof(what), "to_bf16 n %zu", a.n);
 	ms = lab_time_ms(bench_bf16, &a, st);
 	/* bytes: read 4, write 2 a value */
