@@ -1,6 +1,7 @@
 /* cpu.c - the CPU backend (see ops.h).  GEMMs go to OpenBLAS and are never
  * called inside an OpenMP region, so the cores are not oversubscribed. */
 #include "ops.h"
+#include "rows.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -1423,6 +1424,20 @@ static const d2v_ops cpu_ops = {
 	.instancenorm_forward = instancenorm_forward,
 	.gather_tokens = gather_tokens,
 	.scatter_tokens = scatter_tokens,
+	.copy = d2v_cpu_copy,
+	.zero = d2v_cpu_zero,
+	.add_bcast = d2v_cpu_add_bcast,
+	.gather_rows = d2v_cpu_gather_rows,
+	.scatter_rows = d2v_cpu_scatter_rows,
+	.place_tokens = d2v_cpu_place_tokens,
+	.pick_tokens = d2v_cpu_pick_tokens,
+	.mask_tokens = d2v_cpu_mask_tokens,
+	.unmask_tokens = d2v_cpu_unmask_tokens,
+	.noise_fill = d2v_cpu_noise_fill,
+	.drop_fill = d2v_cpu_drop_fill,
+	.masked_loss = d2v_cpu_masked_loss,
+	.masked_std = d2v_cpu_masked_std,
+	.mean_tokens = d2v_cpu_mean_tokens,
 	.sumsq = cpu_sumsq,
 	.scale = cpu_scale,
 	.adamw = cpu_adamw,

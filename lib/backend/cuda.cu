@@ -813,6 +813,174 @@ scatter_tokens(float *dsrc, float *dfirst, const float *din, const int *idx,
 	done("scatter_tokens");
 }
 
+/* ---- memory ------------------------------------------------------------ */
+
+/* either side may be host memory: cudaMemcpyDefault finds which */
+static void
+copy(void *dst, const void *src, size_t bytes)
+{
+	if (failed_now() || bytes == 0 || dst == src)
+		return;
+	cu_ok(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, st), "copy");
+	done("copy");
+}
+
+static void
+zero(void *p, size_t bytes)
+{
+	if (failed_now() || bytes == 0)
+		return;
+	cu_ok(cudaMemsetAsync(p, 0, bytes, st), "zero");
+	done("zero");
+}
+
+static void
+add_bcast(float *a, const float *b, int B, size_t n)
+{
+	if (failed_now())
+		return;
+	d2v_k_add_bcast(a, b, B, n, st);
+	done("add_bcast");
+}
+
+/* ---- rows by index, the decoder's input, the masked positions ---------- */
+
+static void
+gather_rows(float *out, const float *table, const int32_t *ids, int n, int D)
+{
+	if (failed_now())
+		return;
+	d2v_k_gather_rows(out, table, ids, n, D, st);
+	done("gather_rows");
+}
+
+static void
+scatter_rows(float *dtable, const float *din, const int32_t *ids, int n,
+    int D)
+{
+	if (failed_now())
+		return;
+	d2v_k_scatter_rows(dtable, din, ids, n, D, st);
+	done("scatter_rows");
+}
+
+static void
+place_tokens(float *out, const float *in, const int *idx, const float *scale,
+    int R, int N, int V, int E, int D)
+{
+	if (failed_now())
+		return;
+	d2v_k_place_tokens(out, in, idx, scale, R, N, V, E, D, st);
+	done("place_tokens");
+}
+
+static void
+pick_tokens(float *dout, const float *din, const int *idx, const float *scale,
+    int R, int N, int V, int E, int D)
+{
+	if (failed_now())
+		return;
+	d2v_k_pick_tokens(dout, din, idx, scale, R, N, V, E, D, st);
+	done("pick_tokens");
+}
+
+static void
+mask_tokens(float *out, const float *src, const uint8_t *mask,
+    const float *fill, int R, int M, int N, int D)
+{
+	if (failed_now())
+		return;
+	d2v_k_mask_tokens(out, src, mask, fill, R, M, N, D, st);
+	done("mask_tokens");
+}
+
+static void
+unmask_tokens(float *dsrc, float *dfill, const float *din,
+    const uint8_t *mask, int R, int M, int N, int D)
+{
+	if (failed_now())
+		return;
+	d2v_k_unmask_tokens(dsrc, dfill, din, mask, R, M, N, D, st);
+	done("unmask_tokens");
+}
+
+static void
+noise_fill(float *out, const uint8_t *mask, int R, int N, int D, float std,
+    uint64_t seed, uint64_t row0)
+{
+	if (failed_now())
+		return;
+	d2v_k_noise_fill(out, mask, R, N, D, std, seed, row0, st);
+	done("noise_fill");
+}
+
+static void
+drop_fill(float *buf, int rows, size_t per, double p, double dp,
+    uint64_t seed, uint64_t kind, uint64_t first)
+{
+	if (failed_now())
+		return;
+	d2v_k_drop_fill(buf, rows, per, p, dp, seed, kind, first, st);
+	done("drop_fill");
+}
+
+/* ---- the losses and the statistics ------------------------------------- */
+
+/* the double a launcher left at the head of the reduction scratch s */
+static double
+result(const double *s, const char *what)
+{
+	double v = 0;
+
+	cu_ok(cudaMemcpyAsync(&v, s, sizeof v, cudaMemcpyDeviceToHost, st),
+	    what);
+	done(what);
+	return failed_now() ? 0 : v;
+}
+
+static double
+masked_loss(float *dp, const float *pred, const float *y, const uint8_t *mask,
+    int R, int M, int N, int T, int off, int D, double w, double beta,
+    double norm)
+{
+	double *s;
+
+	if (failed_now())
+		return 0;
+	s = (double *)scratch(S_RED, (d2v_k_loss_scratch(R, N, D) + 1) *
+	    sizeof(double));
+	if (s == NULL)
+		return 0;
+	d2v_k_masked_loss(s, dp, pred, y, mask, R, M, N, T, off, D, w, beta,
+	    norm, s + 1, st);
+	return result(s, "masked_loss");
+}
+
+static double
+masked_std(const float *x, const uint8_t *mask, int R, int N, int T, int off,
+    int D)
+{
+	double *s;
+
+	if (failed_now())
+		return 0;
+	s = (double *)scratch(S_RED, (d2v_k_loss_scratch(R, N, D) + 1) *
+	    sizeof(double));
+	if (s == NULL)
+		return 0;
+	d2v_k_masked_std(s, x, mask, R, N, T, off, D, s + 1, st);
+	return result(s, "masked_std");
+}
+
+static void
+mean_tokens(float *out, const float *in, int B, int N, int D)
+{
+	if (failed_now())
+		return;
+	d2v_k_mean_tokens(out, in, B, N, D, st);
+	done("mean_tokens");
+}
+
 /* ---- the optimiser ----------------------------------------------------- */
 
 static double
@@ -867,6 +1035,8 @@ static const d2v_ops cuda_ops = {
 	.alloc = cuda_alloc,
 	.release = cuda_release,
 	.failed = cuda_failed,
+	.copy = copy,
+	.zero = zero,
 	.matmul_forward = matmul_forward,
 	.matmul_backward = matmul_backward,
 	.layernorm_forward = layernorm_forward,
@@ -884,6 +1054,18 @@ static const d2v_ops cuda_ops = {
 	.instancenorm_forward = instancenorm_forward,
 	.gather_tokens = gather_tokens,
 	.scatter_tokens = scatter_tokens,
+	.add_bcast = add_bcast,
+	.gather_rows = gather_rows,
+	.scatter_rows = scatter_rows,
+	.place_tokens = place_tokens,
+	.pick_tokens = pick_tokens,
+	.mask_tokens = mask_tokens,
+	.unmask_tokens = unmask_tokens,
+	.noise_fill = noise_fill,
+	.drop_fill = drop_fill,
+	.masked_loss = masked_loss,
+	.masked_std = masked_std,
+	.mean_tokens = mean_tokens,
 	.sumsq = sumsq,
 	.scale = scale,
 	.adamw = adamw,

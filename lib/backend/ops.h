@@ -11,6 +11,7 @@
 #define D2V_OPS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "err.h"
 
@@ -29,6 +30,12 @@ typedef struct d2v_ops {
 	 * nothing.  The ops themselves return nothing: the model asks this
 	 * after each step (d2v_model_check). */
 	const char *(*failed)(void);
+
+	/* dst (bytes) = src; p (bytes) = 0.  Either pointer of copy may be
+	 * the backend's memory or the host's (the caller's input and output
+	 * pass through it). */
+	void (*copy)(void *dst, const void *src, size_t bytes);
+	void (*zero)(void *p, size_t bytes);
 
 	/* out (M,N) = in (M,K) . w (N,K)^T + b (N) (b may be NULL) */
 	void (*matmul_forward)(float *out, const float *in, const float *w,
@@ -112,6 +119,73 @@ typedef struct d2v_ops {
 	    const float *first, int R, int M, int N, int V, int E, int D);
 	void (*scatter_tokens)(float *dsrc, float *dfirst, const float *din,
 	    const int *idx, int R, int M, int N, int V, int E, int D);
+
+	/* a (B, n) += b (n), the same b added to each of the B rows */
+	void (*add_bcast)(float *a, const float *b, int B, size_t n);
+
+	/* Rows of a table by index (token embeddings).  gather_rows: row i
+	 * of out (n,D) = row ids[i] of table (rows, D); scatter_rows, its
+	 * backward: row ids[i] of dtable += row i of din (n,D), for i in
+	 * order (ids repeat). */
+	void (*gather_rows)(float *out, const float *table, const int32_t *ids,
+	    int n, int D);
+	void (*scatter_rows)(float *dtable, const float *din,
+	    const int32_t *ids,
+	    int n, int D);
+
+	/* The decoder's input.  place: row idx[r, j] of out (R,N,D) = row
+	 * E+j of in (R, E+V, D) times row j of scale (R,V,D) (NULL for 1),
+	 * j < V; out's other rows untouched.  pick, its backward: row E+j of
+	 * dout (R, E+V, D) += row idx[r, j] of din (R,N,D) times scale. */
+	void (*place_tokens)(float *out, const float *in, const int *idx,
+	    const float *scale, int R, int N, int V, int E, int D);
+	void (*pick_tokens)(float *dout, const float *din, const int *idx,
+	    const float *scale, int R, int N, int V, int E, int D);
+
+	/* Masked positions.  mask_tokens: row (r, n) of out (R,N,D) = fill
+	 * (D, NULL for zeros) where mask (R,N) is set, else row (r/M, n) of
+	 * src (R/M, N, D).  unmask_tokens, its backward: dsrc (R/M, N, D) +=
+	 * the unmasked rows of din (R,N,D), the M copies of a sequence added
+	 * in order; dfill (D, may be NULL) += the masked rows, in row order. */
+	void (*mask_tokens)(float *out, const float *src, const uint8_t *mask,
+	    const float *fill, int R, int M, int N, int D);
+	void (*unmask_tokens)(float *dsrc, float *dfill, const float *din,
+	    const uint8_t *mask, int R, int M, int N, int D);
+
+	/* Random numbers, drawn as lib/rng.h draws them, so that every
+	 * backend gives the same (d2v_rng_seed(seed, a, b), xoshiro256**).
+	 * noise_fill: each row (r, n) of out (R,N,D) where mask (R,N) is set
+	 * = std times normals from the generator keyed (seed, 0xdec0,
+	 * (row0 + r) N + n), d2v_rng_normal2's pair for dims d, d+1 (d even;
+	 * the sine dropped for an odd last d); other rows untouched.
+	 * drop_fill: buf (rows, per) = 0 or keep s per element, keep =
+	 * (float)(1/(1-p)); s the row's drop path: 0 when dp > 0 and the first
+	 * uniform of the generator keyed (seed, kind, first + r) is below dp,
+	 * else (float)(1/(1-dp)) (1 when dp is 0); element i is 0 when p > 0
+	 * and uniform number i mod 4096 of the generator keyed (seed, kind +
+	 * ((i/4096 + 1) << 40), first + r) is below p.  kind < 2^40. */
+	void (*noise_fill)(float *out, const uint8_t *mask, int R, int N, int D,
+	    float std, uint64_t seed, uint64_t row0);
+	void (*drop_fill)(float *buf, int rows, size_t per, double p, double dp,
+	    uint64_t seed, uint64_t kind, uint64_t first);
+
+	/* The losses and the statistics of the predictions and targets.
+	 * masked_loss: dp (R,T,D) = 0 but at the predicted rows: for every
+	 * (r, n) where mask (R,N) is set (NULL: all), e = row off+n of
+	 * sequence r of pred (R,T,D) minus row n of sequence r/M of y
+	 * (R/M, N, D); returns the sum of w l(e) over those rows and dims in
+	 * double, l(e) = e^2 for beta 0, else Smooth-L1 (0.5 e^2 / beta
+	 * within beta, |e| - beta/2 beyond), and sets dp = (float)(w l'(e) /
+	 * norm) there.
+	 * masked_std: the mean over the D dims of the sample standard
+	 * deviation (n-1) of the same rows of x (R,T,D) (0 for fewer than 2).
+	 * mean_tokens: out (B,D) = the mean of in (B,N,D) over N, in double. */
+	double (*masked_loss)(float *dp, const float *pred, const float *y,
+	    const uint8_t *mask, int R, int M, int N, int T, int off, int D,
+	    double w, double beta, double norm);
+	double (*masked_std)(const float *x, const uint8_t *mask, int R, int N,
+	    int T, int off, int D);
+	void (*mean_tokens)(float *out, const float *in, int B, int N, int D);
 
 	/* The optimiser (lib/train/optim.c) over flat parameter buffers. */
 	/* sum of x (n) squared, in double */

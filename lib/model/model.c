@@ -312,7 +312,7 @@ step_free(d2v_model *m)
 	int L = dec_layers(&m->cfg), np = m->cfg.pos_conv_depth;
 
 	o->release(m->pix); o->release(m->tok); o->release(m->dtok);
-	o->release(m->keep);
+	o->release(m->keep); o->release(m->mask); o->release(m->every);
 	o->release(m->y); o->release(m->ycls); o->release(m->dec_in);
 	freev(o, m->dc, L); freev(o, m->dm, L); freev(o, m->ds, L);
 	freev(o, m->dl, L);
@@ -335,11 +335,13 @@ step_free(d2v_model *m)
 	o->release(m->esum); o->release(m->em); o->release(m->es);
 	o->release(m->eln);
 	o->release(m->drop_emb); o->release(m->drop_in); o->release(m->ph);
+	o->release(m->ids);
 	o->release(m->pg);
 	o->release(m->hn); o->release(m->hm); o->release(m->hs);
 	m->hn = m->hm = m->hs = NULL;
 	m->fm = m->fs = m->fl = m->gslope = m->wav = NULL;
 	m->esum = m->em = m->es = m->eln = m->drop_emb = m->drop_in = NULL;
+	m->ids = NULL;
 	m->ph = m->pg = NULL;
 	m->pix = m->tok = m->dtok = m->y = m->ycls = m->dec_in = NULL;
 	m->dc = m->dm = m->ds = m->dl = m->dout = NULL;
@@ -347,6 +349,8 @@ step_free(d2v_model *m)
 	m->gA = m->gB = m->gC = m->gF = m->gF2 = m->gQKV = NULL;
 	m->gdec = m->gdec2 = NULL;
 	m->keep = NULL;
+	m->mask = NULL;
+	m->every = NULL;
 	m->B = m->V = m->alen = 0;
 }
 
@@ -370,7 +374,7 @@ d2v_model_free(d2v_model *m)
 void
 d2v_model_sync_teacher(d2v_model *m)
 {
-	memcpy(m->teacher, m->params, m->lay.teacher_end * sizeof(float));
+	m->ops->copy(m->teacher, m->params, m->lay.teacher_end * sizeof(float));
 }
 
 static size_t
@@ -453,7 +457,9 @@ step_alloc(d2v_model *m, int B, int V, d2v_err *err)
 		m->es = o->alloc(BN * sizeof(float));
 		m->eln = o->alloc(BN * D * sizeof(float));
 		m->drop_emb = o->alloc(BN * D * sizeof(float));
-		bad |= !m->esum || !m->em || !m->es || !m->eln || !m->drop_emb;
+		m->ids = o->alloc(BN * sizeof(int32_t));
+		bad |= !m->esum || !m->em || !m->es || !m->eln ||
+		    !m->drop_emb || !m->ids;
 	}
 	if (c->input_dropout > 0) {
 		m->drop_in = o->alloc(TEN(R) * (V > 0 ? V : 1) * D *
@@ -481,6 +487,8 @@ step_alloc(d2v_model *m, int B, int V, d2v_err *err)
 	m->tok = o->alloc(BN * D * sizeof(float));
 	m->dtok = o->alloc(BN * D * sizeof(float));
 	m->keep = o->alloc(TEN(R) * (V > 0 ? V : 1) * sizeof(int));
+	m->mask = o->alloc(RN);
+	m->every = o->alloc(BN * sizeof(int));
 	m->y = o->alloc(BN * D * sizeof(float));
 	m->ycls = o->alloc(TEN(B) * D * sizeof(float));
 	m->dec_in = o->alloc(RN * D * sizeof(float));
@@ -500,7 +508,8 @@ step_alloc(d2v_model *m, int B, int V, d2v_err *err)
 	m->gQKV = o->alloc(RT * 3 * D * sizeof(float));
 	m->gdec = o->alloc(abuf * sizeof(float));
 	m->gdec2 = o->alloc(abuf * sizeof(float));
-	if (bad || !m->tok || !m->dtok || !m->keep || !m->y || !m->ycls ||
+	if (bad || !m->tok || !m->dtok || !m->keep || !m->mask || !m->every ||
+	    !m->y || !m->ycls ||
 	    !m->dec_in || (L > 0 && (!m->dc || !m->dm || !m->ds || !m->dl ||
 	    !m->dout)) ||
 	    !m->pred || !m->col || !m->dcol || !m->gA || !m->gB || !m->gC ||
@@ -511,6 +520,10 @@ step_alloc(d2v_model *m, int B, int V, d2v_err *err)
 		return d2v_err_set(err, D2V_ENOMEM, "out of memory for a batch "
 		    "of %d samples", B);
 	}
+	/* every position of each sample, for the gathers of whole rows */
+	for (int b = 0; b < B; b++)
+		for (int n = 0; n < N; n++)
+			m->every[TEN(b) * N + n] = n;
 	return 0;
 }
 
@@ -550,32 +563,7 @@ embed(d2v_model *m, const float *P, int B, float *tok)
 
 	m->ops->matmul_forward(tok, m->pix, P + m->lay.patch_w,
 	    P + m->lay.patch_b, B * N, K, D);
-#pragma omp parallel for schedule(static)
-	for (int i = 0; i < B * N; i++)
-		for (int d = 0; d < D; d++)
-			tok[TEN(i) * D + d] += m->sincos[TEN(i % N) * D + d];
-}
-
-/* Fills scale buffer buf (rows, per) with 0 or 1/(1-p) per element,
- * times 0 or 1/(1-dp) per row (drop path); keyed by (seed, kind, row). */
-static void
-fill_drop(float *buf, int rows, size_t per, double p, double dp,
-    uint64_t seed, uint64_t kind, uint64_t first)
-{
-	float keep = p > 0 ? (float)(1.0 / (1.0 - p)) : 1.0f;
-	float kpath = dp > 0 ? (float)(1.0 / (1.0 - dp)) : 1.0f;
-
-#pragma omp parallel for schedule(static)
-	for (int r = 0; r < rows; r++) {
-		d2v_rng g;
-		float *row = buf + TEN(r) * per;
-		float s;
-
-		d2v_rng_seed(&g, seed, kind, first + (uint64_t)r);
-		s = dp > 0 && d2v_rng_uniform(&g) < dp ? 0.0f : kpath;
-		for (size_t i = 0; i < per; i++)
-			row[i] = p > 0 && d2v_rng_uniform(&g) < p ? 0.0f : keep * s;
-	}
+	m->ops->add_bcast(tok, m->sincos, B, TEN(N) * D);
 }
 
 /*
@@ -621,10 +609,10 @@ audio_local_backward(d2v_model *m, const float *x, const float *dtok, int B)
 	size_t n;
 
 	n = TEN(B) * N * C;
-	memset(tmp, 0, n * sizeof(float));
+	m->ops->zero(tmp, n * sizeof(float));
 	o->matmul_backward(tmp, G + l->fproj_w, G + l->fproj_b, dtok, m->fl,
 	    P + l->fproj_w, B * N, C, m->D);
-	memset(cur, 0, n * sizeof(float));
+	m->ops->zero(cur, n * sizeof(float));
 	o->layernorm_backward(cur, G + l->fnorm_w, G + l->fnorm_b, tmp,
 	    m->cg[D2V_CONV_LAYERS - 1], m->fm, m->fs, P + l->fnorm_w, B * N, C);
 	/* cur: gradient of the last GELU output */
@@ -632,14 +620,15 @@ audio_local_backward(d2v_model *m, const float *x, const float *dtok, int B)
 		int rows = B * m->ct[i + 1];
 
 		n = TEN(rows) * C;
-		memset(tmp, 0, n * sizeof(float));
+		m->ops->zero(tmp, n * sizeof(float));
 		o->gelu_backward(tmp, m->cl[i], cur, n);
-		memset(cur, 0, n * sizeof(float));
+		m->ops->zero(cur, n * sizeof(float));
 		o->layernorm_backward(cur, G + l->conv_nw[i], G + l->conv_nb[i],
 		    tmp, m->cv[i], m->cm[i], m->cs[i], P + l->conv_nw[i], rows, C);
 		/* cur: gradient of conv i's output; tmp gets its input's */
 		if (i > 0)
-			memset(tmp, 0, TEN(B) * m->ct[i] * C * sizeof(float));
+			m->ops->zero(tmp,
+			    TEN(B) * m->ct[i] * C * sizeof(float));
 		o->conv1d_backward(i > 0 ? tmp : NULL, G + l->conv_w[i], NULL,
 		    m->col, m->dcol, cur, i > 0 ? m->cg[i - 1] : x,
 		    P + l->conv_w[i], B, m->ct[i], i ? C : 1, C,
@@ -662,18 +651,13 @@ text_local_forward(d2v_model *m, const float *P, const int32_t *ids, int B,
 	const d2v_layout *l = &m->lay;
 	int N = m->N, D = m->D;
 
-#pragma omp parallel for schedule(static)
-	for (int i = 0; i < B * N; i++) {
-		const float *te = P + l->emb_tok + TEN(ids[i]) * D;
-		const float *pe = P + l->emb_pos + TEN(i % N + 2) * D;
-		float *o = m->esum + TEN(i) * D;
-
-		for (int d = 0; d < D; d++)
-			o[d] = te[d] + pe[d];
-	}
+	/* the token's row plus its position's (rows 2 .. N+1) */
+	m->ops->copy(m->ids, ids, TEN(B) * N * sizeof(int32_t));
+	m->ops->gather_rows(m->esum, P + l->emb_tok, m->ids, B * N, D);
+	m->ops->add_bcast(m->esum, P + l->emb_pos + 2 * TEN(D), B, TEN(N) * D);
 	m->ops->layernorm_forward(m->eln, m->em, m->es, m->esum,
 	    P + l->emb_nw, P + l->emb_nb, B * N, D, (float)m->cfg.norm_eps);
-	memcpy(m->tok, m->eln, TEN(B) * N * D * sizeof(float));
+	m->ops->copy(m->tok, m->eln, TEN(B) * N * D * sizeof(float));
 	if (drop)
 		m->ops->mul(m->tok, m->drop_emb, TEN(B) * N * D);
 }
@@ -688,20 +672,14 @@ text_local_backward(d2v_model *m, const int32_t *ids, float *dtok, int B,
 
 	if (drop)
 		m->ops->mul(dtok, m->drop_emb, TEN(B) * N * D);
-	memset(de, 0, TEN(B) * N * D * sizeof(float));
+	m->ops->zero(de, TEN(B) * N * D * sizeof(float));
 	m->ops->layernorm_backward(de, G + l->emb_nw, G + l->emb_nb, dtok,
 	    m->esum, m->em, m->es, m->params + l->emb_nw, B * N, D);
-	/* scatter-add: rows repeat, so one thread */
-	for (int i = 0; i < B * N; i++) {
-		float *gt = G + l->emb_tok + TEN(ids[i]) * D;
-		float *gp = G + l->emb_pos + TEN(i % N + 2) * D;
-		const float *g = de + TEN(i) * D;
-
-		for (int d = 0; d < D; d++) {
-			gt[d] += g[d];
-			gp[d] += g[d];
-		}
-	}
+	m->ops->copy(m->ids, ids, TEN(B) * N * sizeof(int32_t));
+	m->ops->scatter_rows(G + l->emb_tok, de, m->ids, B * N, D);
+	for (int b = 0; b < B; b++)
+		m->ops->add(G + l->emb_pos + 2 * TEN(D), de + TEN(b) * N * D,
+		    TEN(N) * D);
 }
 
 /* Audio position encoder over R sequences of N frames: p->z (R,N,D) in;
@@ -725,7 +703,7 @@ pos_forward(d2v_model *m, const float *P, d2v_pos_acts *p, int R, float *out)
 		o->gelu_forward(p->g[j], p->l[j], n);
 		in = p->g[j];
 	}
-	memcpy(out, p->z, n * sizeof(float));
+	m->ops->copy(out, p->z, n * sizeof(float));
 	if (c->pos_conv_depth > 0)
 		o->add(out, in, n);
 }
@@ -742,18 +720,18 @@ pos_backward(d2v_model *m, d2v_pos_acts *p, int R, const float *dout,
 	int N = m->N, D = m->D, k = c->pos_conv_kernel;
 	size_t n = TEN(R) * N * D;
 
-	memcpy(dz, dout, n * sizeof(float));
+	m->ops->copy(dz, dout, n * sizeof(float));
 	if (c->pos_conv_depth == 0)
 		return;
-	memcpy(cur, dout, n * sizeof(float));
+	m->ops->copy(cur, dout, n * sizeof(float));
 	for (int j = c->pos_conv_depth - 1; j >= 0; j--) {
-		memset(m->gA, 0, n * sizeof(float));
+		m->ops->zero(m->gA, n * sizeof(float));
 		o->gelu_backward(m->gA, p->l[j], cur, n);
-		memset(m->gC, 0, n * sizeof(float));
+		m->ops->zero(m->gC, n * sizeof(float));
 		o->layernorm_backward(m->gC, NULL, NULL, m->gA, p->c[j], p->m[j],
 		    p->s[j], NULL, R * N, D);
 		if (j > 0)
-			memset(nxt, 0, n * sizeof(float));
+			m->ops->zero(nxt, n * sizeof(float));
 		o->conv1d_backward(j > 0 ? nxt : dz, G + m->lay.pos_w[j],
 		    G + m->lay.pos_b[j], m->col, m->dcol, m->gC,
 		    j > 0 ? p->g[j - 1] : p->z, m->params + m->lay.pos_w[j], R, N,
@@ -811,10 +789,10 @@ attn_backward(d2v_model *m, d2v_enc_acts *a, int l, const float *in,
 	int RT = a->R * a->T, D = m->D;
 	float *gsl = m->cfg.alibi ? m->gslope : NULL;
 
-	memset(m->gA, 0, TEN(RT) * D * sizeof(float));
+	m->ops->zero(m->gA, TEN(RT) * D * sizeof(float));
 	o->matmul_backward(m->gA, G + b->proj_w, G + b->proj_b, dproj, a->att[l],
 	    P + b->proj_w, RT, D, D);
-	memset(m->gQKV, 0, TEN(RT) * 3 * D * sizeof(float));
+	m->ops->zero(m->gQKV, TEN(RT) * 3 * D * sizeof(float));
 	o->attention_backward(m->gQKV, gsl, m->gA, a->qkv[l], a->probs[l],
 	    a->drop ? a->drop_att[l] : NULL, gsl ? a->pos : NULL, a->R, a->T, D,
 	    m->H);
@@ -824,7 +802,7 @@ attn_backward(d2v_model *m, d2v_enc_acts *a, int l, const float *in,
 	 * cancels: its gradient is exactly zero.  Computed, it is float
 	 * rounding noise, which Adam would blow up into full steps of size
 	 * lr; keep it exact. */
-	memset(G + b->qkv_b + D, 0, TEN(D) * sizeof(float));
+	m->ops->zero(G + b->qkv_b + D, TEN(D) * sizeof(float));
 }
 
 /* The MLP half of block l: h1 (R,T,F), g (R,T,F) (activation dropout
@@ -857,12 +835,12 @@ mlp_backward(d2v_model *m, d2v_enc_acts *a, int l, const float *in,
 	float *G = m->grads;
 	int RT = a->R * a->T, D = m->D, F = m->F;
 
-	memset(m->gF, 0, TEN(RT) * F * sizeof(float));
+	m->ops->zero(m->gF, TEN(RT) * F * sizeof(float));
 	o->matmul_backward(m->gF, G + b->fc2_w, G + b->fc2_b, df, a->g[l],
 	    P + b->fc2_w, RT, F, D);
 	if (a->drop)
 		o->mul(m->gF, a->drop_act[l], TEN(RT) * F);
-	memset(m->gF2, 0, TEN(RT) * F * sizeof(float));
+	m->ops->zero(m->gF2, TEN(RT) * F * sizeof(float));
 	o->gelu_backward(m->gF2, a->h1[l], m->gF, TEN(RT) * F);
 	o->matmul_backward(din, G + b->fc1_w, G + b->fc1_b, m->gF2, in,
 	    P + b->fc1_w, RT, D, F);
@@ -882,7 +860,7 @@ encoder_forward(d2v_model *m, const float *P, d2v_enc_acts *a)
 		o->layernorm_forward(a->x0, a->ctx_mean, a->ctx_rstd, a->x_in,
 		    P + m->lay.ctx_w, P + m->lay.ctx_b, RT, D, eps);
 	else
-		memcpy(a->x0, a->x_in, TEN(RT) * D * sizeof(float));
+		m->ops->copy(a->x0, a->x_in, TEN(RT) * D * sizeof(float));
 	if (a->drop && m->cfg.context_dropout > 0)
 		o->mul(a->x0, a->drop_ctx, TEN(RT) * D);
 	for (int l = 0; l < m->nb; l++) {
@@ -890,7 +868,7 @@ encoder_forward(d2v_model *m, const float *P, d2v_enc_acts *a)
 
 		if (a->drop && a->skip[l]) {
 			/* layerdrop: the block is the identity this pass */
-			memcpy(a->out[l], x, TEN(RT) * D * sizeof(float));
+			m->ops->copy(a->out[l], x, TEN(RT) * D * sizeof(float));
 			x = a->out[l];
 			continue;
 		}
@@ -902,11 +880,13 @@ encoder_forward(d2v_model *m, const float *P, d2v_enc_acts *a)
 		    P + b->norm1_w, P + b->norm1_b, RT, D, eps);
 		mlp_forward(m, P, a, l, a->r[l]);
 		if (a->drop) {
-			memcpy(a->x2[l], a->f[l], TEN(RT) * D * sizeof(float));
+			m->ops->copy(a->x2[l], a->f[l],
+			    TEN(RT) * D * sizeof(float));
 			o->mul(a->x2[l], a->drop_f[l], TEN(RT) * D);
 			o->add(a->x2[l], a->r[l], TEN(RT) * D);
 		} else {
-			memcpy(a->x2[l], a->r[l], TEN(RT) * D * sizeof(float));
+			m->ops->copy(a->x2[l], a->r[l],
+			    TEN(RT) * D * sizeof(float));
 			o->add(a->x2[l], a->f[l], TEN(RT) * D);
 		}
 		o->layernorm_forward(a->out[l], a->m2[l], a->s2[l], a->x2[l],
@@ -931,7 +911,7 @@ encoder_backward(d2v_model *m, d2v_enc_acts *a, float *dout, float *dx)
 	float *gsl = m->cfg.alibi ? m->gslope : NULL;
 
 	if (gsl)
-		memset(gsl, 0, TEN(m->H) * sizeof(float));
+		m->ops->zero(gsl, TEN(m->H) * sizeof(float));
 	for (int l = m->nb - 1; l >= 0; l--) {
 		const d2v_block_off *b = &m->lay.blocks[l];
 		const float *xin = l > 0 ? a->out[l - 1] : a->x0;
@@ -939,22 +919,22 @@ encoder_backward(d2v_model *m, d2v_enc_acts *a, float *dout, float *dx)
 		if (a->drop && a->skip[l])
 			continue; /* identity: dout passes through */
 		/* out = LN2(x2), x2 = r + f */
-		memset(d_x2, 0, nD * sizeof(float));
+		m->ops->zero(d_x2, nD * sizeof(float));
 		o->layernorm_backward(d_x2, G + b->norm2_w, G + b->norm2_b, dout,
 		    a->x2[l], a->m2[l], a->s2[l], P + b->norm2_w, RT, D);
 		/* x2 = r + drop_f * fc2(drop_act * gelu(fc1(r))): d_r = d_x2 +
 		 * the MLP's */
-		memcpy(df, d_x2, nD * sizeof(float));
+		m->ops->copy(df, d_x2, nD * sizeof(float));
 		if (a->drop)
 			o->mul(df, a->drop_f[l], nD);
 		mlp_backward(m, a, l, a->r[l], df, d_x2);
 		/* r = LN1(x1) */
-		memset(dout, 0, nD * sizeof(float));
+		m->ops->zero(dout, nD * sizeof(float));
 		o->layernorm_backward(dout, G + b->norm1_w, G + b->norm1_b, d_x2,
 		    a->x1[l], a->m1[l], a->s1[l], P + b->norm1_w, RT, D);
 		/* x1 = x + drop_ao * proj(att): dout holds d_x1 = d_x (the
 		 * residual), the attention's is added */
-		memcpy(d_x2, dout, nD * sizeof(float));
+		m->ops->copy(d_x2, dout, nD * sizeof(float));
 		if (a->drop)
 			o->mul(d_x2, a->drop_ao[l], nD);
 		attn_backward(m, a, l, xin, d_x2, dout);
@@ -968,11 +948,11 @@ encoder_backward(d2v_model *m, d2v_enc_acts *a, float *dout, float *dx)
 	if (a->drop && m->cfg.context_dropout > 0)
 		o->mul(dout, a->drop_ctx, nD);
 	if (m->lay.has_ctx) {
-		memset(dx, 0, nD * sizeof(float));
+		m->ops->zero(dx, nD * sizeof(float));
 		o->layernorm_backward(dx, G + m->lay.ctx_w, G + m->lay.ctx_b, dout,
 		    a->x_in, a->ctx_mean, a->ctx_rstd, P + m->lay.ctx_w, RT, D);
 	} else {
-		memcpy(dx, dout, nD * sizeof(float));
+		m->ops->copy(dx, dout, nD * sizeof(float));
 	}
 }
 
@@ -996,7 +976,7 @@ local_forward(d2v_model *m, const float *P, const void *x, int B, int drop)
 		embed(m, P, B, m->tok);
 	} else if (is_audio(m)) {
 		/* the convolutions read the samples from the backend's memory */
-		memcpy(m->wav, x, TEN(B) * m->len * sizeof(float));
+		m->ops->copy(m->wav, x, TEN(B) * m->len * sizeof(float));
 		audio_local_forward(m, P, m->wav, B);
 	} else {
 		text_local_forward(m, P, x, B, drop);
@@ -1018,19 +998,13 @@ teacher_forward(d2v_model *m, const float *P, const void *x, int B)
 	if (m->E) {
 		patchify(m, x, B, m->pix);
 		embed(m, P, B, m->tok);
-#pragma omp parallel for schedule(static)
-		for (int b = 0; b < B; b++) {
-			float *row = a->x_in + TEN(b) * (N + 1) * D;
-
-			memcpy(row, P + m->lay.cls, TEN(D) * sizeof(float));
-			memcpy(row + D, m->tok + TEN(b) * N * D,
-			    TEN(N) * D * sizeof(float));
-		}
+		m->ops->gather_tokens(a->x_in, m->tok, m->every, P + m->lay.cls,
+		    B, 1, N, N, 1, D);
 	} else if (is_audio(m)) {
-		memcpy(m->tpos.z, m->tok, TEN(B) * N * D * sizeof(float));
+		m->ops->copy(m->tpos.z, m->tok, TEN(B) * N * D * sizeof(float));
 		pos_forward(m, P, &m->tpos, B, a->x_in);
 	} else {
-		memcpy(a->x_in, m->tok, TEN(B) * N * D * sizeof(float));
+		m->ops->copy(a->x_in, m->tok, TEN(B) * N * D * sizeof(float));
 	}
 	if (m->cfg.alibi) {
 		for (int b = 0; b < B; b++)
@@ -1053,46 +1027,42 @@ static void
 make_targets(d2v_model *m, int B, float *y, float *ycls)
 {
 	const d2v_config *c = &m->cfg;
+	const d2v_ops *o = m->ops;
 	d2v_enc_acts *a = &m->te;
 	int N = m->N, D = m->D, K = c->top_k, E = m->E;
 	int ln = strcmp(c->target_layer_norm, "ln") == 0;
 	float *tmp = m->gA; /* (B,N,D) scratch */
 	size_t n = TEN(B) * N * D;
 
-	memset(y, 0, n * sizeof(float));
+	o->zero(y, n * sizeof(float));
 	for (int k = 0; k < K; k++) {
 		int l = m->nb - K + k;
 		const float *f = is_v1_image(m) ? a->out[l] : a->f[l];
 
-		for (int b = 0; b < B; b++)
-			memcpy(tmp + TEN(b) * N * D, f + (TEN(b) * (N + E) + E) * D,
-			    TEN(N) * D * sizeof(float));
+		if (E)
+			for (int b = 0; b < B; b++)
+				o->copy(tmp + TEN(b) * N * D,
+				    f + (TEN(b) * (N + E) + E) * D,
+				    TEN(N) * D * sizeof(float));
+		else
+			o->copy(tmp, f, n * sizeof(float));
 		if (!ln) {
-			m->ops->instancenorm_forward(y, tmp, B, N, D, 1e-5f, 1,
+			o->instancenorm_forward(y, tmp, B, N, D, 1e-5f, 1,
 			    1.0f / (float)K);
 			continue;
 		}
-		m->ops->layernorm_forward(tmp, NULL, NULL, tmp, NULL, NULL, B * N,
-		    D, 1e-5f);
-		for (size_t i = 0; i < n; i++)
-			y[i] += tmp[i] / (float)K;
+		o->layernorm_forward(tmp, NULL, NULL, tmp, NULL, NULL, B * N, D,
+		    1e-5f);
+		o->scale(tmp, n, 1.0f / (float)K);
+		o->add(y, tmp, n);
 	}
 	if (strcmp(c->target_final_norm, "ln") == 0)
-		m->ops->layernorm_forward(y, NULL, NULL, y, NULL, NULL, B * N, D,
+		o->layernorm_forward(y, NULL, NULL, y, NULL, NULL, B * N, D,
 		    1e-5f);
 	else if (strcmp(c->target_final_norm, "in") == 0)
-		m->ops->instancenorm_forward(y, y, B, N, D, 1e-5f, 0, 1.0f);
-	if (ycls == NULL || !E || d2v_config_is_v1(c))
-		return;
-	for (int b = 0; b < B; b++) {
-		for (int d = 0; d < D; d++) {
-			double s = 0;
-
-			for (int t = 0; t < N; t++)
-				s += y[(TEN(b) * N + t) * D + d];
-			ycls[TEN(b) * D + d] = (float)(s / N);
-		}
-	}
+		o->instancenorm_forward(y, y, B, N, D, 1e-5f, 0, 1.0f);
+	if (ycls != NULL && E && !d2v_config_is_v1(c))
+		o->mean_tokens(ycls, y, B, N, D);
 }
 
 int
@@ -1115,9 +1085,9 @@ d2v_model_targets(d2v_model *m, const float *params, const void *x,
 	}
 	if ((rc = d2v_model_check(m, err)) < 0)
 		return rc;
-	memcpy(y, m->y, TEN(B) * m->N * m->D * sizeof(float));
+	m->ops->copy(y, m->y, TEN(B) * m->N * m->D * sizeof(float));
 	if (ycls != NULL && m->E && !is_v1_image(m))
-		memcpy(ycls, m->ycls, TEN(B) * m->D * sizeof(float));
+		m->ops->copy(ycls, m->ycls, TEN(B) * m->D * sizeof(float));
 	return 0;
 }
 
@@ -1153,7 +1123,7 @@ d2v_model_features(d2v_model *m, const float *params, const void *x,
 	}
 	if ((rc = d2v_model_check(m, err)) < 0)
 		return rc;
-	memcpy(out, m->te.out[layer], TEN(B) * (m->N + m->E) * m->D *
+	m->ops->copy(out, m->te.out[layer], TEN(B) * (m->N + m->E) * m->D *
 	    sizeof(float));
 	return 0;
 }
@@ -1173,46 +1143,6 @@ d2v_model_step(d2v_model *m, const void *x, const uint8_t *mask,
 }
 
 /* Mean over dims of the standard deviation over rows of x (rows,D). */
-static double
-mean_std(const float *x, long rows, int D)
-{
-	double acc = 0;
-
-	if (rows < 2)
-		return 0;
-	for (int d = 0; d < D; d++) {
-		double s = 0, s2 = 0;
-
-		for (long i = 0; i < rows; i++) {
-			double v = x[TEN(i) * D + d];
-
-			s += v;
-			s2 += v * v;
-		}
-		s /= rows;
-		acc += sqrt(fmax(s2 / rows - s * s, 0) * rows / (rows - 1));
-	}
-	return acc / D;
-}
-
-/* Mean over dims of the std of the predictions at the masked positions:
- * pred rows of T tokens, the first `off` (CLS) skipped, mask (rows,N). */
-static double
-masked_pred_std(d2v_model *m, const uint8_t *mask, int rows, int T, int off)
-{
-	float *tmp = m->gA;
-	int N = m->N, D = m->D;
-	long k = 0;
-
-	for (int b = 0; b < rows; b++)
-		for (int n = 0; n < N; n++)
-			if (mask[TEN(b) * N + n])
-				memcpy(tmp + TEN(k++) * D,
-				    m->pred + (TEN(b) * T + off + n) * D,
-				    TEN(D) * sizeof(float));
-	return mean_std(tmp, k, D);
-}
-
 /* Draws this step's dropout, drop-path and layerdrop for every block of
  * the student pass a. */
 static void
@@ -1231,22 +1161,27 @@ make_dropout(d2v_model *m, d2v_enc_acts *a, uint64_t seed)
 		/* layerdrop on the main blocks (fairseq: per pass) */
 		a->skip[l] = l >= c->prenet_depth && c->layerdrop > 0 &&
 		    d2v_rng_uniform(&g) < c->layerdrop;
-		fill_drop(a->drop_att[l], R * H, TEN(T) * T, c->attention_dropout,
+		m->ops->drop_fill(a->drop_att[l], R * H, TEN(T) * T,
+		    c->attention_dropout,
 		    0, seed, k, r0 * (uint64_t)H);
-		fill_drop(a->drop_ao[l], R, TEN(T) * D, c->encoder_dropout, dp,
+		m->ops->drop_fill(a->drop_ao[l], R, TEN(T) * D,
+		    c->encoder_dropout, dp,
 		    seed, k + 1, r0);
-		fill_drop(a->drop_act[l], R, TEN(T) * F, c->activation_dropout, 0,
+		m->ops->drop_fill(a->drop_act[l], R, TEN(T) * F,
+		    c->activation_dropout, 0,
 		    seed, k + 2, r0);
 		/* activation dropout after fc2 and the post-MLP dropout stack */
 		{
 			double p1 = c->activation_dropout, p2 = c->post_mlp_drop;
 			double p = 1 - (1 - p1) * (1 - p2);
 
-			fill_drop(a->drop_f[l], R, TEN(T) * D, p, dp, seed, k + 3,
+			m->ops->drop_fill(a->drop_f[l], R, TEN(T) * D, p, dp,
+			    seed, k + 3,
 			    r0);
 		}
 	}
-	fill_drop(a->drop_ctx, R, TEN(T) * D, c->context_dropout, 0, seed, 0xc0,
+	m->ops->drop_fill(a->drop_ctx, R, TEN(T) * D, c->context_dropout, 0,
+	    seed, 0xc0,
 	    r0);
 }
 
@@ -1305,12 +1240,12 @@ decoder_backward(d2v_model *m, int R)
 	size_t n = TEN(R) * N * Dd;
 	const float *last = L > 0 ? m->dout[L - 1] : m->dec_in;
 
-	memset(dprev, 0, n * sizeof(float));
+	m->ops->zero(dprev, n * sizeof(float));
 	if (c->decoder_proj_layers == 2) {
-		memset(m->gA, 0, 2 * n * sizeof(float));
+		m->ops->zero(m->gA, 2 * n * sizeof(float));
 		o->matmul_backward(m->gA, Gr + m->lay.dproj2_w, Gr + m->lay.dproj2_b,
 		    dcur, m->pg, P + m->lay.dproj2_w, R * N, 2 * Dd, D);
-		memset(m->gC, 0, 2 * n * sizeof(float));
+		m->ops->zero(m->gC, 2 * n * sizeof(float));
 		o->gelu_backward(m->gC, m->ph, m->gA, 2 * n);
 		o->matmul_backward(dprev, Gr + m->lay.dproj_w, Gr + m->lay.dproj_b,
 		    m->gC, last, P + m->lay.dproj_w, R * N, Dd, 2 * Dd);
@@ -1324,16 +1259,16 @@ decoder_backward(d2v_model *m, int R)
 		const float *in = j == 0 ? m->dec_in : m->dout[j - 1];
 		float *dl = m->gA, *dc = m->gC;
 
-		memset(dl, 0, n * sizeof(float));
+		m->ops->zero(dl, n * sizeof(float));
 		o->gelu_backward(dl, m->dl[j], dprev, n);
-		memset(dc, 0, n * sizeof(float));
+		m->ops->zero(dc, n * sizeof(float));
 		o->layernorm_backward(dc, NULL, NULL, dl, m->dc[j], m->dm[j],
 		    m->ds[j], NULL, R * N, Dd);
 		/* gradient of the layer input: residual part first */
 		if (c->decoder_residual && cin == Dd)
-			memcpy(dcur, dprev, n * sizeof(float));
+			m->ops->copy(dcur, dprev, n * sizeof(float));
 		else
-			memset(dcur, 0, TEN(R) * N * cin * sizeof(float));
+			m->ops->zero(dcur, TEN(R) * N * cin * sizeof(float));
 		if (m->E)
 			o->conv2d_backward(dcur, Gr + m->lay.dec_w[j],
 			    Gr + m->lay.dec_b[j], m->col, m->dcol, dc, in,
@@ -1397,6 +1332,7 @@ step_any(d2v_model *m, const void *x, const uint8_t *mask,
 	norm = loss_norm(m, nmask);
 	if ((rc = step_alloc(m, B, V, err)) < 0)
 		return rc;
+	o->copy(m->mask, mask, TEN(R) * N);
 	for (int r = 0; r < R; r++) {
 		int j = 0;
 
@@ -1407,15 +1343,16 @@ step_any(d2v_model *m, const void *x, const uint8_t *mask,
 
 	/* the student's local encoder first: audio and text teachers read it */
 	if (edrop)
-		fill_drop(m->drop_emb, B, TEN(N) * D, c->embed_dropout, 0,
+		m->ops->drop_fill(m->drop_emb, B, TEN(N) * D, c->embed_dropout,
+		    0,
 		    rng_seed, 0xe0, (uint64_t)(m->row0 / c->clone));
 	if (!E)
 		local_forward(m, P, x, B, edrop);
 	/* targets: given, or from the EMA teacher */
 	if (y != NULL) {
-		memcpy(m->y, y, TEN(B) * N * D * sizeof(float));
+		m->ops->copy(m->y, y, TEN(B) * N * D * sizeof(float));
 		if (E)
-			memcpy(m->ycls, ycls, TEN(B) * D * sizeof(float));
+			m->ops->copy(m->ycls, ycls, TEN(B) * D * sizeof(float));
 	} else {
 		teacher_forward(m, m->teacher, x, B);
 		make_targets(m, B, m->y, m->ycls);
@@ -1431,19 +1368,9 @@ step_any(d2v_model *m, const void *x, const uint8_t *mask,
 	if (is_audio(m)) {
 		/* masked frames zeroed, the position encoder over all N, then
 		 * the kept frames (DATA2VEC.md §2.2) */
-		float *z = m->spos.z, *xz = m->gdec;
+		float *xz = m->gdec;
 
-#pragma omp parallel for schedule(static)
-		for (int r = 0; r < R; r++)
-			for (int n = 0; n < N; n++) {
-				float *dst = z + (TEN(r) * N + n) * D;
-
-				if (mask[TEN(r) * N + n])
-					memset(dst, 0, TEN(D) * sizeof(float));
-				else
-					memcpy(dst, m->tok + (TEN(r / M) * N + n) * D,
-					    TEN(D) * sizeof(float));
-			}
+		o->mask_tokens(m->spos.z, m->tok, m->mask, NULL, R, M, N, D);
 		pos_forward(m, P, &m->spos, R, xz);
 		o->gather_tokens(a->x_in, xz, m->keep, NULL, R, 1, N, V, 0, D);
 	} else {
@@ -1464,138 +1391,56 @@ step_any(d2v_model *m, const void *x, const uint8_t *mask,
 	/* decoder input: encoder outputs (after the input dropout) back in
 	 * place, noise elsewhere */
 	if (m->drop_in != NULL)
-		fill_drop(m->drop_in, R, TEN(V) * D, c->input_dropout, 0, rng_seed,
+		m->ops->drop_fill(m->drop_in, R, TEN(V) * D, c->input_dropout,
+		    0, rng_seed,
 		    0x1d, (uint64_t)m->row0);
-	{
-		const float *h = a->out[m->nb - 1];
-
-#pragma omp parallel for schedule(static)
-		for (int r = 0; r < R; r++) {
-			float *di = m->dec_in + TEN(r) * N * D;
-			d2v_rng rng;
-
-			d2v_rng_seed(&rng, rng_seed, 0xdec0,
-			    (uint64_t)(m->row0 + r));
-			for (int n = 0; n < N; n++) {
-				float *dst = di + TEN(n) * D;
-
-				if (mask[TEN(r) * N + n] == 0)
-					continue;
-				if (noise != NULL) {
-					memcpy(dst, noise + (TEN(r) * N + n) * D,
-					    TEN(D) * sizeof(float));
-					continue;
-				}
-				for (int d = 0; d < D; d += 2) {
-					double a, b;
-
-					d2v_rng_normal2(&rng, &a, &b);
-					dst[d] = (float)(c->mask_noise_std * a);
-					if (d + 1 < D)
-						dst[d + 1] = (float)(c->mask_noise_std * b);
-				}
-			}
-			for (int j = 0; j < V; j++) {
-				float *dst = di + TEN(m->keep[TEN(r) * V + j]) * D;
-				const float *src = h + (TEN(r) * T + E + j) * D;
-
-				if (m->drop_in != NULL) {
-					const float *dm = m->drop_in + (TEN(r) * V + j) * D;
-
-					for (int d = 0; d < D; d++)
-						dst[d] = src[d] * dm[d];
-				} else {
-					memcpy(dst, src, TEN(D) * sizeof(float));
-				}
-			}
-		}
-	}
+	if (noise != NULL)
+		o->copy(m->dec_in, noise, TEN(R) * N * D * sizeof(float));
+	else
+		o->noise_fill(m->dec_in, m->mask, R, N, D,
+		    (float)c->mask_noise_std, rng_seed, (uint64_t)m->row0);
+	o->place_tokens(m->dec_in, a->out[m->nb - 1], m->keep, m->drop_in, R,
+	    N, V, E, D);
 	decoder_forward(m, R);
 
 	/* loss and its gradient at the predictions and the CLS outputs */
-	memset(Gr, 0, m->lay.total * sizeof(float));
-	{
-		float *dp = m->gdec;
-
-		memset(dp, 0, TEN(R) * N * D * sizeof(float));
-		for (int r = 0; r < R; r++) {
-			const float *yb = m->y + TEN(r / M) * N * D;
-
-			for (int n = 0; n < N; n++) {
-				if (mask[TEN(r) * N + n] == 0)
-					continue;
-				for (int d = 0; d < D; d++) {
-					size_t i = (TEN(r) * N + n) * D + d;
-					double e = m->pred[i] - yb[TEN(n) * D + d];
-
-					reg += s * e * e;
-					dp[i] = (float)(2 * s * e / norm);
-				}
-			}
-		}
-	}
-	reg /= norm;
-	{
-		const float *h = a->out[m->nb - 1];
-		float *dh = m->gB;
-
-		memset(dh, 0, TEN(R) * T * D * sizeof(float));
-		for (int r = 0; E && r < R; r++) {
-			for (int d = 0; d < D; d++) {
-				double e = h[TEN(r) * T * D + d] -
-				    m->ycls[TEN(r / M) * D + d];
-
-				cls += c->cls_loss * s * e * e;
-				dh[TEN(r) * T * D + d] = (float)(2 * c->cls_loss * s * e);
-			}
-		}
-	}
+	o->zero(Gr, m->lay.total * sizeof(float));
+	reg = o->masked_loss(m->gdec, m->pred, m->y, m->mask, R, M, N, N, 0, D,
+	    s, 0, (double)norm) / norm;
+	if (E)
+		cls = o->masked_loss(m->gB, a->out[m->nb - 1], m->ycls, NULL, R,
+		    M,
+		    1, T, 0, D, c->cls_loss * s, 0, 1);
+	else
+		o->zero(m->gB, TEN(R) * T * D * sizeof(float));
 	out->loss_reg = reg;
 	out->loss_cls = cls;
 	out->loss = reg + cls;
 	out->n_masked = nmask;
-	out->target_var = mean_std(m->y, (long)B * N, D);
-	out->pred_var = masked_pred_std(m, mask, R, N, 0);
+	out->target_var = o->masked_std(m->y, NULL, B * N, 1, 1, 0, D);
+	out->pred_var = o->masked_std(m->pred, m->mask, R, N, N, 0, D);
 
 	/* backward: decoder, then back to the encoder output rows */
 	{
 		const float *ddec = decoder_backward(m, R);
 		float *dh = m->gB;
 
-		for (int r = 0; r < R; r++)
-			for (int j = 0; j < V; j++) {
-				float *dst = dh + (TEN(r) * T + E + j) * D;
-				const float *src = ddec +
-				    (TEN(r) * N + m->keep[TEN(r) * V + j]) * D;
-				const float *dm = m->drop_in ? m->drop_in +
-				    (TEN(r) * V + j) * D : NULL;
-
-				for (int d = 0; d < D; d++)
-					dst[d] += dm ? src[d] * dm[d] : src[d];
-			}
+		o->pick_tokens(dh, ddec, m->keep, m->drop_in, R, N, V, E, D);
 		/* the encoder backward uses gA, gC, gF, gQKV as scratch; pass
 		 * gB as dout and get d(x_in) in gdec */
 		encoder_backward(m, a, dh, m->gdec);
 		a->drop = 0;
 	}
 	/* x_in rows back to the local encoder output: dtok (B,N,D) */
-	memset(m->dtok, 0, TEN(B) * N * D * sizeof(float));
+	m->ops->zero(m->dtok, TEN(B) * N * D * sizeof(float));
 	if (is_audio(m)) {
 		float *dxz = m->gdec2, *dz = m->gB;
 
-		memset(dxz, 0, TEN(R) * N * D * sizeof(float));
+		m->ops->zero(dxz, TEN(R) * N * D * sizeof(float));
 		o->scatter_tokens(dxz, NULL, m->gdec, m->keep, R, 1, N, V, 0, D);
 		pos_backward(m, &m->spos, R, dxz, dz);
-		for (int r = 0; r < R; r++)
-			for (int n = 0; n < N; n++) {
-				float *dst = m->dtok + (TEN(r / M) * N + n) * D;
-				const float *src = dz + (TEN(r) * N + n) * D;
-
-				if (mask[TEN(r) * N + n])
-					continue; /* zeroed frames */
-				for (int d = 0; d < D; d++)
-					dst[d] += src[d];
-			}
+		/* the zeroed frames had no gradient */
+		o->unmask_tokens(m->dtok, NULL, dz, m->mask, R, M, N, D);
 		audio_local_backward(m, m->wav, m->dtok, B);
 	} else {
 		o->scatter_tokens(m->dtok, E ? Gr + m->lay.cls : NULL, m->gdec,
@@ -1612,25 +1457,6 @@ step_any(d2v_model *m, const void *x, const uint8_t *mask,
 
 /* ---- data2vec (v1), images: pre-LN blocks with LayerScale ---- */
 
-/* The v1 loss of one error e: Smooth-L1 with beta (0.5 e^2 / beta inside
- * beta, |e| - beta / 2 outside), or e^2 for beta 0; *g its derivative. */
-static double
-elem_loss(double e, double beta, double *g)
-{
-	double ae = fabs(e);
-
-	if (beta > 0 && ae >= beta) {
-		*g = e > 0 ? 1 : -1;
-		return ae - 0.5 * beta;
-	}
-	if (beta > 0) {
-		*g = e / beta;
-		return 0.5 * e * e / beta;
-	}
-	*g = 2 * e;
-	return e * e;
-}
-
 /*
  * The v1 loss and its gradient: w times elem_loss summed over channels,
  * averaged over the nmask masked positions (w = 1/D gives BEiT's mean
@@ -1642,28 +1468,16 @@ static void
 v1_loss(d2v_model *m, const uint8_t *mask, int B, int T, int off, double w,
     double beta, long nmask, float *dp, d2v_step_out *out)
 {
+	const d2v_ops *o = m->ops;
 	int N = m->N, D = m->D;
-	double loss = 0, norm = (double)loss_norm(m, nmask);
+	double norm = (double)loss_norm(m, nmask);
 
-	memset(dp, 0, TEN(B) * T * D * sizeof(float));
-	for (int b = 0; b < B; b++)
-		for (int n = 0; n < N; n++) {
-			if (!mask[TEN(b) * N + n])
-				continue;
-			for (int d = 0; d < D; d++) {
-				size_t i = (TEN(b) * T + off + n) * D + d;
-				double g;
-
-				loss += w * elem_loss(m->pred[i] -
-				    m->y[(TEN(b) * N + n) * D + d], beta, &g);
-				dp[i] = (float)(w * g / norm);
-			}
-		}
-	out->loss = out->loss_reg = loss / norm;
+	out->loss = out->loss_reg = o->masked_loss(dp, m->pred, m->y, mask, B,
+	    1, N, T, off, D, w, beta, norm) / norm;
 	out->loss_cls = 0;
 	out->n_masked = nmask;
-	out->target_var = mean_std(m->y, (long)B * N, D);
-	out->pred_var = masked_pred_std(m, mask, B, T, off);
+	out->target_var = o->masked_std(m->y, NULL, B * N, 1, 1, 0, D);
+	out->pred_var = o->masked_std(m->pred, mask, B, N, T, off, D);
 }
 
 
@@ -1717,20 +1531,20 @@ encoder_v1_forward(d2v_model *m, const float *P, d2v_enc_acts *a)
 	const float *x = a->x_in;
 	size_t nD = TEN(RT) * D;
 
-	memcpy(a->x0, a->x_in, nD * sizeof(float));
+	m->ops->copy(a->x0, a->x_in, nD * sizeof(float));
 	for (int l = 0; l < m->nb; l++) {
 		const d2v_block_off *b = &m->lay.blocks[l];
 
 		o->layernorm_forward(a->r[l], a->m1[l], a->s1[l], x,
 		    P + b->norm1_w, P + b->norm1_b, RT, D, eps);
 		attn_forward(m, P, a, l, a->r[l], a->pa[l]);
-		memcpy(a->x1[l], x, nD * sizeof(float));
+		m->ops->copy(a->x1[l], x, nD * sizeof(float));
 		add_scaled(a->x1[l], P + b->gamma1, a->pa[l],
 		    a->drop ? a->drop_ao[l] : NULL, RT, D);
 		o->layernorm_forward(a->x2[l], a->m2[l], a->s2[l], a->x1[l],
 		    P + b->norm2_w, P + b->norm2_b, RT, D, eps);
 		mlp_forward(m, P, a, l, a->x2[l]);
-		memcpy(a->out[l], a->x1[l], nD * sizeof(float));
+		m->ops->copy(a->out[l], a->x1[l], nD * sizeof(float));
 		add_scaled(a->out[l], P + b->gamma2, a->f[l],
 		    a->drop ? a->drop_f[l] : NULL, RT, D);
 		x = a->out[l];
@@ -1756,7 +1570,7 @@ encoder_v1_backward(d2v_model *m, d2v_enc_acts *a, float *dout, float *dx)
 		/* out = x1 + g2 f: dout is d x1 so far; t = d f */
 		scaled_backward(t, G + b->gamma2, dout, P + b->gamma2, a->f[l],
 		    a->drop ? a->drop_f[l] : NULL, RT, D);
-		memset(m->gB, 0, nD * sizeof(float));
+		m->ops->zero(m->gB, nD * sizeof(float));
 		mlp_backward(m, a, l, a->x2[l], t, m->gB);
 		/* x2 = LN2(x1): add into d x1 */
 		o->layernorm_backward(dout, G + b->norm2_w, G + b->norm2_b, m->gB,
@@ -1764,13 +1578,13 @@ encoder_v1_backward(d2v_model *m, d2v_enc_acts *a, float *dout, float *dx)
 		/* x1 = x + g1 pa: dout is d x so far; t = d pa */
 		scaled_backward(t, G + b->gamma1, dout, P + b->gamma1, a->pa[l],
 		    a->drop ? a->drop_ao[l] : NULL, RT, D);
-		memset(m->gB, 0, nD * sizeof(float));
+		m->ops->zero(m->gB, nD * sizeof(float));
 		attn_backward(m, a, l, a->r[l], t, m->gB);
-		memcpy(t, m->gB, nD * sizeof(float));
+		m->ops->copy(t, m->gB, nD * sizeof(float));
 		o->layernorm_backward(dout, G + b->norm1_w, G + b->norm1_b, t, xin,
 		    a->m1[l], a->s1[l], P + b->norm1_w, RT, D);
 	}
-	memcpy(dx, dout, nD * sizeof(float));
+	m->ops->copy(dx, dout, nD * sizeof(float));
 }
 
 /* Teacher (or feature) pass of the v1 model: the unmasked images, CLS
@@ -1783,12 +1597,8 @@ teacher_v1_forward(d2v_model *m, const float *P, const uint8_t *img, int B)
 
 	patchify(m, img, B, m->pix);
 	embed(m, P, B, m->tok);
-	for (int b = 0; b < B; b++) {
-		float *row = a->x_in + TEN(b) * (N + 1) * D;
-
-		memcpy(row, P + m->lay.cls, TEN(D) * sizeof(float));
-		memcpy(row + D, m->tok + TEN(b) * N * D, TEN(N) * D * sizeof(float));
-	}
+	m->ops->gather_tokens(a->x_in, m->tok, m->every, P + m->lay.cls, B, 1,
+	    N, N, 1, D);
 	a->drop = 0;
 	encoder_v1_forward(m, P, a);
 }
@@ -1811,8 +1621,9 @@ step_v1(d2v_model *m, const uint8_t *img, const uint8_t *mask,
 		return d2v_err_set(err, D2V_EINVAL, "no masked token in the batch");
 	if ((rc = step_alloc(m, B, N, err)) < 0)
 		return rc;
+	o->copy(m->mask, mask, TEN(B) * N);
 	if (y != NULL) {
-		memcpy(m->y, y, TEN(B) * N * D * sizeof(float));
+		m->ops->copy(m->y, y, TEN(B) * N * D * sizeof(float));
 	} else {
 		teacher_v1_forward(m, m->teacher, img, B);
 		make_targets(m, B, m->y, NULL);
@@ -1823,23 +1634,19 @@ step_v1(d2v_model *m, const uint8_t *img, const uint8_t *mask,
 	 * it ran, left the patches in m->pix */
 	if (y != NULL)
 		patchify(m, img, B, m->pix);
-	embed(m, P, B, m->tok);
-	for (int b = 0; b < B; b++) {
-		float *row = a->x_in + TEN(b) * T * D;
+	{
+		int K = c->channels * c->patch * c->patch;
+		float *xt = m->gdec; /* (B,N,D) the tokens, CLS aside */
 
-		memcpy(row, P + m->lay.cls, TEN(D) * sizeof(float));
-		for (int n = 0; n < N; n++) {
-			float *dst = row + TEN(1 + n) * D;
-
-			if (!mask[TEN(b) * N + n]) {
-				memcpy(dst, m->tok + (TEN(b) * N + n) * D,
-				    TEN(D) * sizeof(float));
-				continue;
-			}
-			for (int d = 0; d < D; d++)
-				dst[d] = P[m->lay.mask_tok + d] +
-				    m->sincos[TEN(n) * D + d];
-		}
+		o->matmul_forward(m->tok, m->pix, P + m->lay.patch_w,
+		    P + m->lay.patch_b, B * N, K, D);
+		o->mask_tokens(xt, m->tok, m->mask, P + m->lay.mask_tok, B, 1,
+		    N,
+		    D);
+		o->add_bcast(xt, m->sincos, B, TEN(N) * D);
+		o->gather_tokens(a->x_in, xt, m->every, P + m->lay.cls, B, 1, N,
+		    N,
+		    1, D);
 	}
 	a->drop = has_dropout(c);
 	if (a->drop)
@@ -1853,39 +1660,33 @@ step_v1(d2v_model *m, const uint8_t *img, const uint8_t *mask,
 
 	/* Smooth-L1 (beta) or L2 (beta 0), the mean over masked tokens and
 	 * channels */
-	memset(Gr, 0, m->lay.total * sizeof(float));
-	v1_loss(m, mask, B, T, 1, 1.0 / D, beta, nmask, m->gB, out);
+	m->ops->zero(Gr, m->lay.total * sizeof(float));
+	v1_loss(m, m->mask, B, T, 1, 1.0 / D, beta, nmask, m->gB, out);
 
 	/* backward: head, final LayerNorm, blocks */
 	{
 		float *dh = m->gdec, *dlast = m->gdec2;
 		size_t nD = TEN(B) * T * D;
 
-		memset(dh, 0, nD * sizeof(float));
+		m->ops->zero(dh, nD * sizeof(float));
 		o->matmul_backward(dh, Gr + m->lay.head_w, Gr + m->lay.head_b,
 		    m->gB, m->hn, P + m->lay.head_w, B * T, D, D);
-		memset(dlast, 0, nD * sizeof(float));
+		m->ops->zero(dlast, nD * sizeof(float));
 		o->layernorm_backward(dlast, Gr + m->lay.norm_w, Gr + m->lay.norm_b,
 		    dh, a->out[m->nb - 1], m->hm, m->hs, P + m->lay.norm_w, B * T,
 		    D);
 		encoder_v1_backward(m, a, dlast, dh);
 		a->drop = 0;
-		/* x_in rows: CLS, mask token or the patch embedding */
-		memset(m->dtok, 0, TEN(B) * N * D * sizeof(float));
-		for (int b = 0; b < B; b++) {
-			const float *row = dh + TEN(b) * T * D;
-
-			for (int d = 0; d < D; d++)
-				Gr[m->lay.cls + d] += row[d];
-			for (int n = 0; n < N; n++) {
-				const float *g = row + TEN(1 + n) * D;
-				float *dst = mask[TEN(b) * N + n] ? Gr + m->lay.mask_tok :
-				    m->dtok + (TEN(b) * N + n) * D;
-
-				for (int d = 0; d < D; d++)
-					dst[d] += g[d];
-			}
-		}
+		/* x_in rows: CLS, mask token or the patch embedding (dlast,
+		 * free again, holds the tokens' part) */
+		o->zero(dlast, TEN(B) * N * D * sizeof(float));
+		o->scatter_tokens(dlast, Gr + m->lay.cls, dh, m->every, B, 1, N,
+		    N,
+		    1, D);
+		o->zero(m->dtok, TEN(B) * N * D * sizeof(float));
+		o->unmask_tokens(m->dtok, Gr + m->lay.mask_tok, dlast, m->mask,
+		    B,
+		    1, N, D);
 		o->matmul_backward(NULL, Gr + m->lay.patch_w, Gr + m->lay.patch_b,
 		    m->dtok, m->pix, P + m->lay.patch_w, B * N,
 		    c->channels * c->patch * c->patch, D);
@@ -1936,8 +1737,9 @@ step_v1_seq(d2v_model *m, const void *x, const uint8_t *mask,
 		    text ? "token" : "frame");
 	if ((rc = step_alloc(m, B, N, err)) < 0)
 		return rc;
+	o->copy(m->mask, mask, TEN(B) * N);
 	if (y != NULL) {
-		memcpy(m->y, y, nD * sizeof(float));
+		m->ops->copy(m->y, y, nD * sizeof(float));
 	} else {
 		local_forward(m, P, x, B, 0);
 		teacher_forward(m, m->teacher, x, B);
@@ -1946,17 +1748,17 @@ step_v1_seq(d2v_model *m, const void *x, const uint8_t *mask,
 
 	/* student input x_in (B,N,D) */
 	if (edrop)
-		fill_drop(m->drop_emb, B, TEN(N) * D, c->embed_dropout, 0,
+		m->ops->drop_fill(m->drop_emb, B, TEN(N) * D, c->embed_dropout,
+		    0,
 		    rng_seed, 0xe0, (uint64_t)(m->row0 / c->clone));
 	if (text || y != NULL)
 		local_forward(m, P, xs, B, edrop);
 	if (text) {
-		memcpy(a->x_in, m->tok, nD * sizeof(float));
+		m->ops->copy(a->x_in, m->tok, nD * sizeof(float));
 	} else {
-#pragma omp parallel for schedule(static)
-		for (int i = 0; i < BN; i++)
-			memcpy(m->spos.z + TEN(i) * D, mask[i] ? P + l->mask_tok :
-			    m->tok + TEN(i) * D, TEN(D) * sizeof(float));
+		o->mask_tokens(m->spos.z, m->tok, m->mask, P + l->mask_tok, B,
+		    1,
+		    N, D);
 		pos_forward(m, P, &m->spos, B, a->x_in);
 	}
 	a->drop = has_dropout(c);
@@ -1976,16 +1778,16 @@ step_v1_seq(d2v_model *m, const void *x, const uint8_t *mask,
 	}
 
 	/* the loss and its gradient dp (B,N,D) */
-	memset(Gr, 0, l->total * sizeof(float));
-	v1_loss(m, mask, B, N, 0, s, c->loss_beta, nmask, m->gdec2, out);
+	m->ops->zero(Gr, l->total * sizeof(float));
+	v1_loss(m, m->mask, B, N, 0, s, c->loss_beta, nmask, m->gdec2, out);
 
 	/* backward: the head into gB, the blocks into gdec */
-	memset(m->gB, 0, nD * sizeof(float));
+	m->ops->zero(m->gB, nD * sizeof(float));
 	if (text) {
-		memset(m->gA, 0, 2 * nD * sizeof(float));
+		m->ops->zero(m->gA, 2 * nD * sizeof(float));
 		o->matmul_backward(m->gA, Gr + l->head2_w, Gr + l->head2_b,
 		    m->gdec2, m->pg, P + l->head2_w, BN, 2 * D, D);
-		memset(m->gC, 0, 2 * nD * sizeof(float));
+		m->ops->zero(m->gC, 2 * nD * sizeof(float));
 		o->gelu_backward(m->gC, m->ph, m->gA, 2 * nD);
 		o->matmul_backward(m->gB, Gr + l->head_w, Gr + l->head_b, m->gC, h,
 		    P + l->head_w, BN, D, 2 * D);
@@ -1996,25 +1798,15 @@ step_v1_seq(d2v_model *m, const void *x, const uint8_t *mask,
 	encoder_backward(m, a, m->gB, m->gdec);
 	a->drop = 0;
 	if (text) {
-		memcpy(m->dtok, m->gdec, nD * sizeof(float));
+		m->ops->copy(m->dtok, m->gdec, nD * sizeof(float));
 		text_local_backward(m, xs, m->dtok, B, edrop);
 		return 0;
 	}
 	/* x_in = z + pos(z): dz in gB; masked frames are mask_emb */
-	memcpy(m->gdec2, m->gdec, nD * sizeof(float));
+	m->ops->copy(m->gdec2, m->gdec, nD * sizeof(float));
 	pos_backward(m, &m->spos, B, m->gdec2, m->gB);
-	for (int i = 0; i < BN; i++) {
-		float *dt = m->dtok + TEN(i) * D;
-		const float *src = m->gB + TEN(i) * D;
-
-		if (!mask[i]) {
-			memcpy(dt, src, TEN(D) * sizeof(float));
-			continue;
-		}
-		memset(dt, 0, TEN(D) * sizeof(float));
-		for (int d = 0; d < D; d++)
-			Gr[l->mask_tok + d] += src[d];
-	}
+	o->zero(m->dtok, nD * sizeof(float));
+	o->unmask_tokens(m->dtok, Gr + l->mask_tok, m->gB, m->mask, B, 1, N, D);
 	audio_local_backward(m, m->wav, m->dtok, B);
 	return 0;
 }

@@ -131,6 +131,9 @@ typedef struct d2v_model {
 	 * The parts' losses and gradients then add up to the whole's. */
 	long row0, loss_count;
 	int *keep;         /* (R,V) kept token indices, ascending */
+	uint8_t *mask;     /* (R,N) the step's mask, in the backend's memory */
+	int *every;        /* (B,N) 0 .. N-1 in each row: whole-row gathers */
+	int32_t *ids;      /* (B,N) text: the ids of the pass, likewise */
 	const int32_t *xm; /* v1 text: the student's ids (B,N), or NULL */
 	d2v_enc_acts st;   /* student, R x (V+1) */
 	d2v_enc_acts te;   /* teacher, B x (N+1) */

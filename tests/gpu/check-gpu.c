@@ -268,6 +268,123 @@ ops_tokens(d2v_rng *r, int R, int M, int N, int V, int E, int D)
 	drop(&src); drop(&first); drop(&out); drop(&din); drop(&ds); drop(&df);
 }
 
+/* a mask (R,N) with k set per row, in both backends' memory */
+static uint8_t *
+mk_mask(d2v_rng *r, const d2v_ops *o, int R, int N, int k, const uint8_t *like)
+{
+	uint8_t *m = o->alloc((size_t)R * N);
+
+	if (m == NULL) {
+		fprintf(stderr, "check-gpu: out of memory for a mask\n");
+		exit(1);
+	}
+	for (int row = 0; row < R; row++)
+		for (int n = 0; n < N; n++)
+			m[(size_t)row * N + n] = like ?
+			    like[(size_t)row * N + n] :
+			    (uint8_t)(d2v_rng_below(r,
+			    (uint64_t)N) < (uint64_t)k);
+	return m;
+}
+
+/* The decoder's input, the masked positions, the random fills, the
+ * losses and the statistics (ops.h's row operations). */
+static void
+ops_rows(d2v_rng *r, int R, int M, int N, int V, int E, int D)
+{
+	size_t nrow = (size_t)R * N * D, nin = (size_t)R * (E + V) * D;
+	pair in = mk(nin, r, 1), sc = mk((size_t)R * V * D, r, 1);
+	pair out = mk(nrow, r, 1), back = mk(nin, r, 1);
+	pair src = mk((size_t)(R / M) * N * D, r, 1), fill = mk(D, r, 1);
+	pair dsrc = mk(src.n, r, 1), dfill = mk(D, r, 1), y = mk(src.n, r, 1);
+	pair pred = mk(nrow, r, 1), dp = mk(nrow, r, 1), dm = mk(nrow, NULL, 0);
+	pair mt = mk((size_t)(R / M) * D, NULL, 0);
+	uint8_t *mc = mk_mask(r, cpu, R, N, N - V, NULL);
+	uint8_t *mg = mk_mask(r, gpu, R, N, 0, mc);
+	int *ic = cpu->alloc((size_t)R * V * sizeof(int));
+	int *ig = gpu->alloc((size_t)R * V * sizeof(int));
+	double lc, lg, sc_, sg;
+
+	for (int row = 0; row < R; row++)
+		for (int j = 0; j < V; j++)
+			ic[(size_t)row * V + j] = ig[(size_t)row * V + j] =
+			    (int)(((long)j * N + row % 3) / V);
+	cpu->place_tokens(out.c, in.c, ic, sc.c, R, N, V, E, D);
+	gpu->place_tokens(out.g, in.g, ig, sc.g, R, N, V, E, D);
+	CMP(out, 0, "place_tokens R%d N%d V%d E%d", R, N, V, E);
+	cpu->pick_tokens(back.c, out.c, ic, sc.c, R, N, V, E, D);
+	gpu->pick_tokens(back.g, out.g, ig, sc.g, R, N, V, E, D);
+	CMP(back, 0, "pick_tokens (added to)");
+	cpu->mask_tokens(out.c, src.c, mc, fill.c, R, M, N, D);
+	gpu->mask_tokens(out.g, src.g, mg, fill.g, R, M, N, D);
+	CMP(out, 0, "mask_tokens R%d M%d N%d", R, M, N);
+	cpu->unmask_tokens(dsrc.c, dfill.c, out.c, mc, R, M, N, D);
+	gpu->unmask_tokens(dsrc.g, dfill.g, out.g, mg, R, M, N, D);
+	CMP(dsrc, 0, "unmask_tokens (added to, same order)");
+	CMP(dfill, 0, "unmask_tokens fill (added to, same order)");
+	cpu->noise_fill(out.c, mc, R, N, D, 0.01f, 17, 3);
+	gpu->noise_fill(out.g, mg, R, N, D, 0.01f, 17, 3);
+	/* device log, sqrt and sincos in double, then rounded to float */
+	CMP(out, 1e-6, "noise_fill");
+	cpu->drop_fill(dm.c, R * N, D, 0.2, 0.1, 9, 0xd0003, 11);
+	gpu->drop_fill(dm.g, R * N, D, 0.2, 0.1, 9, 0xd0003, 11);
+	CMP(dm, 0, "drop_fill (rows of %d)", D);
+	cpu->drop_fill(dm.c, 2, nrow / 2, 0.1, 0, 9, 0xd0004, 0);
+	gpu->drop_fill(dm.g, 2, nrow / 2, 0.1, 0, 9, 0xd0004, 0);
+	CMP(dm, 0, "drop_fill (rows of %zu)", nrow / 2);
+	lc = cpu->masked_loss(dp.c, pred.c, y.c, mc, R, M, N, N, 0, D, 0.3, 0,
+	    7);
+	lg = gpu->masked_loss(dp.g, pred.g, y.g, mg, R, M, N, N, 0, D, 0.3, 0,
+	    7);
+	T_OK(fabs(lc - lg) <= 1e-12 * lc, "masked_loss L2: %.15g against %.15g",
+	    lg, lc);
+	CMP(dp, 1e-7, "masked_loss L2 gradient");
+	lc = cpu->masked_loss(dp.c, pred.c, y.c, NULL, R / M, 1, N - E, N, E, D,
+	    1.0 / D, 0.5, 3);
+	lg = gpu->masked_loss(dp.g, pred.g, y.g, NULL, R / M, 1, N - E, N, E, D,
+	    1.0 / D, 0.5, 3);
+	T_OK(fabs(lc - lg) <= 1e-12 * lc, "masked_loss Smooth-L1: %.15g "
+	    "against %.15g", lg, lc);
+	CMP(dp, 1e-7, "masked_loss Smooth-L1 gradient");
+	sc_ = cpu->masked_std(pred.c, mc, R, N, N, 0, D);
+	sg = gpu->masked_std(pred.g, mg, R, N, N, 0, D);
+	T_OK(fabs(sc_ - sg) <= 1e-12 * sc_, "masked_std: %.15g against %.15g",
+	    sg, sc_);
+	cpu->mean_tokens(mt.c, pred.c, R / M, N, D);
+	gpu->mean_tokens(mt.g, pred.g, R / M, N, D);
+	CMP(mt, 1e-7, "mean_tokens");
+	cpu->add_bcast(pred.c, fill.c, R * N, D);
+	gpu->add_bcast(pred.g, fill.g, R * N, D);
+	CMP(pred, 0, "add_bcast");
+	cpu->zero(pred.c, nrow * sizeof(float));
+	gpu->zero(pred.g, nrow * sizeof(float));
+	gpu->copy(pred.g, in.c, nin * sizeof(float)); /* from the host */
+	cpu->copy(pred.c, in.c, nin * sizeof(float));
+	CMP(pred, 0, "zero, then copy from the host");
+	{
+		/* token rows by id, ids repeating: (R*N) ids into a table of
+		 * 50 rows */
+		int n = R * N;
+		int32_t *dc = cpu->alloc(sizeof(int32_t) * (size_t)n);
+		int32_t *dg = gpu->alloc(sizeof(int32_t) * (size_t)n);
+		pair tab = mk((size_t)50 * D, r, 1), dtab = mk(tab.n, r, 1);
+
+		for (int i = 0; i < n; i++)
+			dc[i] = dg[i] = (int32_t)d2v_rng_below(r, 50);
+		cpu->gather_rows(out.c, tab.c, dc, n, D);
+		gpu->gather_rows(out.g, tab.g, dg, n, D);
+		CMP(out, 0, "gather_rows (%d ids)", n);
+		cpu->scatter_rows(dtab.c, out.c, dc, n, D);
+		gpu->scatter_rows(dtab.g, out.g, dg, n, D);
+		CMP(dtab, 0, "scatter_rows (added to, same order)");
+		cpu->release(dc); gpu->release(dg); drop(&tab); drop(&dtab);
+	}
+	cpu->release(mc); gpu->release(mg); cpu->release(ic); gpu->release(ig);
+	drop(&in); drop(&sc); drop(&out); drop(&back); drop(&src);
+	drop(&fill); drop(&dsrc); drop(&dfill); drop(&y); drop(&pred);
+	drop(&dp); drop(&dm); drop(&mt);
+}
+
 static void
 ops_optim(d2v_rng *r, size_t n)
 {
@@ -501,6 +618,8 @@ main(void)
 	ops_conv1d(&r, 2, 49, 32, 32, 19, 1, 9, 16, 1);
 	ops_tokens(&r, 32, 8, 196, 39, 1, 192);
 	ops_tokens(&r, 6, 1, 49, 10, 0, 31);
+	ops_rows(&r, 32, 8, 196, 39, 1, 192);
+	ops_rows(&r, 6, 3, 49, 10, 0, 31);
 	ops_optim(&r, 100003);
 	check_failed("the ops");
 

@@ -40,4 +40,15 @@ t_relerr(const float *a, const float *b, size_t n)
 	return sqrt(d) / fmax(sqrt(s), 1e-12);
 }
 
+/* sum of a[i] b[i] over n floats, in double */
+static inline double
+t_dot(const float *a, const float *b, size_t n)
+{
+	double s = 0;
+
+	for (size_t i = 0; i < n; i++)
+		s += (double)a[i] * b[i];
+	return s;
+}
+
 #endif

@@ -31,16 +31,6 @@ zeros(size_t n)
  * difference with the analytical gradient g[i]. */
 typedef double (*lossfn)(void *ctx);
 
-static double
-dot(const float *a, const float *b, size_t n)
-{
-	double s = 0;
-
-	for (size_t i = 0; i < n; i++)
-		s += (double)a[i] * b[i];
-	return s;
-}
-
 /* Checks up to 40 coordinates of x against g; returns the worst error
  * relative to max(|numerical|, 1e-2). */
 static double
@@ -74,7 +64,7 @@ mm_loss(void *c)
 	struct mm *s = c;
 
 	o->matmul_forward(s->out, s->in, s->w, s->b, s->M, s->K, s->N);
-	return dot(s->out, s->r, (size_t)s->M * s->N);
+	return t_dot(s->out, s->r, (size_t)s->M * s->N);
 }
 
 static void
@@ -103,7 +93,7 @@ ln_loss(void *c)
 
 	o->layernorm_forward(s->out, s->mean, s->rstd, s->in,
 	    s->affine ? s->w : NULL, s->affine ? s->b : NULL, s->rows, s->C, 1e-5f);
-	return dot(s->out, s->r, (size_t)s->rows * s->C);
+	return t_dot(s->out, s->r, (size_t)s->rows * s->C);
 }
 
 static void
@@ -140,7 +130,7 @@ ge_loss(void *c)
 	struct ge *s = c;
 
 	o->gelu_forward(s->out, s->in, s->n);
-	return dot(s->out, s->r, s->n);
+	return t_dot(s->out, s->r, s->n);
 }
 
 static void
@@ -167,7 +157,7 @@ at_loss(void *c)
 
 	o->attention_forward(s->out, s->probs, s->qkv, s->drop, s->slope,
 	    s->pos, s->R, s->T, s->D, s->H);
-	return dot(s->out, s->r, (size_t)s->R * s->T * s->D);
+	return t_dot(s->out, s->r, (size_t)s->R * s->T * s->D);
 }
 
 static void
@@ -250,7 +240,7 @@ cv_loss(void *c)
 
 	o->conv2d_forward(s->out, s->col, s->in, s->w, s->b, s->R, s->Hh, s->Ww,
 	    s->Ci, s->Co, s->k, s->G);
-	return dot(s->out, s->r, (size_t)s->R * s->Hh * s->Ww * s->Co);
+	return t_dot(s->out, s->r, (size_t)s->R * s->Hh * s->Ww * s->Co);
 }
 
 static void
@@ -304,7 +294,7 @@ c1_loss(void *c)
 
 	o->conv1d_forward(s->out, s->col, s->in, s->w, s->b, s->R, s->Ti, s->Ci,
 	    s->Co, s->k, s->st, s->pad, s->G);
-	return dot(s->out, s->r, (size_t)s->R * c1_len(s) * s->Co);
+	return t_dot(s->out, s->r, (size_t)s->R * c1_len(s) * s->Co);
 }
 
 static void
@@ -722,8 +712,8 @@ test_tokens(int R, int M, int N, int V, int E, int D)
 	T_OK(bad == 0, "gather_tokens R %d M %d N %d V %d E %d: every row "
 	    "from its sequence's kept token (%d wrong)", R, M, N, V, E, bad);
 	o->scatter_tokens(ds, E ? df : NULL, y, idx, R, M, N, V, E, D);
-	lhs = dot(out, y, no);
-	rhs = dot(src, ds, ns) + (E ? dot(first, df, D) : 0);
+	lhs = t_dot(out, y, no);
+	rhs = t_dot(src, ds, ns) + (E ? t_dot(first, df, D) : 0);
 	T_OK(fabs(lhs - rhs) <= 1e-4 * fabs(lhs), "scatter_tokens is the "
 	    "gather's adjoint: %.9g against %.9g", rhs, lhs);
 	free(src); free(first); free(out); free(y); free(ds); free(df);
