@@ -16,6 +16,7 @@
 
 #include "cli.h"
 #include "mask.h"
+#include "prefetch.h"
 #include "model/model.h"
 #include "rng.h"
 #include "stream.h"
@@ -808,6 +809,7 @@ main(int argc, char **argv)
 	d2v_err err;
 	d2v_record rec;
 	d2v_reader *r;
+	d2v_prefetch *pf = NULL; /* r, read ahead by a thread */
 	batch *parts;
 	float *acc = NULL; /* (lay.total) the update's gradient, parts > 1 */
 	FILE *log = NULL;
@@ -899,11 +901,17 @@ main(int argc, char **argv)
 	tlast = d2v_now();
 	for (long epoch = 0; epoch < opt.epochs && !stop; epoch++) {
 		if (epoch > 0) {
+			d2v_prefetch_stop(pf);
+			pf = NULL;
 			d2v_reader_free(r);
 			lseek(fd, 0, SEEK_SET);
 			if (d2v_reader_open_fd(&r, fd, in_name, &err) < 0)
 				d2v_fatal(1, "%s", err.msg);
 		}
+		/* the records of the next update are read while this one
+		 * computes */
+		if (d2v_prefetch_start(&pf, r, cfg.batch * np, &err) < 0)
+			d2v_fatal(1, "%s", err.msg);
 		for (;;) {
 			d2v_step_out o = {0};
 			double lr, tau, gnorm, t, sum[7] = {0};
@@ -911,7 +919,8 @@ main(int argc, char **argv)
 			int mine = 0;
 			batch *b = &parts[j];
 
-			rc = pending ? 1 : d2v_reader_next(r, &b->rec[b->n], &err);
+			rc = pending ? 1 : d2v_prefetch_next(pf, &b->rec[b->n],
+			    &err);
 			pending = 0;
 			if (rc > 0) {
 				batch_add(b, &cfg); /* checks every record */
@@ -1062,6 +1071,7 @@ main(int argc, char **argv)
 	if (log)
 		fclose(log);
 	d2v_record_clear(&rec);
+	d2v_prefetch_stop(pf);
 	d2v_reader_free(r);
 	for (int p = 0; p < np; p++) {
 		batch *b = &parts[p];
