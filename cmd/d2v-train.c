@@ -404,7 +404,7 @@ typedef struct batch {
 	int32_t *xm;       /* (cap, L) v1 text: x_masked */
 	float *y, *ycls;   /* (cap, N, D), (cap, D) with --targets stream */
 	float *tall;       /* (N_i, D) one record's uncropped target */
-	size_t xcap, mcap, ycap, tcap, xmcap;
+	size_t xcap, mcap, ycap, yccap, tcap, xmcap;
 	int L;             /* the length batch_build cropped to */
 	long count;        /* its masked positions (the loss's) */
 } batch;
@@ -467,12 +467,16 @@ batch_add(batch *b, const d2v_config *c)
 	b->len[b->n++] = len;
 }
 
+/* p with room for need bytes, its contents not kept: the backend's host
+ * memory (page-locked on the GPU), as the step copies it in */
 static void *
-grow(void *p, size_t *cap, size_t need)
+grow(const d2v_ops *o, void *p, size_t *cap, size_t need)
 {
 	if (need <= *cap)
 		return p;
-	if ((p = realloc(p, need)) == NULL)
+	o->host_release(p);
+	*cap = 0;
+	if ((p = o->host_alloc(need)) == NULL)
 		d2v_fatal(1, "out of memory for a batch");
 	*cap = need;
 	return p;
@@ -486,6 +490,7 @@ static long
 batch_build(batch *b, d2v_model *m, d2v_rng *rng)
 {
 	const d2v_config *c = &m->cfg;
+	const d2v_ops *o = m->ops;
 	int M = c->clone, D = c->dim, L = b->len[0], N, audio;
 	size_t esz;
 	d2v_err err;
@@ -500,15 +505,16 @@ batch_build(batch *b, d2v_model *m, d2v_rng *rng)
 	N = tokens_of(c, L);
 	esz = d2v_config_is_image(c) ? (size_t)c->channels * c->image_size *
 	    c->image_size : (size_t)L * 4;
-	b->x = grow(b->x, &b->xcap, (size_t)b->n * esz);
-	b->mask = grow(b->mask, &b->mcap, (size_t)b->n * M * N);
+	b->x = grow(o, b->x, &b->xcap, (size_t)b->n * esz);
+	b->mask = grow(o, b->mask, &b->mcap, (size_t)b->n * M * N);
 	if (reads_x_masked(c))
-		b->xm = grow(b->xm, &b->xmcap, (size_t)b->n * N * sizeof(int32_t));
+		b->xm = grow(o, b->xm, &b->xmcap, (size_t)b->n * N *
+		    sizeof(int32_t));
 	if (opt.stream_targets) {
-		b->y = grow(b->y, &b->ycap, (size_t)b->n * N * D * sizeof(float));
-		b->ycls = realloc(b->ycls, (size_t)b->n * D * sizeof(float));
-		if (b->ycls == NULL)
-			d2v_fatal(1, "out of memory for a batch");
+		b->y = grow(o, b->y, &b->ycap, (size_t)b->n * N * D *
+		    sizeof(float));
+		b->ycls = grow(o, b->ycls, &b->yccap, (size_t)b->n * D *
+		    sizeof(float));
 	}
 	for (int i = 0; i < b->n; i++) {
 		const d2v_record *rec = &b->rec[i];
@@ -543,7 +549,8 @@ batch_build(batch *b, d2v_model *m, d2v_rng *rng)
 			d2v_tensor *t = d2v_record_tensor(rec, "target");
 			d2v_tensor *tc = d2v_record_tensor(rec, "target_cls");
 			/* the record's whole target, then its crop */
-			b->tall = grow(b->tall, &b->tcap, (size_t)Ni * D * sizeof(float));
+			b->tall = grow(o, b->tall, &b->tcap, (size_t)Ni * D *
+			    sizeof(float));
 			d2v_tensor_to_f32(t, b->tall);
 			memcpy(b->y + (size_t)i * N * D, b->tall + (size_t)foff * D,
 			    (size_t)N * D * sizeof(float));
@@ -1078,8 +1085,10 @@ main(int argc, char **argv)
 
 		for (int i = 0; i < b->cap; i++)
 			d2v_record_clear(&b->rec[i]);
-		free(b->rec); free(b->len); free(b->x); free(b->mask); free(b->y);
-		free(b->xm); free(b->ycls); free(b->tall);
+		free(b->rec); free(b->len);
+		ops->host_release(b->x); ops->host_release(b->mask);
+		ops->host_release(b->y); ops->host_release(b->xm);
+		ops->host_release(b->ycls); ops->host_release(b->tall);
 	}
 	free(parts);
 	ops->release(acc);

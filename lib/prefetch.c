@@ -4,13 +4,19 @@
  * One mutex and one condition variable guard a ring of depth records:
  * slots [head, head + count) hold records read and not yet taken; the
  * thread reads into the slot after them, which nobody else touches, so it
- * reads without the lock.
+ * reads without the lock.  Stopping sets quit (for a thread waiting for
+ * room) and writes a byte to a pipe that the reader's reads also wait on
+ * (for a thread waiting for input): no thread is ever cancelled.
  */
 #include "prefetch.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
 struct d2v_prefetch {
 	d2v_reader *r;
@@ -21,14 +27,10 @@ struct d2v_prefetch {
 	int depth, head, count;
 	int end;         /* 0 reading; 1 at the end; -1 after an error */
 	int code;        /* the reader's code, when end is -1 */
-	d2v_err err;     /* the reader's error, likewise */
+	int quit;        /* set by stop */
+	int wake[2];     /* the stop pipe: stop writes, the reads wait on it */
+	d2v_err err;     /* the reader's error, when end is -1 */
 };
-
-static void
-unlock(void *mu)
-{
-	pthread_mutex_unlock(mu);
-}
 
 static void *
 reader_main(void *arg)
@@ -40,16 +42,18 @@ reader_main(void *arg)
 		int slot, rc;
 
 		pthread_mutex_lock(&p->mu);
-		pthread_cleanup_push(unlock, &p->mu);
-		while (p->count == p->depth)
+		while (p->count == p->depth && !p->quit)
 			pthread_cond_wait(&p->cv, &p->mu);
 		slot = (p->head + p->count) % p->depth;
-		pthread_cleanup_pop(1);
+		rc = p->quit;
+		pthread_mutex_unlock(&p->mu);
+		if (rc)
+			return NULL;
 		rc = d2v_reader_next(p->r, &p->q[slot], &e);
 		pthread_mutex_lock(&p->mu);
 		if (rc > 0) {
 			p->count++;
-		} else {
+		} else if (!p->quit) { /* a stopped read is no error */
 			p->end = rc < 0 ? -1 : 1;
 			p->code = rc;
 			p->err = e;
@@ -76,24 +80,34 @@ d2v_prefetch_start(d2v_prefetch **pp, d2v_reader *r, int depth, d2v_err *err)
 		return d2v_err_set(err, D2V_ENOMEM, "out of memory for a read-ahead "
 		    "of %d records", depth);
 	}
+	if (pipe2(p->wake, O_CLOEXEC) < 0) {
+		free(p->q);
+		free(p);
+		return d2v_err_set(err, D2V_EIO, "cannot start the reading thread: "
+		    "pipe: %s", strerror(errno));
+	}
 	for (int i = 0; i < depth; i++)
 		d2v_record_init(&p->q[i]);
 	p->r = r;
 	p->depth = depth;
 	pthread_mutex_init(&p->mu, NULL);
 	pthread_cond_init(&p->cv, NULL);
+	d2v_reader_set_wake(r, p->wake[0]);
 	/* the thread starts with every signal blocked */
 	sigfillset(&all);
 	pthread_sigmask(SIG_SETMASK, &all, &old);
 	rc = pthread_create(&p->th, NULL, reader_main, p);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (rc != 0) {
+		d2v_reader_set_wake(r, -1);
+		close(p->wake[0]);
+		close(p->wake[1]);
 		pthread_mutex_destroy(&p->mu);
 		pthread_cond_destroy(&p->cv);
 		free(p->q);
 		free(p);
 		return d2v_err_set(err, D2V_EIO, "cannot start the reading "
-		    "thread (error %d)", rc);
+		    "thread: %s", strerror(rc));
 	}
 	*pp = p;
 	return 0;
@@ -129,10 +143,20 @@ d2v_prefetch_next(d2v_prefetch *p, d2v_record *rec, d2v_err *err)
 void
 d2v_prefetch_stop(d2v_prefetch *p)
 {
+	char c = 1;
+
 	if (p == NULL)
 		return;
-	pthread_cancel(p->th);
+	pthread_mutex_lock(&p->mu);
+	p->quit = 1;
+	pthread_cond_broadcast(&p->cv);
+	pthread_mutex_unlock(&p->mu);
+	while (write(p->wake[1], &c, 1) < 0 && errno == EINTR)
+		;
 	pthread_join(p->th, NULL);
+	d2v_reader_set_wake(p->r, -1);
+	close(p->wake[0]);
+	close(p->wake[1]);
 	for (int i = 0; i < p->depth; i++)
 		d2v_record_clear(&p->q[i]);
 	pthread_mutex_destroy(&p->mu);

@@ -9,7 +9,7 @@
  *     if (d2v_prefetch_start(&p, r, 64, &err) < 0) ...
  *     while ((rc = d2v_prefetch_next(p, &rec, &err)) > 0)
  *         ...
- *     d2v_prefetch_stop(p);   // also stops a thread blocked in a read
+ *     d2v_prefetch_stop(p);   // also stops a thread waiting for input
  *
  * Between start and stop the reader belongs to the thread.  The thread
  * blocks every signal, so that they reach the caller's threads.
@@ -29,8 +29,10 @@ int d2v_prefetch_start(d2v_prefetch **p, d2v_reader *r, int depth,
  * for reuse), 0 at the end of the stream, the reader's negative code and
  * err at its error, as d2v_reader_next gives them. */
 int d2v_prefetch_next(d2v_prefetch *p, d2v_record *rec, d2v_err *err);
-/* Stops the thread wherever it is and frees the queue; the reader is the
- * caller's again, at wherever the thread left it.  NULL does nothing. */
+/* Stops the thread, even one waiting for input, and frees the queue.  The
+ * reader is the caller's again, at wherever the thread left it; if the
+ * stop interrupted a read, it holds the error "reading stopped".  NULL
+ * does nothing. */
 void d2v_prefetch_stop(d2v_prefetch *p);
 
 #endif

@@ -2,6 +2,7 @@
 #include "stream.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -425,6 +426,7 @@ struct d2v_reader {
 	msgpack_unpacker u;
 	msgpack_unpacked res;
 	int fd;                   /* -1 for a memory reader */
+	int wake;                 /* d2v_reader_set_wake's fd, or -1 */
 	const unsigned char *mem;
 	size_t memlen, mempos;
 	char name[256];
@@ -440,6 +442,35 @@ struct d2v_reader {
 	d2v_err err;              /* sticky */
 };
 
+/* 0 once r->fd has input (or its end, or an error, for read to say),
+ * 1 when r->wake became readable first */
+static int
+wait_input(d2v_reader *r)
+{
+	struct pollfd pf[2] = {
+		{ .fd = r->fd, .events = POLLIN },
+		{ .fd = r->wake, .events = POLLIN },
+	};
+
+	for (;;) {
+		if (poll(pf, 2, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			return 0; /* let read say what is wrong */
+		}
+		if (pf[1].revents)
+			return 1;
+		if (pf[0].revents)
+			return 0;
+	}
+}
+
+void
+d2v_reader_set_wake(d2v_reader *r, int fd)
+{
+	r->wake = fd;
+}
+
 static int
 reader_new(d2v_reader **rp, const char *name, size_t initial, d2v_err *err)
 {
@@ -453,6 +484,7 @@ reader_new(d2v_reader **rp, const char *name, size_t initial, d2v_err *err)
 	msgpack_unpacked_init(&r->res);
 	snprintf(r->name, sizeof r->name, "%s", name);
 	r->fd = -1;
+	r->wake = -1;
 	r->limit = d2v_tensor_limit();
 	*rp = r;
 	return 0;
@@ -540,6 +572,8 @@ reader_fill(d2v_reader *r)
 			    (size_t)n);
 		r->mempos += (size_t)n;
 	} else {
+		if (r->wake >= 0 && wait_input(r) != 0)
+			return rerr(r, D2V_EIO, "reading stopped");
 		do
 			n = read(r->fd, msgpack_unpacker_buffer(&r->u),
 			    msgpack_unpacker_buffer_capacity(&r->u));

@@ -129,6 +129,11 @@ int d2v_reader_open_fd(d2v_reader **r, int fd, const char *name,
 int d2v_reader_open_mem(d2v_reader **r, const void *buf, size_t len,
     const char *name, d2v_err *err);
 void d2v_reader_free(d2v_reader *r);
+/* With fd >= 0, every read of the input first waits for it or for fd to
+ * become readable, and fails ("reading stopped", sticky) when fd does
+ * first: another thread's way to stop one blocked in a read.  -1 turns
+ * it off. */
+void d2v_reader_set_wake(d2v_reader *r, int fd);
 
 /* Reads up to and including the first header; returns 0, or an error
  * (D2V_EEMPTY for an empty input). Called by d2v_reader_next if needed. */

@@ -1358,6 +1358,12 @@ cpu_alloc(size_t bytes)
 	return calloc(1, bytes > 0 ? bytes : 1);
 }
 
+static void *
+cpu_host_alloc(size_t bytes)
+{
+	return malloc(bytes > 0 ? bytes : 1);
+}
+
 static double
 cpu_sumsq(const float *x, size_t n)
 {
@@ -1407,6 +1413,8 @@ static const d2v_ops cpu_ops = {
 	.name = "cpu",
 	.alloc = cpu_alloc,
 	.release = free,
+	.host_alloc = cpu_host_alloc,
+	.host_release = free,
 	.matmul_forward = matmul_forward,
 	.matmul_backward = matmul_backward,
 	.layernorm_forward = layernorm_forward,

@@ -116,6 +116,26 @@ cuda_release(void *p)
 		cudaFree(p);
 }
 
+/* page-locked host memory: its copies to the device go by DMA */
+static void *
+cuda_host_alloc(size_t bytes)
+{
+	void *p = NULL;
+
+	if (cudaMallocHost(&p, bytes > 0 ? bytes : 1) != cudaSuccess) {
+		cudaGetLastError(); /* out of memory is the caller's NULL */
+		return NULL;
+	}
+	return p;
+}
+
+static void
+cuda_host_release(void *p)
+{
+	if (p != NULL)
+		cudaFreeHost(p);
+}
+
 /* Grow-only device scratch, one per slot. */
 enum { S_A, S_B, S_W, S_RED, S_ATT, S_CONV, S_SLOTS };
 static void *slot_p[S_SLOTS];
@@ -1034,6 +1054,8 @@ static const d2v_ops cuda_ops = {
 	.name = "cuda",
 	.alloc = cuda_alloc,
 	.release = cuda_release,
+	.host_alloc = cuda_host_alloc,
+	.host_release = cuda_host_release,
 	.failed = cuda_failed,
 	.copy = copy,
 	.zero = zero,

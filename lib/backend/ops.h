@@ -24,6 +24,11 @@ typedef struct d2v_ops {
 	 * op has finished when it returns).  release(NULL) does nothing. */
 	void *(*alloc)(size_t bytes);
 	void (*release)(void *p);
+	/* Host memory that copy reads fastest (page-locked on the GPU;
+	 * malloc's on the CPU), for the inputs of a step; NULL when
+	 * exhausted.  host_release(NULL) does nothing. */
+	void *(*host_alloc)(size_t bytes);
+	void (*host_release)(void *p);
 	/* NULL (the CPU's, which cannot fail), or a function giving NULL
 	 * while every op has worked and otherwise the message of the first
 	 * failure (a CUDA, cuBLAS or cuDNN error); after one, the ops do

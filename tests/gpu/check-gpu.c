@@ -358,9 +358,19 @@ ops_rows(d2v_rng *r, int R, int M, int N, int V, int E, int D)
 	CMP(pred, 0, "add_bcast");
 	cpu->zero(pred.c, nrow * sizeof(float));
 	gpu->zero(pred.g, nrow * sizeof(float));
-	gpu->copy(pred.g, in.c, nin * sizeof(float)); /* from the host */
-	cpu->copy(pred.c, in.c, nin * sizeof(float));
-	CMP(pred, 0, "zero, then copy from the host");
+	{
+		/* from the host: page-locked memory, as d2v-train's batches */
+		float *h = gpu->host_alloc(nin * sizeof(float));
+
+		T_OK(h != NULL, "host_alloc of %zu floats", nin);
+		if (h != NULL) {
+			memcpy(h, in.c, nin * sizeof(float));
+			gpu->copy(pred.g, h, nin * sizeof(float));
+			cpu->copy(pred.c, in.c, nin * sizeof(float));
+			CMP(pred, 0, "zero, then copy from page-locked host memory");
+			gpu->host_release(h);
+		}
+	}
 	{
 		/* token rows by id, ids repeating: (R*N) ids into a table of
 		 * 50 rows */

@@ -127,9 +127,10 @@ on_alarm(int sig)
 	_exit(3);
 }
 
-/* the thread waits in a read of a pipe that stays open: stop ends it */
+/* a pipe half written and left open: the thread waits for room in a
+ * queue of depth 1, or (depth 16) in a read of the rest; stop ends it */
 static void
-test_stop_in_read(void)
+test_stop(int depth)
 {
 	size_t len;
 	unsigned char *buf = sample(5, &len);
@@ -145,12 +146,13 @@ test_stop_in_read(void)
 	d2v_reader_open_fd(&r, fds[0], "pipe", &err);
 	signal(SIGALRM, on_alarm);
 	alarm(10); /* a hang is a failure: status 3 */
-	rc1 = d2v_prefetch_start(&p, r, 2, &err);
+	rc1 = d2v_prefetch_start(&p, r, depth, &err);
 	rc2 = d2v_prefetch_next(p, &rec, &err);
 	d2v_prefetch_stop(p);
 	alarm(0);
-	T_OK(rc1 == 0 && rc2 == 1, "a pipe half written: the first record, then "
-	    "a stop while the thread waits for the rest returns");
+	T_OK(rc1 == 0 && rc2 == 1, "a pipe half written, read ahead by %d: the "
+	    "first record, then a stop while the thread waits %s returns", depth,
+	    depth == 1 ? "for room" : "in a read");
 	d2v_record_clear(&rec);
 	d2v_reader_free(r);
 	close(fds[0]);
@@ -162,6 +164,7 @@ int
 main(void)
 {
 	test_same();
-	test_stop_in_read();
+	test_stop(1);
+	test_stop(16);
 	return T_DONE();
 }
