@@ -132,6 +132,22 @@ void d2v_k_gather_rows(float *out, const float *table, const int *ids, int n,
 void d2v_k_scatter_rows(float *dtable, const float *din, const int *ids,
     int n, int D, cudaStream_t st);
 
+/* layerscale.cu: LayerScale of data2vec's image blocks.  forward: out
+ * (rows,D) += g (D) * x (rows,D), or with s (rows,D) set, out[k] +=
+ * g[d] * (x[k] * s[k]); each product rounded to float in that order and
+ * then added (no FMA contraction: the CPU's bits).  backward: dg (D) +=
+ * (float)(the sum over rows i of (double)dy[k] * v[k], v[k] = x[k] *
+ * s[k] in float, or x[k] when s is NULL), a deterministic double sum;
+ * dx (rows,D) = (dy[k] * g[d]) * s[k] (or dy[k] * g[d] when s is NULL),
+ * set, not added; dx may not alias.  scratch: d2v_k_layerscale_scratch(
+ * rows, D) doubles. */
+void d2v_k_layerscale_forward(float *out, const float *g, const float *x,
+    const float *s, int rows, int D, cudaStream_t st);
+size_t d2v_k_layerscale_scratch(int rows, int D);
+void d2v_k_layerscale_backward(float *dx, float *dg, const float *dy,
+    const float *g, const float *x, const float *s, int rows, int D,
+    double *scratch, cudaStream_t st);
+
 /* random.cu: lib/rng.c's generator on the device, bit for bit:
  * d2v_rng_seed(seed, a, b) (splitmix64), xoshiro256**, uniform =
  * (u64 >> 11) * 2^-53, d2v_rng_normal2's Box-Muller in double.
