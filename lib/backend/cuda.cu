@@ -944,6 +944,34 @@ drop_fill(float *buf, int rows, size_t per, double p, double dp,
 	done("drop_fill");
 }
 
+/* ---- LayerScale -------------------------------------------------------- */
+
+static void
+layerscale_forward(float *out, const float *g, const float *x, const float *s,
+    int rows, int D)
+{
+	if (failed_now())
+		return;
+	d2v_k_layerscale_forward(out, g, x, s, rows, D, st);
+	done("layerscale_forward");
+}
+
+static void
+layerscale_backward(float *dx, float *dg, const float *dy, const float *g,
+    const float *x, const float *s, int rows, int D)
+{
+	double *sc;
+
+	if (failed_now())
+		return;
+	sc = (double *)scratch(S_RED, (d2v_k_layerscale_scratch(rows, D) + 1) *
+	    sizeof(double));
+	if (sc == NULL)
+		return;
+	d2v_k_layerscale_backward(dx, dg, dy, g, x, s, rows, D, sc, st);
+	done("layerscale_backward");
+}
+
 /* ---- the losses and the statistics ------------------------------------- */
 
 /* the double a launcher left at the head of the reduction scratch s */
@@ -1085,6 +1113,8 @@ static const d2v_ops cuda_ops = {
 	.unmask_tokens = unmask_tokens,
 	.noise_fill = noise_fill,
 	.drop_fill = drop_fill,
+	.layerscale_forward = layerscale_forward,
+	.layerscale_backward = layerscale_backward,
 	.masked_loss = masked_loss,
 	.masked_std = masked_std,
 	.mean_tokens = mean_tokens,

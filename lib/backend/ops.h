@@ -174,6 +174,16 @@ typedef struct d2v_ops {
 	void (*drop_fill)(float *buf, int rows, size_t per, double p, double dp,
 	    uint64_t seed, uint64_t kind, uint64_t first);
 
+	/* LayerScale (data2vec images): out (rows,D) += g (D) times x
+	 * (rows,D), times s (rows,D) too when s is set (dropout, drop path):
+	 * out += g[d] (x s), the products rounded in that order.  Its
+	 * backward: dg (D) += the sum over rows of dy (x s) in double, rounded
+	 * once; dx (rows,D) = (dy g) s (set, not added). */
+	void (*layerscale_forward)(float *out, const float *g, const float *x,
+	    const float *s, int rows, int D);
+	void (*layerscale_backward)(float *dx, float *dg, const float *dy,
+	    const float *g, const float *x, const float *s, int rows, int D);
+
 	/* The losses and the statistics of the predictions and targets.
 	 * masked_loss: dp (R,T,D) = 0 but at the predicted rows: for every
 	 * (r, n) where mask (R,N) is set (NULL: all), e = row off+n of

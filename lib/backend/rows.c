@@ -216,6 +216,43 @@ d2v_cpu_drop_fill(float *buf, int rows, size_t per, double p, double dp,
 	}
 }
 
+void
+d2v_cpu_layerscale_forward(float *out, const float *g, const float *x,
+    const float *s, int rows, int D)
+{
+#pragma omp parallel for schedule(static)
+	for (int i = 0; i < rows; i++)
+		for (int d = 0; d < D; d++) {
+			size_t k = TEN(i) * D + d;
+
+			out[k] += g[d] * (s ? x[k] * s[k] : x[k]);
+		}
+}
+
+void
+d2v_cpu_layerscale_backward(float *dx, float *dg, const float *dy,
+    const float *g, const float *x, const float *s, int rows, int D)
+{
+#pragma omp parallel for schedule(static)
+	for (int d = 0; d < D; d++) {
+		double acc = 0;
+
+		for (int i = 0; i < rows; i++) {
+			size_t k = TEN(i) * D + d;
+
+			acc += (double)dy[k] * (s ? x[k] * s[k] : x[k]);
+		}
+		dg[d] += (float)acc;
+	}
+#pragma omp parallel for schedule(static)
+	for (int i = 0; i < rows; i++)
+		for (int d = 0; d < D; d++) {
+			size_t k = TEN(i) * D + d;
+
+			dx[k] = s ? dy[k] * g[d] * s[k] : dy[k] * g[d];
+		}
+}
+
 /* The loss of one error e: e^2 for beta 0, else Smooth-L1 with beta;
  * *g its derivative. */
 static double

@@ -28,6 +28,10 @@ void d2v_cpu_noise_fill(float *out, const uint8_t *mask, int R, int N, int D,
     float std, uint64_t seed, uint64_t row0);
 void d2v_cpu_drop_fill(float *buf, int rows, size_t per, double p, double dp,
     uint64_t seed, uint64_t kind, uint64_t first);
+void d2v_cpu_layerscale_forward(float *out, const float *g, const float *x,
+    const float *s, int rows, int D);
+void d2v_cpu_layerscale_backward(float *dx, float *dg, const float *dy,
+    const float *g, const float *x, const float *s, int rows, int D);
 double d2v_cpu_masked_loss(float *dp, const float *pred, const float *y,
     const uint8_t *mask, int R, int M, int N, int T, int off, int D,
     double w, double beta, double norm);

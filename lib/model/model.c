@@ -1481,45 +1481,6 @@ v1_loss(d2v_model *m, const uint8_t *mask, int B, int T, int off, double w,
 }
 
 
-/* out (rows,D) += g (D) * x (rows,D) [* s (rows,D) when s] */
-static void
-add_scaled(float *out, const float *g, const float *x, const float *s,
-    int rows, int D)
-{
-#pragma omp parallel for schedule(static)
-	for (int i = 0; i < rows; i++)
-		for (int d = 0; d < D; d++) {
-			size_t k = TEN(i) * D + d;
-
-			out[k] += g[d] * (s ? x[k] * s[k] : x[k]);
-		}
-}
-
-/* dg (D) += sum over rows of dy * x [* s]; dx (rows,D) = dy * g [* s] */
-static void
-scaled_backward(float *dx, float *dg, const float *dy, const float *g,
-    const float *x, const float *s, int rows, int D)
-{
-#pragma omp parallel for schedule(static)
-	for (int d = 0; d < D; d++) {
-		double acc = 0;
-
-		for (int i = 0; i < rows; i++) {
-			size_t k = TEN(i) * D + d;
-
-			acc += (double)dy[k] * (s ? x[k] * s[k] : x[k]);
-		}
-		dg[d] += (float)acc;
-	}
-#pragma omp parallel for schedule(static)
-	for (int i = 0; i < rows; i++)
-		for (int d = 0; d < D; d++) {
-			size_t k = TEN(i) * D + d;
-
-			dx[k] = dy[k] * g[d] * (s ? s[k] : 1.0f);
-		}
-}
-
 /* Every pre-LN block over a->x_in (R,T,D) (no context LayerNorm):
  * x1 = x + g1 attn(LN1 x); out = x1 + g2 mlp(LN2 x1). */
 static void
@@ -1539,13 +1500,13 @@ encoder_v1_forward(d2v_model *m, const float *P, d2v_enc_acts *a)
 		    P + b->norm1_w, P + b->norm1_b, RT, D, eps);
 		attn_forward(m, P, a, l, a->r[l], a->pa[l]);
 		m->ops->copy(a->x1[l], x, nD * sizeof(float));
-		add_scaled(a->x1[l], P + b->gamma1, a->pa[l],
+		o->layerscale_forward(a->x1[l], P + b->gamma1, a->pa[l],
 		    a->drop ? a->drop_ao[l] : NULL, RT, D);
 		o->layernorm_forward(a->x2[l], a->m2[l], a->s2[l], a->x1[l],
 		    P + b->norm2_w, P + b->norm2_b, RT, D, eps);
 		mlp_forward(m, P, a, l, a->x2[l]);
 		m->ops->copy(a->out[l], a->x1[l], nD * sizeof(float));
-		add_scaled(a->out[l], P + b->gamma2, a->f[l],
+		o->layerscale_forward(a->out[l], P + b->gamma2, a->f[l],
 		    a->drop ? a->drop_f[l] : NULL, RT, D);
 		x = a->out[l];
 	}
@@ -1568,16 +1529,16 @@ encoder_v1_backward(d2v_model *m, d2v_enc_acts *a, float *dout, float *dx)
 		const float *xin = l > 0 ? a->out[l - 1] : a->x_in;
 
 		/* out = x1 + g2 f: dout is d x1 so far; t = d f */
-		scaled_backward(t, G + b->gamma2, dout, P + b->gamma2, a->f[l],
-		    a->drop ? a->drop_f[l] : NULL, RT, D);
+		o->layerscale_backward(t, G + b->gamma2, dout, P + b->gamma2,
+		    a->f[l], a->drop ? a->drop_f[l] : NULL, RT, D);
 		m->ops->zero(m->gB, nD * sizeof(float));
 		mlp_backward(m, a, l, a->x2[l], t, m->gB);
 		/* x2 = LN2(x1): add into d x1 */
 		o->layernorm_backward(dout, G + b->norm2_w, G + b->norm2_b, m->gB,
 		    a->x1[l], a->m2[l], a->s2[l], P + b->norm2_w, RT, D);
 		/* x1 = x + g1 pa: dout is d x so far; t = d pa */
-		scaled_backward(t, G + b->gamma1, dout, P + b->gamma1, a->pa[l],
-		    a->drop ? a->drop_ao[l] : NULL, RT, D);
+		o->layerscale_backward(t, G + b->gamma1, dout, P + b->gamma1,
+		    a->pa[l], a->drop ? a->drop_ao[l] : NULL, RT, D);
 		m->ops->zero(m->gB, nD * sizeof(float));
 		attn_backward(m, a, l, a->r[l], t, m->gB);
 		m->ops->copy(t, m->gB, nD * sizeof(float));

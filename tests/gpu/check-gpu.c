@@ -353,6 +353,22 @@ ops_rows(d2v_rng *r, int R, int M, int N, int V, int E, int D)
 	cpu->mean_tokens(mt.c, pred.c, R / M, N, D);
 	gpu->mean_tokens(mt.g, pred.g, R / M, N, D);
 	CMP(mt, 1e-7, "mean_tokens");
+	/* LayerScale, with and without the dropout scale */
+	for (int scaled = 0; scaled < 2; scaled++) {
+		cpu->layerscale_forward(pred.c, fill.c, out.c, scaled ? y.c : NULL,
+		    R / M, D);
+		gpu->layerscale_forward(pred.g, fill.g, out.g, scaled ? y.g : NULL,
+		    R / M, D);
+		CMP(pred, 0, "layerscale_forward%s (added to)", scaled ?
+		    ", scaled" : "");
+		cpu->layerscale_backward(back.c, dfill.c, dp.c, fill.c, out.c,
+		    scaled ? y.c : NULL, R / M, D);
+		gpu->layerscale_backward(back.g, dfill.g, dp.g, fill.g, out.g,
+		    scaled ? y.g : NULL, R / M, D);
+		CMP(back, 0, "layerscale_backward dx");
+		/* a double sum rounded once: an ulp where the orders differ */
+		CMP(dfill, 2e-7, "layerscale_backward dg (added to)");
+	}
 	cpu->add_bcast(pred.c, fill.c, R * N, D);
 	gpu->add_bcast(pred.g, fill.g, R * N, D);
 	CMP(pred, 0, "add_bcast");

@@ -402,6 +402,45 @@ test_rows_by_id(int n, int rows, int D)
 	free(table); free(out); free(y); free(dt); free(want); free(ids);
 }
 
+/* LayerScale: the forward's change with g and x, against the backward */
+static void
+test_layerscale(int rows, int D, int with_s)
+{
+	size_t n = (size_t)rows * D;
+	float *g = rnd(D, 1), *x = rnd(n, 1), *s = with_s ? rnd(n, 1) : NULL;
+	float *dy = rnd(n, 1), *out = filled(n, 0), *dx = filled(n, 9);
+	float *dg = filled(D, 0.5f);
+	double worst = 0;
+
+	o->layerscale_backward(dx, dg, dy, g, x, s, rows, D);
+	for (int d = 0; d < D; d++) /* the loss <out, dy> is linear in g */
+		dg[d] -= 0.5f;
+	for (int k = 0; k < 2 * D && k < (int)n; k++) {
+		/* out = g x s: d<out, dy>/dg[d] and /dx[i] by one unit step */
+		int vs_g = k < D;
+		size_t i = vs_g ? (size_t)k : (size_t)d2v_rng_below(&rng, n);
+		float *p = vs_g ? g + k : x + i, save = *p;
+		double lp, lm, num, ana = vs_g ? dg[k] : dx[i];
+
+		memset(out, 0, n * sizeof *out);
+		*p = save + 0.5f;
+		o->layerscale_forward(out, g, x, s, rows, D);
+		lp = t_dot(out, dy, n);
+		memset(out, 0, n * sizeof *out);
+		*p = save - 0.5f;
+		o->layerscale_forward(out, g, x, s, rows, D);
+		lm = t_dot(out, dy, n);
+		*p = save;
+		num = lp - lm;
+		if (fabs(num - ana) / (fabs(num) + fabs(ana) + 1e-3) > worst)
+			worst = fabs(num - ana) / (fabs(num) + fabs(ana) + 1e-3);
+	}
+	T_OK(worst < 1e-5, "layerscale %d x %d%s: the backward's dg (added to) "
+	    "and dx (set) against the forward's differences: worst %.1e", rows,
+	    D, s ? ", scaled" : "", worst);
+	free(g); free(x); free(s); free(dy); free(out); free(dx); free(dg);
+}
+
 static void
 test_bcast(void)
 {
@@ -440,6 +479,8 @@ main(void)
 	test_drop(5, 10, 0, 0);
 	test_rows_by_id(40, 7, 33);
 	test_rows_by_id(500, 300, 20);
+	test_layerscale(7, 5, 0);
+	test_layerscale(40, 33, 1);
 	test_bcast();
 	return T_DONE();
 }
