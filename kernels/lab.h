@@ -266,6 +266,26 @@ lab_time_ms(lab_fn fn, void *arg, cudaStream_t st)
 	return ms[LAB_RUNS / 2];
 }
 
+/* n floats of got whose bits differ from ref's */
+static inline size_t
+lab_bits_differ(const float *got, const float *ref, size_t n)
+{
+	size_t bad = 0;
+
+	for (size_t i = 0; i < n; i++)
+		bad += memcmp(&got[i], &ref[i], sizeof(float)) != 0;
+	return bad;
+}
+
+/* one bit-exact check's PASS/FAIL line; 1 when it failed */
+static inline int
+lab_report_bits(const char *name, const char *what, size_t bad)
+{
+	printf("%s: %-44s %zu bits differ (tol 0) %s\n", name, what, bad,
+	    bad == 0 ? "PASS" : "FAIL");
+	return bad != 0;
+}
+
 /* A benchmark's line: time and bytes / time. */
 static inline void
 lab_bench(const char *name, const char *what, double bytes, double ms)

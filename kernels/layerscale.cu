@@ -191,26 +191,6 @@ ref_add(float a, float b)
 	return r;
 }
 
-/* n floats that differ in their bits from ref */
-static size_t
-n_bits_differ(const float *got, const float *ref, size_t n)
-{
-	size_t bad = 0;
-
-	for (size_t i = 0; i < n; i++)
-		bad += memcmp(&got[i], &ref[i], sizeof(float)) != 0;
-	return bad;
-}
-
-/* one bit-exact check's PASS/FAIL line; 1 when it failed */
-static int
-report_bits(const char *what, size_t bad)
-{
-	printf("%s: %-44s %zu bits differ (tol 0) %s\n", NAME, what, bad,
-	    bad == 0 ? "PASS" : "FAIL");
-	return bad != 0;
-}
-
 /* f's position on the line of floats (both zeros at 0) */
 static int64_t
 ord(float f)
@@ -298,7 +278,7 @@ check(int rows, int D, int with_s, lab_rng *rng, cudaStream_t st)
 	lab_sync(st);
 	lab_get(got, d_out, n);
 	snprintf(what, sizeof what, "forward (+=) rows %d D %d%s", rows, D, tag);
-	fails += report_bits(what, n_bits_differ(got, ref, n));
+	fails += lab_report_bits(NAME, what, lab_bits_differ(got, ref, n));
 
 	/* backward dx: (dy * g) * s in float, set (dx starts as NaNs) */
 	for (size_t i = 0; i < n; i++) {
@@ -313,7 +293,7 @@ check(int rows, int D, int with_s, lab_rng *rng, cudaStream_t st)
 	lab_sync(st);
 	lab_get(got, d_dx, n);
 	snprintf(what, sizeof what, "backward dx rows %d D %d%s", rows, D, tag);
-	fails += report_bits(what, n_bits_differ(got, ref, n));
+	fails += lab_report_bits(NAME, what, lab_bits_differ(got, ref, n));
 
 	/* dg from 0: (float) of the double sum.  The reference sums the
 	 * exact products in long double (64-bit mantissa); the device's
@@ -348,7 +328,7 @@ check(int rows, int D, int with_s, lab_rng *rng, cudaStream_t st)
 	lab_get(got, d_dg, D);
 	snprintf(what, sizeof what, "backward dg (+=, repeat) rows %d D %d%s",
 	    rows, D, tag);
-	fails += report_bits(what, n_bits_differ(got, ref, D));
+	fails += lab_report_bits(NAME, what, lab_bits_differ(got, ref, D));
 
 	/* the NULL gradients, on the larger shapes: dx alone, dg alone */
 	if (rows > 1 && D > 1) {
@@ -362,15 +342,15 @@ check(int rows, int D, int with_s, lab_rng *rng, cudaStream_t st)
 		    D, d_scr, st);
 		lab_sync(st);
 		lab_get(got, d_dx, n);
-		fails += report_bits("  dg NULL: dx", n_bits_differ(got, ref, n));
+		fails += lab_report_bits(NAME, "  dg NULL: dx", lab_bits_differ(got, ref, n));
 
 		LAB_CK(cudaMemset(d_dg, 0, D * sizeof(float)));
 		d2v_k_layerscale_backward(NULL, d_dg, d_dy, d_g, d_x, sp, rows,
 		    D, d_scr, st);
 		lab_sync(st);
 		lab_get(got, d_dg, D);
-		fails += report_bits("  dx NULL: dg (as from 0)",
-		    n_bits_differ(got, dg1, D));
+		fails += lab_report_bits(NAME, "  dx NULL: dg (as from 0)",
+		    lab_bits_differ(got, dg1, D));
 	}
 
 	free(x), free(s), free(dy), free(out0), free(g), free(dg0), free(ref);

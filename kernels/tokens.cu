@@ -488,26 +488,6 @@ check(int R, int M, int N, int V, int E, int D, lab_rng *rng,
 	return fails;
 }
 
-/* n floats that differ in their bits from ref's float rounding */
-static size_t
-n_bits_differ(const float *got, const float *ref, size_t n)
-{
-	size_t bad = 0;
-
-	for (size_t i = 0; i < n; i++)
-		bad += memcmp(&got[i], &ref[i], sizeof(float)) != 0;
-	return bad;
-}
-
-/* one bit-exact check's PASS/FAIL line; 1 when it failed */
-static int
-report_bits(const char *what, size_t bad)
-{
-	printf("%s: %-44s %zu bits differ (tol 0) %s\n", NAME, what, bad,
-	    bad == 0 ? "PASS" : "FAIL");
-	return bad != 0;
-}
-
 /* one shape: place, pick, mask_tokens and unmask_tokens against the
  * plain loops in float (each output is one rounding, or float sums in
  * the documented order: the same bits are expected); sc: with a scale,
@@ -581,7 +561,7 @@ check_dec(int R, int M, int N, int V, int E, int D, int sc, int fi,
 	lab_get(got, d_out, nout);
 	snprintf(what, sizeof what, "place R %d N %d V %d E %d D %d%s", R, N, V,
 	    E, D, sc ? " scale" : "");
-	fails += report_bits(what, n_bits_differ(got, ref, nout));
+	fails += lab_report_bits(NAME, what, lab_bits_differ(got, ref, nout));
 
 	/* pick (+=): din is out0 (R,N,D), dout is in (R,E+V,D) */
 	LAB_CK(cudaMemcpy(d_out, out0, nout * sizeof(float),
@@ -603,7 +583,7 @@ check_dec(int R, int M, int N, int V, int E, int D, int sc, int fi,
 	lab_get(got, d_in, nin);
 	snprintf(what, sizeof what, "pick (+=) R %d N %d V %d E %d D %d%s", R,
 	    N, V, E, D, sc ? " scale" : "");
-	fails += report_bits(what, n_bits_differ(got, ref, nin));
+	fails += lab_report_bits(NAME, what, lab_bits_differ(got, ref, nin));
 
 	/* mask_tokens: every row of out written */
 	for (int r = 0; r < R; r++)
@@ -618,7 +598,7 @@ check_dec(int R, int M, int N, int V, int E, int D, int sc, int fi,
 	lab_get(got, d_out, nout);
 	snprintf(what, sizeof what, "mask R %d M %d N %d D %d%s", R, M, N, D,
 	    fi ? " fill" : "");
-	fails += report_bits(what, n_bits_differ(got, ref, nout));
+	fails += lab_report_bits(NAME, what, lab_bits_differ(got, ref, nout));
 
 	/* unmask_tokens (+=): din is out0; dsrc starts as src, dfill as df;
 	 * the sums in float, in the documented order */
@@ -637,7 +617,7 @@ check_dec(int R, int M, int N, int V, int E, int D, int sc, int fi,
 	lab_get(got, d_src, ns);
 	snprintf(what, sizeof what, "unmask (+=) R %d M %d N %d D %d", R, M, N,
 	    D);
-	fails += report_bits(what, n_bits_differ(got, ref, ns));
+	fails += lab_report_bits(NAME, what, lab_bits_differ(got, ref, ns));
 	if (fi) {
 		memcpy(ref, df, D * sizeof(float));
 		for (size_t k = 0; k < (size_t)R * N; k++)
@@ -645,8 +625,8 @@ check_dec(int R, int M, int N, int V, int E, int D, int sc, int fi,
 				for (int d = 0; d < D; d++)
 					ref[d] += out0[k * D + d];
 		lab_get(got, d_df, D);
-		fails += report_bits("unmask dfill (+=), in row order",
-		    n_bits_differ(got, ref, D));
+		fails += lab_report_bits(NAME, "unmask dfill (+=), in row order",
+		    lab_bits_differ(got, ref, D));
 	}
 	free(in), free(out0), free(scale), free(src), free(fill), free(ref);
 	free(got), free(df), free(idx), free(mask);
@@ -709,7 +689,7 @@ check_rows(int n, int D, int rows, int rep, lab_rng *rng, cudaStream_t st)
 	lab_get(got, d_out, ni);
 	snprintf(what, sizeof what, "gather_rows n %d D %d rows %d%s", n, D,
 	    rows, rep ? " repeats" : " distinct");
-	fails += report_bits(what, n_bits_differ(got, ref, ni));
+	fails += lab_report_bits(NAME, what, lab_bits_differ(got, ref, ni));
 
 	/* scatter_rows (+=): dtable starts as table; in float, i in order */
 	memcpy(ref, table, nt * sizeof(float));
@@ -721,7 +701,7 @@ check_rows(int n, int D, int rows, int rep, lab_rng *rng, cudaStream_t st)
 	lab_get(got, d_table, nt);
 	snprintf(what, sizeof what, "scatter_rows (+=) n %d D %d rows %d%s", n,
 	    D, rows, rep ? " repeats" : " distinct");
-	fails += report_bits(what, n_bits_differ(got, ref, nt));
+	fails += lab_report_bits(NAME, what, lab_bits_differ(got, ref, nt));
 	free(table), free(din), free(ref), free(got), free(ids);
 	cudaFree(d_ids), cudaFree(d_table), cudaFree(d_din), cudaFree(d_out);
 	return fails;
@@ -737,7 +717,7 @@ check_rows_empty(cudaStream_t st)
 	d2v_k_scatter_rows(NULL, NULL, NULL, 7, 0, st);
 	d2v_k_scatter_rows(NULL, NULL, NULL, 7, 31, st);
 	lab_sync(st);
-	return report_bits("gather_rows, scatter_rows: n 0, D 0, NULL", 0);
+	return lab_report_bits(NAME, "gather_rows, scatter_rows: n 0, D 0, NULL", 0);
 }
 
 typedef struct rows_arg {
