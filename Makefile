@@ -120,7 +120,7 @@ $(BUILD)/libd2v.a: $(LIB_OBJ)
 	@rm -f $@
 	$(AR) rcs $@ $^
 
-$(BUILD)/cuda/%.o: %.cu kernels/kernels.h lib/backend/ops.h lib/err.h $(BUILD)/config.mk Makefile
+$(BUILD)/cuda/%.o: %.cu kernels/kernels.h kernels/chunks.h lib/backend/ops.h lib/err.h $(BUILD)/config.mk Makefile
 	@mkdir -p $(@D)
 	$(NVCC) $(NVCC_FLAGS) -c $< -o $@
 

@@ -17,6 +17,7 @@
  */
 #include <stdint.h>
 
+#include "chunks.h"
 #include "kernels.h"
 
 #define EW_THREADS 256
@@ -162,26 +163,6 @@ grid_for(size_t n)
 	return (unsigned)(g < EW_MAXGRID ? g : EW_MAXGRID);
 }
 
-/* The row chunks of bias_grad: nchunk chunks of rpc rows, at most
- * BG_MAXCHUNK, about 64 rows each for small M. */
-static void
-bias_grad_chunks(int M, int *nchunk, int *rpc)
-{
-	int n = (M + 63) / 64, r;
-
-	if (n > BG_MAXCHUNK)
-		n = BG_MAXCHUNK;
-	if (n < 1)
-		n = 1;
-	r = (M + n - 1) / n;
-	if (r < 1)
-		r = 1;
-	*rpc = r;
-	*nchunk = (M + r - 1) / r;
-	if (*nchunk < 1)
-		*nchunk = 1;
-}
-
 extern "C" void
 d2v_k_add(float *a, const float *b, size_t n, cudaStream_t st)
 {
@@ -228,7 +209,7 @@ d2v_k_bias_grad_scratch(int M, int N)
 	int nchunk, rpc;
 
 	/* nchunk N doubles, and a float to reach an 8-byte boundary */
-	bias_grad_chunks(M, &nchunk, &rpc);
+	d2v_k_row_chunks(M, BG_MAXCHUNK, &nchunk, &rpc);
 	return 2 * (size_t)nchunk * (size_t)(N > 0 ? N : 0) + 1;
 }
 
@@ -242,7 +223,7 @@ d2v_k_bias_grad(float *db, const float *dout, int M, int N, float *scratch,
 
 	if (M <= 0 || N <= 0 || db == NULL)
 		return;
-	bias_grad_chunks(M, &nchunk, &rpc);
+	d2v_k_row_chunks(M, BG_MAXCHUNK, &nchunk, &rpc);
 	grid = dim3((N + BG_COLS - 1) / BG_COLS, nchunk);
 	bias_grad_partial<<<grid, block, 0, st>>>(part, dout, M, N, rpc);
 	bias_grad_final<<<(N + 255) / 256, 256, 0, st>>>(db, part, N, nchunk);

@@ -20,6 +20,7 @@
  */
 #include <stdint.h>
 
+#include "chunks.h"
 #include "kernels.h"
 
 #define LN_WARPS 8		/* rows per block, forward and din */
@@ -174,26 +175,6 @@ layernorm_dwdb_final(float *dw, float *db, const double *part, int C,
 		db[c] = (float)(db[c] + sb);
 }
 
-/* The row chunks of the dw/db partials: nchunk chunks of rpc rows, at
- * most LN_MAXCHUNK, about 64 rows each for small row counts. */
-static void
-layernorm_chunks(int rows, int *nchunk, int *rpc)
-{
-	int n = (rows + 63) / 64, r;
-
-	if (n > LN_MAXCHUNK)
-		n = LN_MAXCHUNK;
-	if (n < 1)
-		n = 1;
-	r = (rows + n - 1) / n;
-	if (r < 1)
-		r = 1;
-	*rpc = r;
-	*nchunk = (rows + r - 1) / r;
-	if (*nchunk < 1)
-		*nchunk = 1;
-}
-
 static int
 row_grid(int rows)
 {
@@ -219,7 +200,7 @@ d2v_k_layernorm_scratch(int rows, int C)
 	int nchunk, rpc;
 
 	/* 2 nchunk C doubles, and a float to reach an 8-byte boundary */
-	layernorm_chunks(rows, &nchunk, &rpc);
+	d2v_k_row_chunks(rows, LN_MAXCHUNK, &nchunk, &rpc);
 	return 4 * (size_t)nchunk * (size_t)(C > 0 ? C : 0) + 1;
 }
 
@@ -239,7 +220,7 @@ d2v_k_layernorm_backward(float *din, float *dw, float *db,
 		double *part = (double *)(((uintptr_t)scratch + 7) &
 		    ~(uintptr_t)7);
 
-		layernorm_chunks(rows, &nchunk, &rpc);
+		d2v_k_row_chunks(rows, LN_MAXCHUNK, &nchunk, &rpc);
 		grid = dim3((C + LN_COLS - 1) / LN_COLS, nchunk);
 		layernorm_dwdb_partial<<<grid, block, 0, st>>>(part, dout, in,
 		    mean, rstd, rows, C, rpc, nchunk);

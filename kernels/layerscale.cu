@@ -18,6 +18,7 @@
  * the sum to float and adds it to dg.  The product of two floats is exact
  * in double, so the sum's bits depend only on that fixed order.
  */
+#include "chunks.h"
 #include "kernels.h"
 
 #define LS_THREADS 256
@@ -106,26 +107,6 @@ ls_backward_final(float *dg, const double *part, int D, int nchunk)
 	dg[c] = __fadd_rn(dg[c], (float)t);
 }
 
-/* The row chunks: nchunk chunks of rpc rows, at most LS_MAXCHUNK, about
- * 64 rows each for small row counts; a function of rows only. */
-static void
-ls_chunks(int rows, int *nchunk, int *rpc)
-{
-	int n = (rows + 63) / 64, r;
-
-	if (n > LS_MAXCHUNK)
-		n = LS_MAXCHUNK;
-	if (n < 1)
-		n = 1;
-	r = (rows + n - 1) / n;
-	if (r < 1)
-		r = 1;
-	*rpc = r;
-	*nchunk = (rows + r - 1) / r;
-	if (*nchunk < 1)
-		*nchunk = 1;
-}
-
 extern "C" void
 d2v_k_layerscale_forward(float *out, const float *g, const float *x,
     const float *s, int rows, int D, cudaStream_t st)
@@ -145,7 +126,7 @@ d2v_k_layerscale_scratch(int rows, int D)
 {
 	int nchunk, rpc;
 
-	ls_chunks(rows, &nchunk, &rpc);
+	d2v_k_row_chunks(rows, LS_MAXCHUNK, &nchunk, &rpc);
 	return (size_t)nchunk * (size_t)(D > 0 ? D : 0);
 }
 
@@ -159,7 +140,7 @@ d2v_k_layerscale_backward(float *dx, float *dg, const float *dy,
 
 	if (rows <= 0 || D <= 0 || (dx == NULL && dg == NULL))
 		return;
-	ls_chunks(rows, &nchunk, &rpc);
+	d2v_k_row_chunks(rows, LS_MAXCHUNK, &nchunk, &rpc);
 	grid = dim3((D + LS_COLS - 1) / LS_COLS, nchunk);
 	ls_backward_partial<<<grid, block, 0, st>>>(dx, dg != NULL ? scratch :
 	    NULL, dy, g, x, s, rows, D, rpc);
