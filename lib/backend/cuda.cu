@@ -1034,7 +1034,7 @@ mean_tokens(float *out, const float *in, int B, int N, int D)
 static double
 sumsq(const float *x, size_t n)
 {
-	double *s, v = 0;
+	double *s;
 
 	if (failed_now())
 		return 0;
@@ -1043,10 +1043,7 @@ sumsq(const float *x, size_t n)
 	if (s == NULL)
 		return 0;
 	d2v_k_sumsq(s, x, n, s + 1, st);
-	cu_ok(cudaMemcpyAsync(&v, s, sizeof v, cudaMemcpyDeviceToHost, st),
-	    "sumsq");
-	done("sumsq");
-	return v;
+	return result(s, "sumsq");
 }
 
 static void

@@ -282,7 +282,9 @@ d2v_cpu_masked_loss(float *dp, const float *pred, const float *y,
 	int ok = part != NULL;
 
 	memset(dp, 0, TEN(R) * T * D * sizeof(float));
-#pragma omp parallel for schedule(static)
+	/* without memory for the parts, one thread adds them as it goes:
+	 * the same order, the same sum */
+#pragma omp parallel for schedule(static) if (ok)
 	for (int r = 0; r < R; r++) {
 		const float *yb = y + TEN(r / M) * N * D;
 		double acc = 0;
@@ -301,21 +303,9 @@ d2v_cpu_masked_loss(float *dp, const float *pred, const float *y,
 		}
 		if (ok)
 			part[r] = acc;
+		else
+			loss += acc;
 	}
-	if (!ok) /* no memory for the parts: the loss again, in one pass */
-		for (int r = 0; r < R; r++)
-			for (int n = 0; n < N; n++) {
-				size_t at = (TEN(r) * T + off + n) * D;
-
-				if (mask != NULL && !mask[TEN(r) * N + n])
-					continue;
-				for (int d = 0; d < D; d++) {
-					double g;
-
-					loss += w * elem_loss((double)pred[at + d] -
-					    y[(TEN(r / M) * N + n) * D + d], beta, &g);
-				}
-			}
 	for (int r = 0; ok && r < R; r++)
 		loss += part[r];
 	free(part);
@@ -354,15 +344,18 @@ d2v_cpu_masked_std(const float *x, const uint8_t *mask, int R, int N, int T,
 		k += mask == NULL || mask[i];
 	if (k < 2 || D < 1)
 		return 0;
-	if ((part = malloc(TEN(D) * sizeof(double))) == NULL) {
-		for (int d = 0; d < D; d++)
-			acc += col_std(x, mask, R, N, T, off, D, d, k);
-		return acc / D;
+	part = malloc(TEN(D) * sizeof(double));
+	/* without memory for the parts, one thread adds them as it goes */
+#pragma omp parallel for schedule(static) if (part != NULL)
+	for (int d = 0; d < D; d++) {
+		double v = col_std(x, mask, R, N, T, off, D, d, k);
+
+		if (part != NULL)
+			part[d] = v;
+		else
+			acc += v;
 	}
-#pragma omp parallel for schedule(static)
-	for (int d = 0; d < D; d++)
-		part[d] = col_std(x, mask, R, N, T, off, D, d, k);
-	for (int d = 0; d < D; d++)
+	for (int d = 0; part != NULL && d < D; d++)
 		acc += part[d];
 	free(part);
 	return acc / D;
