@@ -3,7 +3,7 @@
  * clipping, EMA) on a benchmark configuration; the peer is
  * bench/train_peer.py on the same shapes.
  *
- * Usage: bench-step [B1|B2|B3|tiny] [STEPS] [WARMUP] [fp32|bf16]
+ * Usage: bench-step [B1|B2|B3|demo|tiny] [STEPS] [WARMUP] [fp32|bf16]
  *
  * B1, B2: data2vec 2.0 images, 224 pixels, 16-pixel patches, 157 of 196
  * masked, 8 copies, 4 images, width 192 (B1) or 384 (B2), 2 prenet + 10
@@ -11,7 +11,10 @@
  * 2.0 audio, 4 clips of 5 s (80000 samples, 249 frames), width 384, 6
  * heads, 12 blocks, top-K 8, 512 feature channels, 8 copies with 125
  * frames masked, the 1-D decoder (192 wide, kernel 7, 4 layers, 16
- * groups), ALiBi, no dropout (as the peer).
+ * groups), ALiBi, no dropout (as the peer).  demo: make demo's model,
+ * 64 Fashion-MNIST-sized images (28 pixels, 1 channel, 4-pixel patches,
+ * 32 of 49 masked), 4 copies, width 96, 3 heads, 6 blocks, the decoder
+ * 64 wide with 3 layers of 8 groups.
  * bf16: d2v-train --precision bf16 (the linear layers' products from bf16
  * operands; engine says whether oneDNN or the emulation ran them).
  * Prints one JSON line: config, precision, engine, threads, median_ms,
@@ -25,6 +28,7 @@
 
 #include <omp.h>
 
+#include "backend/gemm.h"
 #include "model/model.h"
 #include "rng.h"
 #include "train/optim.h"
@@ -86,13 +90,20 @@ main(int argc, char **argv)
 		c.image_size = 28; c.patch = 4; c.channels = 1; c.dim = 64;
 		c.heads = 4; c.prenet_depth = 0; c.depth = 4; c.top_k = 4;
 		c.decoder_layers = 2; c.decoder_groups = 4; masked = 39;
+	} else if (strcmp(name, "demo") == 0) {
+		B = 64; masked = 32;
+		c.image_size = 28; c.patch = 4; c.channels = 1; c.dim = 96;
+		c.heads = 3; c.prenet_depth = 0; c.depth = 6; c.top_k = 6;
+		c.clone = 4; c.decoder_layers = 3; c.decoder_groups = 8;
 	} else if (strcmp(name, "B1") != 0) {
-		fprintf(stderr, "bench-step: unknown config %s (B1, B2, B3, tiny)\n",
+		fprintf(stderr, "bench-step: unknown config %s (B1, B2, B3, demo, "
+		    "tiny)\n",
 		    name);
 		return 2;
 	}
 	c.mlp_dim = 4 * c.dim;
-	c.decoder_dim = audio ? c.dim / 2 : c.dim;
+	c.decoder_dim = audio ? c.dim / 2 : strcmp(name, "demo") == 0 ? 64 :
+	    c.dim;
 	if (argc > 4 && !bf16 && strcmp(argv[4], "fp32") != 0) {
 		fprintf(stderr, "bench-step: precision %s is not fp32 or bf16\n",
 		    argv[4]);
@@ -150,11 +161,12 @@ main(int argc, char **argv)
 	qsort(t, (size_t)steps, sizeof *t, cmp);
 	getrusage(RUSAGE_SELF, &ru);
 	printf("{\"impl\":\"d2v\",\"config\":\"%s\",\"precision\":\"%s\","
-	    "\"engine\":\"%s\",\"threads\":%d,\"median_ms\":%.2f,"
-	    "\"min_ms\":%.2f,\"max_rss_mb\":%.1f,\"params\":%zu}\n", name,
-	    bf16 ? "bf16" : "fp32", !bf16 ? "sgemm" : d2v_bf16_onednn() ?
-	    "onednn" : "emulated", omp_get_max_threads(), t[steps / 2], t[0], ru.ru_maxrss / 1024.0,
-	    m.lay.total);
+	    "\"engine\":\"%s\",\"gemm\":\"%s\",\"threads\":%d,"
+	    "\"median_ms\":%.2f,\"min_ms\":%.2f,\"max_rss_mb\":%.1f,"
+	    "\"params\":%zu}\n", name, bf16 ? "bf16" : "fp32",
+	    !bf16 ? "sgemm" : d2v_bf16_onednn() ? "onednn" : "emulated",
+	    d2v_gemm_engine(), omp_get_max_threads(), t[steps / 2], t[0],
+	    ru.ru_maxrss / 1024.0, m.lay.total);
 	d2v_model_free(&m);
 	free(img);
 	free(wave);

@@ -1,11 +1,13 @@
 /*
- * sgemm-peak - the fp32 matrix-product peak of this machine through the
- * BLAS d2v links (OpenBLAS), and oneDNN's bf16 matmul peak (bf16 operands,
+ * sgemm-peak - the fp32 matrix-product peak of this machine through d2v's
+ * GEMM engine (gemm.h: oneDNN's sgemm, or OpenBLAS without oneDNN) and
+ * through OpenBLAS with the kernel it picks, and oneDNN's bf16 matmul peak (bf16 operands,
  * fp32 result, through d2v's --precision bf16 linear layer) where oneDNN
  * runs it on this CPU: the best of a few n x n x n products each.
  *
  * Usage: sgemm-peak [N] [REPEATS]
- * Prints one JSON line per engine: impl, n, threads, best_ms, gflops; for
+ * Prints one JSON line per engine: impl, engine (with its kernel or
+ * instruction set), cpu, n, threads, best_ms, gflops; for
  * a bf16 matmul oneDNN cannot run on this CPU, gflops null and why.
  */
 #include <stdio.h>
@@ -15,6 +17,7 @@
 #include <cblas.h>
 #include <omp.h>
 
+#include "backend/gemm.h"
 #include "backend/ops.h"
 
 static double
@@ -72,18 +75,31 @@ main(int argc, char **argv)
 		a[i] = (float)(i % 7) * 0.1f;
 		b[i] = (float)(i % 5) * 0.1f;
 	}
-	for (int r = 0; r <= reps; r++) {
-		double t = now();
+	/* d2v's engine (gemm.h), then OpenBLAS itself with the kernel it
+	 * chose for this CPU */
+	for (int e = 0; e < 2; e++) {
+		char ob[96];
 
-		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f,
-		    a, n, b, n, 0.0f, c, n);
-		t = now() - t;
-		if (r > 0 && t < best) /* the first is a warm-up */
-			best = t;
+		best = 1e30;
+		for (int r = 0; r <= reps; r++) {
+			double t = now();
+
+			if (e == 0)
+				d2v_sgemm('N', 'N', n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
+			else
+				cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n,
+				    n, n, 1.0f, a, n, b, n, 0.0f, c, n);
+			t = now() - t;
+			if (r > 0 && t < best) /* the first is a warm-up */
+				best = t;
+		}
+		snprintf(ob, sizeof ob, "OpenBLAS (%s)", openblas_get_corename());
+		printf("{\"impl\":\"%s\",\"engine\":\"%s\",\"cpu\":\"%s\","
+		    "\"n\":%d,\"threads\":%d,\"best_ms\":%.2f,\"gflops\":%.1f}\n",
+		    e == 0 ? "sgemm" : "openblas", e == 0 ? d2v_gemm_engine() : ob,
+		    d2v_cpu_name(), n, omp_get_max_threads(), best * 1e3,
+		    2.0 * n * (double)n * n / best * 1e-9);
 	}
-	printf("{\"impl\":\"sgemm\",\"n\":%d,\"threads\":%d,\"best_ms\":%.2f,"
-	    "\"gflops\":%.1f}\n", n, omp_get_max_threads(), best * 1e3,
-	    2.0 * n * (double)n * n / best * 1e-9);
 	bf16_peak(n, reps, a, b, c);
 	free(a);
 	free(b);

@@ -41,7 +41,8 @@ Clips (N(0, 1) samples, used as given) and masks (uniformly random
 positions, the same count per row) are drawn once before timing; the
 decoder noise inside every step.
 
-  --config tiny|B1|B2|B3   --threads N   --steps 20   --warmup 3   --bf16   --json
+  --config tiny|B1|B2|B3|demo   --threads N   --steps 20   --warmup 3   --bf16
+  --compile (torch.compile around forward and loss)   --json
   --verify   check the model code against tests/ref/v2_image_tiny.safetensors
              (float64, 5 steps) and exit
 """
@@ -94,6 +95,12 @@ CONFIGS = {
                prenet_depth=2, depth=10, top_k=10,
                decoder_dim=384, decoder_kernel=3, decoder_layers=6, decoder_groups=16,
                clone=8, batch=4, n_mask=157),
+    # make demo's model: Fashion-MNIST, 28-pixel images in 4-pixel patches
+    # (49 tokens, 32 masked), width 96, 6 blocks, 4 copies, 64 images
+    "demo": dict(image_size=28, patch=4, channels=1, dim=96, heads=3, mlp_dim=384,
+                 prenet_depth=0, depth=6, top_k=6,
+                 decoder_dim=64, decoder_kernel=3, decoder_layers=3, decoder_groups=8,
+                 clone=4, batch=64, n_mask=32),
     # quick test: 7x7 = 49 tokens; decoder_dim != dim, so layer 0 has no residual
     "tiny": dict(image_size=28, patch=4, channels=3, dim=64, heads=2, mlp_dim=256,
                  prenet_depth=1, depth=2, top_k=2,
@@ -802,6 +809,8 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--bf16", action="store_true", help="forward/backward under CPU bf16 autocast")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile around the forward and the loss (PyTorch 2.x)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("-v", "--verbose", action="store_true", help="per-step times on stderr")
@@ -828,6 +837,11 @@ def main():
         mask[r, torch.randperm(N, generator=gen)[: c["n_mask"]]] = 1
     torch.manual_seed(a.seed)
     tr = (AudioTrainer if is_audio(c) else Trainer)(c, params, x, mask, torch.float32, bf16=a.bf16)
+    if a.compile:
+        if not hasattr(torch, "compile"):
+            print("--compile needs PyTorch 2.x (this is %s)" % torch.__version__, file=sys.stderr)
+            sys.exit(2)
+        tr.forward_loss = torch.compile(tr.forward_loss)
 
     times, losses = [], []
     for i in range(a.warmup + a.steps):
@@ -850,6 +864,7 @@ def main():
     if a.json:
         print(json.dumps(collections.OrderedDict([
             ("config", a.config), ("threads", threads), ("bf16", a.bf16),
+            ("compile", a.compile),
             ("steps", a.steps), ("warmup", a.warmup),
             ("median_ms", round(med, 3)), ("min_ms", round(min(times), 3)),
             ("max_rss_mb", round(rss, 1)),

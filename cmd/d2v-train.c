@@ -14,6 +14,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <omp.h>
+
+#include "backend/gemm.h"
 #include "cli.h"
 #include "mask.h"
 #include "prefetch.h"
@@ -795,6 +798,31 @@ check_header(const json_t *hdr, const d2v_config *cfg)
 	}
 }
 
+/* The log's first line of a run (and of each resumed part): what computed
+ * it.  No "step" key, so that readers of the step lines can skip it. */
+static void
+log_header(FILE *log, long step)
+{
+	const char *bf16 = NULL;
+	json_t *h;
+	char *s;
+
+	if (opt.bf16 && !opt.cuda)
+		d2v_backend_cpu_bf16(&bf16);
+	h = json_pack("{s:s, s:s, s:s, s:s, s:s?, s:s, s:i, s:i, s:I}",
+	    "d2v", D2V_VERSION, "device", opt.cuda ? "cuda" : "cpu",
+	    "precision", opt.bf16 ? "bf16" : "fp32",
+	    "gemm", opt.cuda ? "cuBLAS" : d2v_gemm_engine(), "bf16_gemm", bf16,
+	    "cpu", d2v_cpu_name(), "threads", omp_get_max_threads(),
+	    "ranks", nranks, "start_step", (json_int_t)step);
+	if (h == NULL || (s = json_dumps(h, JSON_COMPACT)) == NULL)
+		d2v_fatal(1, "out of memory for the log");
+	fprintf(log, "%s\n", s);
+	fflush(log);
+	free(s);
+	json_decref(h);
+}
+
 static void
 log_step(FILE *log, long step, const d2v_step_out *o, double lr, double tau,
     double gnorm, double tps)
@@ -905,6 +933,8 @@ main(int argc, char **argv)
 	if (rank == 0 && opt.log != NULL &&
 	    (log = fopen(opt.log, opt.resume ? "a" : "w")) == NULL)
 		d2v_fatal(1, "open %s: %s", opt.log, strerror(errno));
+	if (log)
+		log_header(log, step);
 	tlast = d2v_now();
 	for (long epoch = 0; epoch < opt.epochs && !stop; epoch++) {
 		if (epoch > 0) {

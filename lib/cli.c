@@ -1,5 +1,7 @@
 /* cli.c - see cli.h. */
 #include "cli.h"
+#include "backend/gemm.h"
+#include "backend/ops.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -71,7 +73,13 @@ d2v_usage(const char *fmt, ...)
 void
 d2v_version(void)
 {
+	const char *bf16;
+
+	d2v_backend_cpu_bf16(&bf16);
 	printf("%s (d2v) %s\n", d2v_prog, D2V_VERSION);
+	printf("GEMM engine: %s\n", d2v_gemm_engine());
+	printf("bf16 GEMMs: %s\n", bf16);
+	printf("CPU: %s\n", d2v_cpu_name());
 	if (fflush(stdout) != 0 || ferror(stdout))
 		exit(1);
 	exit(0);

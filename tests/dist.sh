@@ -22,7 +22,7 @@ same() {
 import json, struct, sys
 import numpy as np
 def losses(p):
-    return [json.loads(l)["loss"] for l in open(p)]
+    return [l["loss"] for l in map(json.loads, open(p)) if "step" in l]
 def tensors(p):
     b = open(p, "rb").read()
     n = struct.unpack("<Q", b[:8])[0]
@@ -51,8 +51,8 @@ same "$T/b8.log" "$T/a2.log" "$T/b8.safetensors" "$T/a2.safetensors" "--accum 2 
 d2v-train $MODEL -b 4 -i "$T/m.d2v" --steps 20 -c "$T/b4.safetensors" --log "$T/b4.log" -q
 check "... which -b 4 alone is not (the test can tell)" $PY -c '
 import json, sys
-a = [json.loads(l)["loss"] for l in open(sys.argv[1])]
-b = [json.loads(l)["loss"] for l in open(sys.argv[2])]
+a = [l["loss"] for l in map(json.loads, open(sys.argv[1])) if "step" in l]
+b = [l["loss"] for l in map(json.loads, open(sys.argv[2])) if "step" in l]
 assert max(abs(x - y) / abs(x) for x, y in zip(a, b)) > 1e-3' "$T/b8.log" "$T/b4.log"
 status 2 "--accum 0 is a usage error" d2v-train $MODEL --accum 0 -i "$T/m.d2v" --steps 2 -c "$T/x.safetensors" 2> /dev/null
 
@@ -113,7 +113,7 @@ sleep 0.5
 ip netns exec $A sh -c "d2v-teacher -c '$T/tch.safetensors' '$T/m.d2v' 2> /dev/null | socat -u STDIN TCP:10.77.0.2:7700,retry=20,interval=0.2"
 wait $pid
 rc=$?
-check "d2v-teacher | socat (host A) -> socat | d2v-train (host B): 40 steps (status $rc)" [ "$rc" -eq 0 -a "$(wc -l < "$T/net.log")" -eq 40 ]
+check "d2v-teacher | socat (host A) -> socat | d2v-train (host B): 40 steps (status $rc)" [ "$rc" -eq 0 -a "$(grep -c '"step":' "$T/net.log")" -eq 40 ]
 d2v-train $MODEL -b 8 --targets stream -i "$T/cached.d2v" --steps 40 -c "$T/local.safetensors" --log "$T/local.log" -q
 check "... the same steps as training on the targets cached locally" sh -c "cut -d, -f1-3 '$T/net.log' > '$T/a'; cut -d, -f1-3 '$T/local.log' > '$T/b'; cmp -s '$T/a' '$T/b'"
 
@@ -129,7 +129,7 @@ wait $pid
 rc=$?
 check "a connection cut at 60% ends d2v-train with status 1 (status $rc)" [ "$rc" -eq 1 ]
 contains "$T/err" "truncated" "... reporting the stream as truncated"
-n=$(wc -l < "$T/cut.log")
+n=$(grep -c '"step":' "$T/cut.log")
 check "... after training on the whole batches before the cut ($n steps)" [ "$n" -ge 20 -a "$n" -lt 40 ]
 status 0 "... leaving a checkpoint that --resume continues from" d2v-train $MODEL -b 8 --targets stream --steps 40 --resume -i "$T/cached.d2v" -c "$T/cut.safetensors" --log "$T/cut.log" -q
 check "... to step 40" [ "$(tail -1 "$T/cut.log" | $PY -c 'import json,sys; print(json.loads(sys.stdin.read())["step"])')" = 40 ]

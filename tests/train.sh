@@ -15,10 +15,18 @@ check "a 400-image masked stream to train on" [ "$(d2v-show --check "$T/m.d2v" |
 
 # Training: the loss falls, the targets keep their variance.
 status 0 "d2v-train runs 50 steps" d2v-train $MODEL -i "$T/m.d2v" --epochs 1 --steps 50 -c "$T/ck.safetensors" --log "$T/log" 2> "$T/err"
-check "the log has 50 steps" [ "$(wc -l < "$T/log")" -eq 50 ]
+check "the log has a header line and 50 steps" [ "$(wc -l < "$T/log")" -eq 51 ]
+check "the log's first line names the GEMM engine and the CPU" $PY -c '
+import json, sys
+h = json.loads(open(sys.argv[1]).readline())
+assert "step" not in h and h["device"] == "cpu" and h["precision"] == "fp32", h
+assert h["gemm"].startswith(("oneDNN ", "OpenBLAS ")) and "(" in h["gemm"], h
+assert h["cpu"] and h["threads"] >= 1 and h["start_step"] == 0, h
+print("# " + h["gemm"] + " on " + h["cpu"])
+' "$T/log"
 check "the loss falls and target_var stays well above zero" $PY -c '
 import json, sys
-L = [json.loads(l) for l in open(sys.argv[1])]
+L = [l for l in map(json.loads, open(sys.argv[1])) if "step" in l]
 first = sum(l["loss_reg"] for l in L[:5]) / 5; last = sum(l["loss_reg"] for l in L[-5:]) / 5
 print("# regression loss %.4f -> %.4f, target_var %.3f" % (first, last, L[-1]["target_var"]))
 assert last < 0.9 * first, (first, last)
@@ -44,8 +52,8 @@ status 0 "d2v-train --precision bf16 runs the same 50 steps" d2v-train $MODEL --
 contains "$T/err" "precision bf16: \(onednn\|emulated\)" "... and says which engine ran its products"
 check "the bf16 loss falls, tracks fp32 and is not fp32's exactly" $PY -c '
 import json, sys
-A = [json.loads(l) for l in open(sys.argv[1])]
-B = [json.loads(l) for l in open(sys.argv[2])]
+A = [l for l in map(json.loads, open(sys.argv[1])) if "step" in l]
+B = [l for l in map(json.loads, open(sys.argv[2])) if "step" in l]
 a = [l["loss_reg"] for l in A]; b = [l["loss_reg"] for l in B]
 fa, fb = sum(a[-5:]) / 5, sum(b[-5:]) / 5
 print("# fp32 %.4f -> %.4f, bf16 %.4f -> %.4f" % (a[0], fa, b[0], fb))
@@ -87,7 +95,7 @@ d2v-train $MODEL --device cuda -i "$T/m.d2v" --steps 3 -c "$T/cu.safetensors" --
 rc=$?
 if [ "$rc" -eq 0 ]; then
 	ok "d2v-train --device cuda ran on a GPU here"
-	check "... and wrote its checkpoint and 3 log lines" [ -s "$T/cu.safetensors" -a "$(wc -l < "$T/logcu")" -eq 3 ]
+	check "... and wrote its checkpoint and 3 log lines" [ -s "$T/cu.safetensors" -a "$(grep -c '"step":' "$T/logcu")" -eq 3 ]
 else
 	check "d2v-train --device cuda without a usable GPU exits 1 (status $rc)" [ "$rc" -eq 1 ]
 	check "... and writes no checkpoint" [ ! -e "$T/cu.safetensors" ]
@@ -119,7 +127,7 @@ contains "$T/out" "mask *u8 *\[2,16\]" "the mask passes through"
 sha=$(sha256sum "$T/ck.safetensors" | cut -d' ' -f1)
 contains "$T/out" "\"sha256\":\"$sha\"" "the header names the checkpoint's sha256"
 status 0 "d2v-train --targets stream trains on cached targets" d2v-train $MODEL --targets stream -i "$T/cached.d2v" --steps 10 -c "$T/ck2.safetensors" --log "$T/log2"
-check "... for 10 steps" [ "$(wc -l < "$T/log2")" -eq 10 ]
+check "... for 10 steps" [ "$(grep -c '"step":' "$T/log2")" -eq 10 ]
 status 1 "--targets stream without a teacher stage is refused" d2v-train $MODEL --targets stream -i "$T/m.d2v" --steps 2 -c "$T/x.safetensors" 2> "$T/err"
 contains "$T/err" "no d2v-teacher stage" "... with a message saying so"
 d2v-teacher -c "$T/ck.safetensors" --features -1 --pool mean "$T/img.d2v" 2>/dev/null | d2v-show -n 1 > "$T/out"
@@ -166,7 +174,7 @@ pid=$!
 exec 7> "$T/fifo"
 cat "$T/part.d2v" >&7
 i=0
-while [ "$(cat "$T/cut.log" 2>/dev/null | wc -l)" -lt 12 ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
+while [ "$(cat "$T/cut.log" 2>/dev/null | grep -c '"step":')" -lt 12 ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
 kill -9 $pid
 wait $pid 2>/dev/null
 exec 7>&-
@@ -176,7 +184,7 @@ b = open(sys.argv[1], "rb").read(); n = struct.unpack("<Q", b[:8])[0]
 assert json.loads(b[8:8 + n])["__metadata__"]["step"] == "10"
 ' "$T/cut.safetensors"
 status 0 "--resume continues from the checkpoint" d2v-train --resume -i "$T/m.d2v" -c "$T/cut.safetensors" --log "$T/resumed.log"
-check "steps 11..20 after resuming equal the uninterrupted run's, bit for bit" sh -c "tail -n 10 '$T/full.log' | sed 's/,\"tokens_per_sec\".*//' > '$T/a'; sed 's/,\"tokens_per_sec\".*//' '$T/resumed.log' > '$T/b'; cmp -s '$T/a' '$T/b'"
+check "steps 11..20 after resuming equal the uninterrupted run's, bit for bit" sh -c "grep '\"step\":' '$T/full.log' | tail -n 10 | sed 's/,\"tokens_per_sec\".*//' > '$T/a'; grep '\"step\":' '$T/resumed.log' | sed 's/,\"tokens_per_sec\".*//' > '$T/b'; cmp -s '$T/a' '$T/b'"
 check "... and the final checkpoints agree" $PY -c '
 import json, struct, sys
 def body(p):
@@ -185,9 +193,9 @@ def body(p):
 assert body(sys.argv[1]) == body(sys.argv[2])
 ' "$T/full.safetensors" "$T/cut.safetensors"
 status 0 "--until 7 stops a run of 20 steps at step 7" d2v-train $MODEL -i "$T/m.d2v" --steps 20 --until 7 -c "$T/until.safetensors" --log "$T/until.log"
-check "... after 7 logged steps, with step 7 in the checkpoint" sh -c "[ \$(wc -l < '$T/until.log') -eq 7 ] && grep -q '\"step\":\"7\"' '$T/until.safetensors'"
+check "... after 7 logged steps, with step 7 in the checkpoint" sh -c "[ \$(grep -c '\"step\":' '$T/until.log') -eq 7 ] && grep -q '\"step\":\"7\"' '$T/until.safetensors'"
 d2v-train --resume -i "$T/m.d2v" -c "$T/until.safetensors" --log "$T/until.log"
-check "--resume after --until gives the uninterrupted run's 20 steps, bit for bit" sh -c "sed 's/,\"tokens_per_sec\".*//' '$T/full.log' > '$T/a'; sed 's/,\"tokens_per_sec\".*//' '$T/until.log' > '$T/b'; cmp -s '$T/a' '$T/b'"
+check "--resume after --until gives the uninterrupted run's 20 steps, bit for bit" sh -c "grep '\"step\":' '$T/full.log' | sed 's/,\"tokens_per_sec\".*//' > '$T/a'; grep '\"step\":' '$T/until.log' | sed 's/,\"tokens_per_sec\".*//' > '$T/b'; cmp -s '$T/a' '$T/b'"
 
 # A NaN loss stops training and names the last good checkpoint.
 $PY -c '
@@ -223,7 +231,7 @@ V1="--objective v1 --dim 32 --heads 2 --depth 3 -b 16 --lr 2e-3 --warmup 4 --lay
 status 0 "d2v-train --objective v1 trains on block masks" d2v-train $V1 -i "$T/b.d2v" --epochs 2 --steps 40 -c "$T/v1.safetensors" --log "$T/v1log" 2> "$T/err"
 check "the v1 loss falls" $PY -c '
 import json, sys
-L = [json.loads(l) for l in open(sys.argv[1])]
+L = [l for l in map(json.loads, open(sys.argv[1])) if "step" in l]
 first = sum(l["loss"] for l in L[:5]) / 5; last = sum(l["loss"] for l in L[-5:]) / 5
 print("# v1 Smooth-L1 loss %.4f -> %.4f" % (first, last))
 assert len(L) == 40 and last < 0.8 * first, (first, last)

@@ -261,5 +261,9 @@ size_t d2v_conv1d_scratch(int R, int Ti, int Ci, int Co, int k, int st,
  * gradients), for tests and benchmarks; D2V_CPU_PLAIN=1 in the
  * environment sets it when the backend is first asked for. */
 extern int d2v_cpu_plain;
+/* 1: the fast convolutions by d2v's own kernels (direct, taps) rather
+ * than oneDNN's (conv_dnnl.h), for tests and benchmarks; D2V_CONV=own in
+ * the environment sets it when the backend is first asked for. */
+extern int d2v_cpu_conv_own;
 
 #endif

@@ -11,6 +11,7 @@
 #include <omp.h>
 #endif
 
+#include "backend/gemm.h"
 #include "eval/probe.h"
 #include "eval/stats.h"
 #include "rng.h"
@@ -221,7 +222,7 @@ static void
 logits(float *z, const float *x, const float *W, const float *b, long nb,
     int d, int k)
 {
-	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nb, k, d,
+	d2v_sgemm('N', 'N', (int)nb, k, d,
 	    1.0f, x, d, W, k, 0.0f, z, k);
 	for (long i = 0; i < nb; i++)
 		for (int c = 0; c < k; c++)
@@ -283,7 +284,7 @@ lr_block(const float *xb, const int *yb, long nb, int d, int k,
 	}
 	if (gacc == NULL)
 		return bl;
-	cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, d, k, (int)nb,
+	d2v_sgemm('T', 'N', d, k, (int)nb,
 	    1.0f, xb, d, z, k, 0.0f, gw, k);
 	for (size_t j = 0; j < TEN(d) * k; j++)
 		gacc[j] += gw[j];
@@ -497,7 +498,7 @@ rotate(float *xs, long n, float *xt, long m, int d, double *lam,
 			long nb = rows - r0 < LR_BLOCK ? rows - r0 : LR_BLOCK;
 
 			/* tmp (nb,d) = x (nb,d) . E^T */
-			cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nb,
+			d2v_sgemm('N', 'T', (int)nb,
 			    d, d, 1.0f, x + TEN(r0) * d, d, E, d, 0.0f, tmp, d);
 			memcpy(x + TEN(r0) * d, tmp, TEN(nb) * d * sizeof *tmp);
 		}
@@ -732,7 +733,7 @@ d2v_probe_knn(const float *xtr, const int *ytr, long n,
 
 		normalise_rows(te, xte + TEN(r0) * d, mb, d);
 		/* sim (mb,n) = te (mb,d) . tr (n,d)^T: cosine similarities */
-		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)mb,
+		d2v_sgemm('N', 'T', (int)mb,
 		    (int)n, d, 1.0f, te, d, tr, d, 0.0f, sim, (int)n);
 #pragma omp parallel for schedule(static) reduction(+:bh)
 		for (long i = 0; i < mb; i++) {

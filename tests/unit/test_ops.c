@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend/conv_dnnl.h"
 #include "backend/ops.h"
 #include "rng.h"
 #include "t.h"
@@ -355,47 +356,67 @@ test_conv1d(void)
 	conv1d_case(6, 8, 6, 3, 1, 1, 2, 1, "k3 same, 2 groups, 8->6");
 }
 
-/* The direct stride-1 convolution against its twin, im2col and GEMM:
- * output, and the gradients accumulated onto nonzero buffers. */
+/* The fast convolutions against their twin, im2col and GEMM: d2v's own
+ * (direct for stride-1 'same', taps for the feature encoder's) and
+ * oneDNN's where it takes the shape; the output, and the gradients
+ * accumulated onto nonzero buffers.  A 2-D case has stride 1 and 'same'
+ * padding; a 1-D one takes st and pad. */
 static void
-conv_twin(int R, int Hh, int Ww, int Ci, int Co, int k, int G, int two_d)
+conv_twin(int R, int Hh, int Ww, int Ci, int Co, int k, int G, int two_d,
+    int st, int pad)
 {
 	int kh = two_d ? k : 1, Cg = Ci / G;
-	size_t nin = (size_t)R * Hh * Ww * Ci, nout = (size_t)R * Hh * Ww * Co;
+	int Wo = two_d ? Ww : (Ww + 2 * pad - k) / st + 1;
+	size_t nin = (size_t)R * Hh * Ww * Ci, nout = (size_t)R * Hh * Wo * Co;
 	size_t nw = (size_t)Co * Cg * kh * k;
-	size_t ns = d2v_conv_scratch(R, Hh, Ww, Ci, Co, kh, k, G);
+	size_t ns = two_d ? d2v_conv_scratch(R, Hh, Ww, Ci, Co, kh, k, G) :
+	    d2v_conv1d_scratch(R, Ww, Ci, Co, k, st, pad, G);
 	float *in = rnd(nin, 1), *w = rnd(nw, 1), *b = rnd(Co, 1), *dy = rnd(nout, 1);
-	float *col = zeros(ns), *dcol = zeros(ns), *out[2], *din[2], *dw[2], *db[2];
+	float *col = zeros(ns), *dcol = zeros(ns), *out[3], *din[3], *dw[3], *db[3];
 	float *seed_in = rnd(nin, 1), *seed_w = rnd(nw, 1), *seed_b = rnd(Co, 1);
-	double e[4] = {0};
+	d2v_conv_geom g = {.R = R, .Hi = Hh, .Wi = Ww, .Ho = Hh, .Wo = Wo,
+	    .Ci = Ci, .Co = Co, .G = G, .kh = kh, .kw = k, .st = st,
+	    .ph = two_d ? k / 2 : 0, .pw = two_d ? k / 2 : pad};
+	/* the backend takes oneDNN for stride-1 'same' convolutions only */
+	const char *impl = two_d || (st == 1 && 2 * pad + 1 == k) ?
+	    d2v_dnnl_conv_impl(&g) : NULL;
 
-	for (int p = 0; p < 2; p++) {
+	for (int p = 0; p < 3; p++) {
 		out[p] = zeros(nout);
 		din[p] = malloc(nin * 4); memcpy(din[p], seed_in, nin * 4);
 		dw[p] = malloc(nw * 4); memcpy(dw[p], seed_w, nw * 4);
 		db[p] = malloc(Co * 4); memcpy(db[p], seed_b, Co * 4);
-		d2v_cpu_plain = p;
+		d2v_cpu_plain = p == 0;
+		d2v_cpu_conv_own = p == 1;
 		if (two_d) {
 			o->conv2d_forward(out[p], col, in, w, b, R, Hh, Ww, Ci, Co, k, G);
 			o->conv2d_backward(din[p], dw[p], db[p], col, dcol, dy, in, w, R,
 			    Hh, Ww, Ci, Co, k, G);
 		} else {
-			o->conv1d_forward(out[p], col, in, w, b, R, Ww, Ci, Co, k, 1,
-			    k / 2, G);
+			o->conv1d_forward(out[p], col, in, w, b, R, Ww, Ci, Co, k, st,
+			    pad, G);
 			o->conv1d_backward(din[p], dw[p], db[p], col, dcol, dy, in, w, R,
-			    Ww, Ci, Co, k, 1, k / 2, G);
+			    Ww, Ci, Co, k, st, pad, G);
 		}
 	}
 	d2v_cpu_plain = 0;
-	e[0] = t_relerr(out[0], out[1], nout);
-	e[1] = t_relerr(din[0], din[1], nin);
-	e[2] = t_relerr(dw[0], dw[1], nw);
-	e[3] = t_relerr(db[0], db[1], Co);
-	T_OK(e[0] < 1e-5 && e[1] < 1e-5 && e[2] < 1e-5 && e[3] < 1e-6,
-	    "direct conv%s %dx%d, %d->%d channels, k%d, %d groups equals im2col: "
-	    "out %.1e, d(in) %.1e, d(w) %.1e, d(b) %.1e", two_d ? "2d" : "1d",
-	    Hh, Ww, Ci, Co, k, G, e[0], e[1], e[2], e[3]);
-	for (int p = 0; p < 2; p++) {
+	d2v_cpu_conv_own = 0;
+	for (int p = 1; p < 3; p++) {
+		double e[4];
+
+		if (p == 2 && impl == NULL)
+			break;
+		e[0] = t_relerr(out[0], out[p], nout);
+		e[1] = t_relerr(din[0], din[p], nin);
+		e[2] = t_relerr(dw[0], dw[p], nw);
+		e[3] = t_relerr(db[0], db[p], Co);
+		T_OK(e[0] < 1e-5 && e[1] < 1e-5 && e[2] < 1e-5 && e[3] < 1e-6,
+		    "%s conv%s %dx%d, %d->%d channels, k%d s%d, %d groups equals "
+		    "im2col: out %.1e, d(in) %.1e, d(w) %.1e, d(b) %.1e",
+		    p == 1 ? "d2v's" : impl, two_d ? "2d" : "1d", Hh, Ww, Ci, Co,
+		    k, st, G, e[0], e[1], e[2], e[3]);
+	}
+	for (int p = 0; p < 3; p++) {
 		free(out[p]); free(din[p]); free(dw[p]); free(db[p]);
 	}
 	free(in); free(w); free(b); free(dy); free(col); free(dcol);
@@ -580,12 +601,16 @@ test_conv_twins(void)
 	taps_twin(2, 41, 32, 48, 3, 2);  /* the feature encoder's middle */
 	taps_twin(3, 20, 40, 40, 2, 2);  /* its last layers */
 	taps_twin(2, 63, 32, 16, 10, 5); /* overlapping windows, stride 5 */
-	conv_twin(3, 5, 7, 24, 20, 3, 4, 1);   /* 6 -> 5 per group, W < 8 */
-	conv_twin(2, 14, 14, 48, 48, 3, 16, 1); /* the image decoder's shape */
-	conv_twin(2, 9, 10, 16, 40, 5, 2, 1);  /* 20 outputs: 3 blocks of 8 */
-	conv_twin(3, 1, 37, 16, 16, 19, 4, 0); /* the audio position encoder */
-	conv_twin(2, 1, 13, 32, 16, 7, 1, 0);  /* audio decoder, 32 -> 16 */
-	conv_twin(2, 1, 5, 8, 8, 9, 1, 0);     /* kernel longer than the text */
+	conv_twin(3, 5, 7, 24, 20, 3, 4, 1, 1, 1); /* 6 -> 5 per group, W < 8 */
+	conv_twin(2, 14, 14, 48, 48, 3, 16, 1, 1, 1); /* the image decoder's */
+	conv_twin(2, 14, 14, 192, 192, 3, 16, 1, 1, 1); /* B1's decoder */
+	conv_twin(2, 9, 10, 16, 40, 5, 2, 1, 1, 2); /* 20 outputs: 3 blocks of 8 */
+	conv_twin(3, 1, 37, 16, 16, 19, 4, 0, 1, 9); /* audio position encoder */
+	conv_twin(2, 1, 13, 32, 16, 7, 1, 0, 1, 3); /* audio decoder, 32 -> 16 */
+	conv_twin(2, 1, 5, 8, 8, 9, 1, 0, 1, 4); /* kernel longer than the text */
+	conv_twin(2, 1, 400, 1, 32, 10, 1, 0, 5, 0); /* feature encoder's first */
+	conv_twin(2, 1, 79, 32, 32, 3, 1, 0, 2, 0); /* its strided taps */
+	conv_twin(2, 1, 40, 32, 32, 2, 1, 0, 2, 0); /* its last, k2 s2 */
 }
 
 static void
