@@ -346,8 +346,8 @@ class Model:
         self.c = c
         self.pos = sincos_2d(c, dtype)
         C = c["channels"]
-        self.mean = torch.tensor(c["mean"], dtype=dtype).view(1, C, 1, 1)
-        self.std = torch.tensor(c["std"], dtype=dtype).view(1, C, 1, 1)
+        self.mean = torch.tensor(c["mean"][:C], dtype=dtype).view(1, C, 1, 1)
+        self.std = torch.tensor(c["std"][:C], dtype=dtype).view(1, C, 1, 1)
         self.dtype = dtype
 
     def embed(self, p, x_u8):

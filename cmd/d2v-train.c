@@ -4,6 +4,7 @@
  * Usage: d2v-train [OPTION]... -c CHECKPOINT [-i FILE]
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <limits.h>
 #include <math.h>
@@ -11,11 +12,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <omp.h>
 
+#include "atomic.h"
 #include "backend/gemm.h"
 #include "cli.h"
 #include "mask.h"
@@ -45,11 +48,13 @@ static const char usage_text[] =
 "  -i, --input FILE        read FILE (re-read for --epochs); default stdin\n"
 "  -c, --checkpoint PATH   checkpoint to write (and to read with --resume)\n"
 "      --resume            continue from CHECKPOINT, skipping consumed records\n"
+"      --force             replace an existing CHECKPOINT (a fresh run refuses)\n"
 "      --save-every N      also write the checkpoint every N steps\n"
 "      --log FILE          JSON line per logged step\n"
 "      --log-every N       log every N steps (default 1)\n"
 "      --targets SRC       online (EMA teacher, default) or stream\n"
-"      --epochs N          passes over FILE (default 1)\n"
+"      --epochs N          passes over FILE (default: 1, or as many as\n"
+"                          --steps needs)\n"
 "      --steps N           stop after N updates (and size the schedules)\n"
 "      --until N           stop this run at update N (the schedules keep\n"
 "                          their size; continue with --resume)\n"
@@ -94,13 +99,14 @@ enum {
 	O_EMA_END, O_EMA_N, O_CLS, O_NOISE, O_SEED, O_MINTV, O_MINPV, O_VERSION,
 	O_DROP, O_ADROP, O_ACTDROP, O_POSTDROP, O_DPATH, O_EDROP, O_CDROP,
 	O_IDROP, O_LDROP, O_CONVDIM, O_OBJECTIVE, O_LSCALE, O_LBETA, O_UNTIL, O_PRECISION,
-	O_DEVICE, O_ACCUM
+	O_DEVICE, O_ACCUM, O_FORCE
 };
 
 static const struct option longopts[] = {
 	{"input", required_argument, NULL, 'i'},
 	{"checkpoint", required_argument, NULL, 'c'},
 	{"resume", no_argument, NULL, O_RESUME},
+	{"force", no_argument, NULL, O_FORCE},
 	{"save-every", required_argument, NULL, O_SAVE_EVERY},
 	{"log", required_argument, NULL, O_LOG},
 	{"log-every", required_argument, NULL, O_LOG_EVERY},
@@ -163,7 +169,7 @@ static const struct option longopts[] = {
 /* Options that override the model and recipe: NAN / -1 when unset. */
 static struct {
 	const char *input, *ckpt, *log, *preset;
-	int resume, stream_targets, progress, quiet;
+	int resume, stream_targets, progress, quiet, force;
 	long save_every, log_every, epochs, steps, until, accum;
 	long dim, heads, mlp, depth, prenet, topk, ddim, dlayers, dkernel,
 	    dgroups, batch, warmup, ema_n, conv_dim;
@@ -174,7 +180,7 @@ static struct {
 	int bf16, cuda;
 	long long seed;
 } opt = {
-	.progress = -1, .log_every = 1, .accum = 1, .epochs = 1, .steps = -1, .dim = -1,
+	.progress = -1, .log_every = 1, .accum = 1, .epochs = -1, .steps = -1, .dim = -1,
 	.heads = -1, .mlp = -1, .depth = -1, .prenet = -1, .topk = -1,
 	.ddim = -1, .dlayers = -1, .dkernel = -1, .dgroups = -1, .batch = -1,
 	.warmup = -1, .ema_n = -1, .lr = NAN, .min_lr = NAN, .wd = NAN,
@@ -187,11 +193,21 @@ static struct {
 };
 
 static volatile sig_atomic_t stop_signal;
+/* the self-pipe of the signals: every read of the input also waits on it
+ * (d2v_reader_set_interrupt), so that a signal stops one waiting on a
+ * stalled input too */
+static int sig_pipe[2] = {-1, -1};
 
 static void
 on_signal(int sig)
 {
+	int e = errno;
+
 	stop_signal = sig;
+	if (sig_pipe[1] >= 0 && write(sig_pipe[1], "s", 1) < 0) {
+		/* full: a byte is there already */
+	}
+	errno = e;
 }
 
 static void
@@ -208,6 +224,7 @@ parse_args(int argc, char **argv)
 		case 'h': fputs(usage_text, stdout); exit(0);
 		case O_VERSION: d2v_version();
 		case O_RESUME: opt.resume = 1; break;
+		case O_FORCE: opt.force = 1; break;
 		case O_SAVE_EVERY: opt.save_every = d2v_parse_long("--save-every", optarg, 1, LONG_MAX); break;
 		case O_LOG: opt.log = optarg; break;
 		case O_LOG_EVERY: opt.log_every = d2v_parse_long("--log-every", optarg, 1, LONG_MAX); break;
@@ -278,7 +295,7 @@ parse_args(int argc, char **argv)
 	if (opt.ckpt == NULL)
 		d2v_usage("give the checkpoint path with -c");
 	if (opt.epochs > 1 && (opt.input == NULL || !strcmp(opt.input, "-")))
-		d2v_usage("--epochs needs -i FILE (standard input is one pass)");
+		d2v_usage("--epochs needs -i FILE (standard input is read once)");
 }
 
 static const char *in_name;
@@ -780,8 +797,8 @@ check_header(const json_t *hdr, const d2v_config *cfg)
 
 		if (copies > 0 && copies != cfg->clone)
 			d2v_fatal(1, "%s: masks of %ld copies; the model trains "
-			    "with %d (--clone of the checkpoint)", in_name, copies,
-			    cfg->clone);
+			    "with %d (the d2v-mask --copies of its run)", in_name,
+			    copies, cfg->clone);
 	}
 	if (opt.stream_targets) {
 		json_t *tm = d2v_header_meta(hdr, "teacher");
@@ -796,6 +813,141 @@ check_header(const json_t *hdr, const d2v_config *cfg)
 			    "top-K %ld; this model has width %d and top-K %d",
 			    in_name, dim, topk, cfg->dim, cfg->top_k);
 	}
+}
+
+/* --resume: a model or recipe flag that differs from the checkpoint's
+ * config is refused (the checkpoint's is what continues); --steps
+ * lengthens or shortens the schedules and is said. */
+#define CONFLICT_L(o, field, flag) do { \
+	if ((o) >= 0 && (long)(o) != (long)c->field) \
+		d2v_usage("--resume: %s %ld conflicts with the checkpoint's %ld; " \
+		    "drop it to continue, or start a new run", flag, (long)(o), \
+		    (long)c->field); \
+} while (0)
+#define CONFLICT_D(o, field, flag) do { \
+	if (!isnan(o) && fabs((o) - c->field) > 1e-12 * fabs(c->field)) \
+		d2v_usage("--resume: %s %g conflicts with the checkpoint's %g; " \
+		    "drop it to continue, or start a new run", flag, (double)(o), \
+		    (double)c->field); \
+} while (0)
+
+static void
+resume_conflicts(const d2v_config *c)
+{
+	if (opt.preset != NULL)
+		d2v_usage("--resume: --preset is the checkpoint's already; drop it");
+	if (opt.objective != NULL && strcmp(opt.objective,
+	    d2v_config_is_v1(c) ? "v1" : "v2") != 0)
+		d2v_usage("--resume: --objective %s conflicts with the checkpoint's "
+		    "%s", opt.objective, d2v_config_is_v1(c) ? "v1" : "v2");
+	CONFLICT_L(opt.dim, dim, "--dim");
+	CONFLICT_L(opt.heads, heads, "--heads");
+	CONFLICT_L(opt.mlp, mlp_dim, "--mlp");
+	CONFLICT_L(opt.depth, depth, "--depth");
+	CONFLICT_L(opt.prenet, prenet_depth, "--prenet");
+	CONFLICT_L(opt.topk, top_k, "--top-k");
+	CONFLICT_L(opt.ddim, decoder_dim, "--decoder-dim");
+	CONFLICT_L(opt.dlayers, decoder_layers, "--decoder-layers");
+	CONFLICT_L(opt.dkernel, decoder_kernel, "--decoder-kernel");
+	CONFLICT_L(opt.dgroups, decoder_groups, "--decoder-groups");
+	CONFLICT_L(opt.batch, batch, "--batch");
+	CONFLICT_L(opt.warmup, warmup, "--warmup");
+	CONFLICT_L(opt.ema_n, ema_anneal_end_step, "--ema-anneal-end");
+	CONFLICT_L(opt.conv_dim, conv_dim, "--conv-dim");
+	CONFLICT_L(opt.seed, seed, "--seed");
+	CONFLICT_D(opt.lr, lr, "--lr");
+	CONFLICT_D(opt.min_lr, min_lr, "--min-lr");
+	CONFLICT_D(opt.wd, weight_decay, "--weight-decay");
+	CONFLICT_D(opt.clip, clip_norm, "--clip");
+	CONFLICT_D(opt.b1, beta1, "--beta1");
+	CONFLICT_D(opt.b2, beta2, "--beta2");
+	CONFLICT_D(opt.aeps, eps, "--adam-eps");
+	CONFLICT_D(opt.ema, ema_decay, "--ema-decay");
+	CONFLICT_D(opt.ema_end, ema_end_decay, "--ema-end-decay");
+	CONFLICT_D(opt.cls, cls_loss, "--cls-loss");
+	CONFLICT_D(opt.noise, mask_noise_std, "--noise-std");
+	CONFLICT_D(opt.mintv, min_target_var, "--min-target-var");
+	CONFLICT_D(opt.minpv, min_pred_var, "--min-pred-var");
+	CONFLICT_D(opt.drop, encoder_dropout, "--dropout");
+	CONFLICT_D(opt.adrop, attention_dropout, "--attention-dropout");
+	CONFLICT_D(opt.actdrop, activation_dropout, "--activation-dropout");
+	CONFLICT_D(opt.postdrop, post_mlp_drop, "--post-mlp-dropout");
+	CONFLICT_D(opt.dpath, drop_path, "--drop-path");
+	CONFLICT_D(opt.edrop, embed_dropout, "--embed-dropout");
+	CONFLICT_D(opt.cdrop, context_dropout, "--context-dropout");
+	CONFLICT_D(opt.idrop, input_dropout, "--decoder-input-dropout");
+	CONFLICT_D(opt.ldrop, layerdrop, "--layerdrop");
+	CONFLICT_D(opt.lscale, layer_scale, "--layer-scale");
+	CONFLICT_D(opt.lbeta, loss_beta, "--loss-beta");
+}
+
+/* The step of a log line ({"step":N,...}), or -1 for another line. */
+static long
+log_line_step(const char *l)
+{
+	const char *k = strstr(l, "\"step\":");
+	char *end;
+	long v;
+
+	if (k == NULL)
+		return -1;
+	v = strtol(k + 7, &end, 10);
+	return end == k + 7 ? -1 : v;
+}
+
+/* The log, opened for a run from step: a fresh run writes it anew; a
+ * resumed one keeps what the log holds up to the checkpoint's step and
+ * drops the steps after it (trained again now), so that no step appears
+ * twice. */
+static FILE *
+log_open(long step)
+{
+	FILE *f, *old;
+	char *line = NULL;
+	size_t cap = 0;
+	d2v_atomic at;
+	d2v_err err;
+
+	if (!opt.resume || (old = fopen(opt.log, "r")) == NULL) {
+		if ((f = fopen(opt.log, opt.resume ? "a" : "w")) == NULL)
+			d2v_fatal(1, "--log %s: %s", opt.log, strerror(errno));
+		return f;
+	}
+	/* cut back through a temporary, renamed over the log */
+	if (d2v_atomic_open(&at, opt.log, 0666, &err) < 0)
+		d2v_fatal(1, "--log: %s", err.msg);
+	if (at.in_place) { /* a device or FIFO: nothing to cut */
+		fclose(old);
+		d2v_atomic_abort(&at);
+		if ((f = fopen(opt.log, "a")) == NULL)
+			d2v_fatal(1, "--log %s: %s", opt.log, strerror(errno));
+		return f;
+	}
+	if ((f = fdopen(dup(at.fd), "w")) == NULL)
+		d2v_fatal(1, "--log %s: %s", opt.log, strerror(errno));
+	while (getline(&line, &cap, old) > 0)
+		if (log_line_step(line) <= step)
+			fputs(line, f);
+	free(line);
+	fclose(old);
+	if (fflush(f) != 0 || ferror(f) || fclose(f) != 0 ||
+	    d2v_atomic_commit(&at, &err) < 0) {
+		d2v_atomic_abort(&at);
+		d2v_fatal(1, "--log %s: cutting it back to step %ld failed",
+		    opt.log, step);
+	}
+	if ((f = fopen(opt.log, "a")) == NULL)
+		d2v_fatal(1, "--log %s: %s", opt.log, strerror(errno));
+	return f;
+}
+
+/* a write error of the log stops training (the checkpoint of the last
+ * --save-every, if any, is intact) */
+static void
+log_check(FILE *log)
+{
+	if (fflush(log) != 0 || ferror(log))
+		d2v_fatal(1, "--log %s: write error: %s", opt.log, strerror(errno));
 }
 
 /* The log's first line of a run (and of each resumed part): what computed
@@ -818,7 +970,7 @@ log_header(FILE *log, long step)
 	if (h == NULL || (s = json_dumps(h, JSON_COMPACT)) == NULL)
 		d2v_fatal(1, "out of memory for the log");
 	fprintf(log, "%s\n", s);
-	fflush(log);
+	log_check(log);
 	free(s);
 	json_decref(h);
 }
@@ -832,7 +984,7 @@ log_step(FILE *log, long step, const d2v_step_out *o, double lr, double tau,
 	    "\"target_var\":%.7g,\"pred_var\":%.7g,\"tokens_per_sec\":%.1f}\n",
 	    step, o->loss, o->loss_reg, o->loss_cls, lr, tau, gnorm,
 	    o->target_var, o->pred_var, tps);
-	fflush(log);
+	log_check(log);
 }
 
 int
@@ -848,8 +1000,10 @@ main(int argc, char **argv)
 	batch *parts;
 	float *acc = NULL; /* (lay.total) the update's gradient, parts > 1 */
 	FILE *log = NULL;
-	long step = 0, skip = 0, steps, saved_step = -1, seen = 0;
-	int progress, fd, rc = 1, stop = 0, pending = 0, np, j = 0;
+	long step = 0, skip = 0, steps, saved_step = -1, seen = 0, nrec = -1;
+	long epoch0 = 0, epochs, bs;
+	int progress, fd, rc = 1, stop = 0, pending = 0, np, j = 0, file;
+	struct stat st, ck;
 	double tlast;
 	const d2v_ops *ops;
 
@@ -865,13 +1019,37 @@ main(int argc, char **argv)
 	dist_gpu_init();
 	progress = d2v_progress_enabled(opt.quiet ? 0 : opt.progress);
 	in_name = opt.input && strcmp(opt.input, "-") ? opt.input : "stdin";
+	/* the output paths before anything is trained */
+	if (d2v_atomic_check(opt.ckpt, &err) < 0)
+		d2v_fatal(1, "-c: %s", err.msg);
+	if (opt.log != NULL) {
+		char *a = d2v_path_resolve(opt.log), *b = d2v_path_resolve(opt.ckpt);
+
+		if (d2v_same_file(opt.log, opt.ckpt) || (a && b && !strcmp(a, b)))
+			d2v_usage("--log and -c name the same file, %s: the log "
+			    "would be lost", opt.ckpt);
+		free(a);
+		free(b);
+	}
+	if (pipe2(sig_pipe, O_CLOEXEC | O_NONBLOCK) < 0)
+		d2v_fatal(1, "pipe: %s", strerror(errno));
 	signal(SIGINT, on_signal);
 	signal(SIGTERM, on_signal);
 
 	fd = d2v_open_in(opt.input);
-	if (d2v_reader_open_fd(&r, fd, in_name, &err) < 0 ||
-	    d2v_reader_begin(r, &err) < 0)
+	file = fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+	if (opt.epochs > 1 && !file)
+		d2v_usage("--epochs needs -i FILE, a regular file (%s is read "
+		    "once)", in_name);
+	if (d2v_reader_open_fd(&r, fd, in_name, &err) < 0)
 		d2v_fatal(1, "%s", err.msg);
+	d2v_reader_set_interrupt(r, sig_pipe[0]);
+	if (d2v_reader_begin(r, &err) < 0) {
+		if (stop_signal)
+			d2v_fatal(1, "%s before the stream began; nothing trained",
+			    strsignal(stop_signal));
+		d2v_fatal(1, "%s", err.msg);
+	}
 	check_header(d2v_reader_header(r), NULL);
 	d2v_record_init(&rec);
 	if (!opt.resume && !strcmp(d2v_header_modality(d2v_reader_header(r)),
@@ -883,15 +1061,28 @@ main(int argc, char **argv)
 		pending = 1;
 	}
 	steps = opt.steps;
-	if (steps < 0) {
+	epochs = opt.epochs > 0 ? opt.epochs : 1;
+	{
 		const char *mod = d2v_header_modality(d2v_reader_header(r));
-		long bs = (opt.batch > 0 ? opt.batch : mod && !strcmp(mod, "audio") ?
-		    8 : mod && !strcmp(mod, "text") ? 64 : 16) * np;
 
-		if (fd == 0)
-			d2v_usage("give --steps when reading standard input (it "
-			    "sizes the learning-rate schedule)");
-		steps = (count_records(opt.input) * opt.epochs + bs - 1) / bs;
+		bs = (opt.batch > 0 ? opt.batch : mod && !strcmp(mod, "audio") ?
+		    8 : mod && !strcmp(mod, "text") ? 64 : 16) * np;
+	}
+	if (steps < 0 && !file)
+		d2v_usage("give --steps when reading %s: it sizes the "
+		    "learning-rate schedule, and %s cannot be counted without "
+		    "consuming it", in_name, fd == 0 ? "standard input" :
+		    "a pipe or device");
+	if (!opt.resume && !opt.force && stat(opt.ckpt, &ck) == 0 &&
+	    S_ISREG(ck.st_mode))
+		d2v_fatal(1, "%s exists: --resume continues its run, --force "
+		    "replaces it (or name another checkpoint)", opt.ckpt);
+	/* the records of one pass: each pass ends with a short update
+	 * where the batch does not divide them */
+	if (file && (steps < 0 || opt.resume))
+		nrec = count_records(opt.input);
+	if (steps < 0) {
+		steps = (nrec + bs - 1) / bs * epochs;
 		if (steps < 1)
 			d2v_fatal(1, "%s: no records to train on", in_name);
 	}
@@ -900,7 +1091,44 @@ main(int argc, char **argv)
 		    &err) < 0)
 			d2v_fatal(1, "--resume: %s", err.msg);
 		cfg = m.cfg;
-		skip = step * cfg.batch * np;
+		resume_conflicts(&cfg);
+		if (opt.steps > 0 && opt.steps != cfg.max_update) {
+			if (opt.steps <= step)
+				d2v_usage("--resume: --steps %ld, but the checkpoint is "
+				    "at step %ld already", opt.steps, step);
+			if (!opt.quiet)
+				d2v_warn("--steps %ld: the schedules now end at step "
+				    "%ld (the checkpoint's run was sized for %ld)",
+				    opt.steps, opt.steps, cfg.max_update);
+			cfg.max_update = opt.steps;
+			m.cfg.max_update = opt.steps;
+		}
+		if (step >= cfg.max_update) {
+			if (!opt.quiet)
+				d2v_warn("%s is at step %ld of %ld: the run is "
+				    "finished; nothing to do (--steps N lengthens it)",
+				    opt.ckpt, step, cfg.max_update);
+			return 0;
+		}
+		if (opt.until > 0 && opt.until <= step) {
+			if (!opt.quiet)
+				d2v_warn("%s is at step %ld, at or past --until %ld; "
+				    "nothing to do", opt.ckpt, step, opt.until);
+			return 0;
+		}
+		bs = (long)cfg.batch * np;
+		if (nrec > 0) {
+			long per = (nrec + bs - 1) / bs; /* updates per pass */
+
+			epoch0 = step / per;
+			skip = step % per * bs;
+			if (opt.epochs > 0 && epoch0 >= opt.epochs)
+				d2v_usage("--resume: the checkpoint is at step %ld, "
+				    "past --epochs %ld of %ld records", step,
+				    opt.epochs, nrec);
+		} else {
+			skip = step * bs;
+		}
 		saved_step = step;
 	} else {
 		make_config(&cfg, d2v_reader_header(r), steps);
@@ -930,20 +1158,27 @@ main(int argc, char **argv)
 		parts[0].rec[0] = rec;
 		d2v_record_init(&rec);
 	}
-	if (rank == 0 && opt.log != NULL &&
-	    (log = fopen(opt.log, opt.resume ? "a" : "w")) == NULL)
-		d2v_fatal(1, "open %s: %s", opt.log, strerror(errno));
-	if (log)
+	if (rank == 0 && opt.log != NULL) {
+		log = log_open(step);
 		log_header(log, step);
+	}
+	/* without --epochs, as many passes as --steps needs */
+	if (opt.epochs < 0)
+		epochs = file ? LONG_MAX : 1;
 	tlast = d2v_now();
-	for (long epoch = 0; epoch < opt.epochs && !stop; epoch++) {
-		if (epoch > 0) {
+	for (long epoch = epoch0; epoch < epochs && !stop; epoch++) {
+		long step_before = step;
+
+		if (epoch > epoch0) {
 			d2v_prefetch_stop(pf);
 			pf = NULL;
 			d2v_reader_free(r);
 			lseek(fd, 0, SEEK_SET);
 			if (d2v_reader_open_fd(&r, fd, in_name, &err) < 0)
 				d2v_fatal(1, "%s", err.msg);
+			d2v_reader_set_interrupt(r, sig_pipe[0]);
+			seen = 0;
+			skip = 0;
 		}
 		/* the records of the next update are read while this one
 		 * computes */
@@ -972,7 +1207,9 @@ main(int argc, char **argv)
 					continue;
 				}
 			}
-			if (rc < 0) {
+			if (rc < 0 && stop_signal) {
+				stop = 1; /* a signal stopped a read: as while computing */
+			} else if (rc < 0) {
 				d2v_warn("%s", err.msg);
 				stop = 2;
 			}
@@ -1097,6 +1334,8 @@ main(int argc, char **argv)
 			if (rc <= 0)
 				break;
 		}
+		if (step == step_before && !stop)
+			break; /* a pass without an update: no more would come */
 	}
 	if (progress)
 		fputc('\n', stderr);
@@ -1105,6 +1344,16 @@ main(int argc, char **argv)
 	if (stop_signal && !opt.quiet)
 		d2v_warn("%s: stopped at step %ld; checkpoint %s written",
 		    strsignal(stop_signal), step, opt.ckpt);
+	else if (stop == 2)
+		d2v_warn("checkpoint %s written at step %ld, the last whole "
+		    "update before the error (--resume continues from it)",
+		    opt.ckpt, step);
+	else if (step < cfg.max_update && !(opt.until > 0 && step >= opt.until) &&
+	    !opt.quiet)
+		d2v_warn("%s ended at step %ld of %ld%s: the schedules were sized "
+		    "for %ld steps; give %s, or fewer --steps", in_name, step,
+		    cfg.max_update, opt.epochs > 0 ? " (the --epochs given)" : "",
+		    cfg.max_update, file ? "more --epochs" : "more input");
 	if (log)
 		fclose(log);
 	d2v_record_clear(&rec);

@@ -176,9 +176,10 @@ d2v_parse_double(const char *opt, const char *s, double lo, double hi)
 void
 d2v_out_open(d2v_out *o, const char *path, int binary)
 {
-	struct stat st;
+	d2v_err err;
 
 	memset(o, 0, sizeof *o);
+	o->at.fd = -1;
 	if (path == NULL || strcmp(path, "-") == 0) {
 		o->fd = 1;
 		o->name = "stdout";
@@ -192,26 +193,13 @@ d2v_out_open(d2v_out *o, const char *path, int binary)
 	if (o->path == NULL)
 		d2v_fatal(1, "out of memory");
 	o->name = o->path;
-	if (stat(path, &st) == 0 && !S_ISREG(st.st_mode)) {
-		/* a device or a FIFO (-o /dev/null, a named pipe): written in
-		 * place, since renaming a file over it would replace it */
-		o->fd = open(path, O_WRONLY | O_CLOEXEC);
-		if (o->fd < 0)
-			d2v_fatal(1, "open %s: %s", path, strerror(errno));
-		if (binary && isatty(o->fd))
-			d2v_usage("refusing to write a binary stream to the "
-			    "terminal %s", path);
-		return;
-	}
-	if (asprintf(&o->tmp, "%s.tmp.%ld", path, (long)getpid()) < 0)
-		d2v_fatal(1, "out of memory");
-	o->fd = open(o->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
-	if (o->fd < 0) {
-		int e = errno;
-
-		free(o->tmp);
-		o->tmp = NULL;
-		d2v_fatal(1, "open %s: %s", path, strerror(e));
+	if (d2v_atomic_open(&o->at, path, 0666, &err) < 0)
+		d2v_fatal(1, "%s", err.msg);
+	o->fd = o->at.fd;
+	if (o->at.in_place && binary && isatty(o->fd)) {
+		d2v_atomic_abort(&o->at);
+		d2v_usage("refusing to write a binary stream to the terminal %s",
+		    path);
 	}
 	active_out = o;
 }
@@ -222,7 +210,7 @@ d2v_out_file(d2v_out *o)
 	if (o->fp == NULL) {
 		if (o->fd == 1)
 			o->fp = stdout;
-		else if ((o->fp = fdopen(o->fd, "w")) == NULL)
+		else if ((o->fp = fdopen(dup(o->fd), "w")) == NULL)
 			d2v_fatal(1, "%s: %s", o->name, strerror(errno));
 	}
 	return o->fp;
@@ -232,12 +220,9 @@ void
 d2v_out_commit(d2v_out *o)
 {
 	int bad = 0, e = 0;
+	d2v_err err;
 
 	if (o->fp != NULL && (fflush(o->fp) != 0 || ferror(o->fp))) {
-		bad = 1;
-		e = errno;
-	}
-	if (!bad && o->tmp != NULL && fsync(o->fd) != 0 && errno != EINVAL) {
 		bad = 1;
 		e = errno;
 	}
@@ -246,7 +231,8 @@ d2v_out_commit(d2v_out *o)
 			bad = 1;
 			e = errno;
 		}
-	} else if (close(o->fd) != 0 && !bad && errno != EBADF) {
+	} else if (o->path == NULL && close(o->fd) != 0 && !bad &&
+	    errno != EBADF) {
 		bad = 1;
 		e = errno;
 	}
@@ -254,13 +240,8 @@ d2v_out_commit(d2v_out *o)
 	if (bad)
 		d2v_fatal(1, "%s: write error: %s", o->name,
 		    e ? strerror(e) : "unknown error");
-	if (o->tmp != NULL) {
-		if (rename(o->tmp, o->path) != 0)
-			d2v_fatal(1, "rename %s to %s: %s", o->tmp, o->path,
-			    strerror(errno));
-		free(o->tmp);
-		o->tmp = NULL;
-	}
+	if (o->path != NULL && d2v_atomic_commit(&o->at, &err) < 0)
+		d2v_fatal(1, "%s", err.msg);
 	if (active_out == o)
 		active_out = NULL;
 	free(o->path);
@@ -270,11 +251,11 @@ d2v_out_commit(d2v_out *o)
 void
 d2v_out_abort(d2v_out *o)
 {
-	if (o->tmp != NULL) {
-		unlink(o->tmp);
-		free(o->tmp);
-		o->tmp = NULL;
-	}
+	if (o->fp != NULL && o->fp != stdout)
+		fclose(o->fp);
+	o->fp = NULL;
+	if (o->path != NULL)
+		d2v_atomic_abort(&o->at);
 	if (active_out == o)
 		active_out = NULL;
 }

@@ -11,16 +11,19 @@
  *     ... write to out.fd ...
  *     d2v_out_commit(&out);               // file: fsync + rename; stdout: checked close
  *
- * An output file is written under a temporary name beside it and renamed only
- * on success; d2v_fatal() removes it, so no half-written file is left behind.
- * An existing path that is not a regular file (/dev/null, a FIFO) is written
- * in place instead: a rename would replace the device or the pipe.
+ * An output file is written atomically (atomic.h): to an unnamed temporary
+ * beside it, named and renamed over it only on success, so no half-written
+ * file is left behind, even after SIGKILL; a symbolic link is written
+ * through, its target replaced; an existing path that is not a regular file
+ * (/dev/null, a FIFO) is written in place: a rename would replace the device
+ * or the pipe.
  */
 #ifndef D2V_CLI_H
 #define D2V_CLI_H
 
 #include <stdio.h>
 
+#include "atomic.h"
 #include "backend/ops.h"
 #include "model/config.h"
 #include "stream.h"
@@ -95,8 +98,8 @@ const d2v_ops *d2v_cli_backend(int cuda, int *bf16, int quiet);
 typedef struct d2v_out {
 	int fd;          /* where to write */
 	FILE *fp;        /* stdio on fd, opened on demand by d2v_out_file() */
-	char *path;      /* final path, NULL for stdout */
-	char *tmp;       /* temporary path while writing, NULL for stdout */
+	char *path;      /* the path named, NULL for stdout */
+	d2v_atomic at;   /* the file's atomic write (at.fd is fd) */
 	const char *name;/* for messages: the path or "stdout" */
 } d2v_out;
 

@@ -427,6 +427,7 @@ struct d2v_reader {
 	msgpack_unpacked res;
 	int fd;                   /* -1 for a memory reader */
 	int wake;                 /* d2v_reader_set_wake's fd, or -1 */
+	int intr;                 /* d2v_reader_set_interrupt's fd, or -1 */
 	const unsigned char *mem;
 	size_t memlen, mempos;
 	char name[256];
@@ -443,26 +444,35 @@ struct d2v_reader {
 };
 
 /* 0 once r->fd has input (or its end, or an error, for read to say),
- * 1 when r->wake became readable first */
+ * 1 when r->wake became readable first, 2 when r->intr did */
 static int
 wait_input(d2v_reader *r)
 {
-	struct pollfd pf[2] = {
+	struct pollfd pf[3] = {
 		{ .fd = r->fd, .events = POLLIN },
 		{ .fd = r->wake, .events = POLLIN },
+		{ .fd = r->intr, .events = POLLIN },
 	};
 
 	for (;;) {
-		if (poll(pf, 2, -1) < 0) {
+		if (poll(pf, 3, -1) < 0) {
 			if (errno == EINTR)
 				continue;
 			return 0; /* let read say what is wrong */
 		}
+		if (pf[2].revents)
+			return 2;
 		if (pf[1].revents)
 			return 1;
 		if (pf[0].revents)
 			return 0;
 	}
+}
+
+void
+d2v_reader_set_interrupt(d2v_reader *r, int fd)
+{
+	r->intr = fd;
 }
 
 void
@@ -485,6 +495,7 @@ reader_new(d2v_reader **rp, const char *name, size_t initial, d2v_err *err)
 	snprintf(r->name, sizeof r->name, "%s", name);
 	r->fd = -1;
 	r->wake = -1;
+	r->intr = -1;
 	r->limit = d2v_tensor_limit();
 	*rp = r;
 	return 0;
@@ -572,7 +583,11 @@ reader_fill(d2v_reader *r)
 			    (size_t)n);
 		r->mempos += (size_t)n;
 	} else {
-		if (r->wake >= 0 && wait_input(r) != 0)
+		int w = r->wake >= 0 || r->intr >= 0 ? wait_input(r) : 0;
+
+		if (w == 2)
+			return rerr(r, D2V_EIO, "reading interrupted");
+		if (w == 1)
 			return rerr(r, D2V_EIO, "reading stopped");
 		do
 			n = read(r->fd, msgpack_unpacker_buffer(&r->u),

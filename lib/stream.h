@@ -134,6 +134,11 @@ void d2v_reader_free(d2v_reader *r);
  * first: another thread's way to stop one blocked in a read.  -1 turns
  * it off. */
 void d2v_reader_set_wake(d2v_reader *r, int fd);
+/* Likewise with fd >= 0 every read first waits for the input or fd, and
+ * fails ("reading interrupted", sticky) when fd becomes readable first;
+ * fd is never read: a signal handler's self-pipe, which stops every read
+ * after the signal.  -1 turns it off. */
+void d2v_reader_set_interrupt(d2v_reader *r, int fd);
 
 /* Reads up to and including the first header; returns 0, or an error
  * (D2V_EEMPTY for an empty input). Called by d2v_reader_next if needed. */

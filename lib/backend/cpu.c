@@ -11,6 +11,13 @@
 #include "conv_dnnl.h"
 #include "gemm.h"
 
+#ifdef _OPENMP
+#include <omp.h>
+#else
+static int omp_get_max_threads(void) { return 1; }
+static int omp_get_thread_num(void) { return 0; }
+#endif
+
 int d2v_cpu_plain;
 int d2v_cpu_conv_own;
 
@@ -87,10 +94,85 @@ matmul_backward(float *din, float *dw, float *db, const float *dout,
 		bias_backward(db, dout, M, N);
 }
 
+/* LayerNorm with the sums over a row in vector lanes of double (the plain
+ * twin below adds them one by one): the same arithmetic in another
+ * order. */
+static void
+layernorm_forward_simd(float *out, float *mean, float *rstd, const float *in,
+    const float *w, const float *b, int rows, int C, float eps)
+{
+#pragma omp parallel for schedule(static)
+	for (int i = 0; i < rows; i++) {
+		const float *x = in + (size_t)i * C;
+		float *y = out + (size_t)i * C;
+		double m = 0, v = 0;
+		float rs;
+
+#pragma omp simd reduction(+:m)
+		for (int c = 0; c < C; c++)
+			m += x[c];
+		m /= C;
+#pragma omp simd reduction(+:v)
+		for (int c = 0; c < C; c++)
+			v += (x[c] - m) * (x[c] - m);
+		v /= C;
+		rs = (float)(1.0 / sqrt(v + eps));
+		if (w) {
+#pragma omp simd
+			for (int c = 0; c < C; c++)
+				y[c] = (float)(x[c] - m) * rs * w[c] + b[c];
+		} else {
+#pragma omp simd
+			for (int c = 0; c < C; c++)
+				y[c] = (float)(x[c] - m) * rs;
+		}
+		if (mean)
+			mean[i] = (float)m;
+		if (rstd)
+			rstd[i] = rs;
+	}
+}
+
+/* din of LayerNorm's backward, the row sums in vector lanes */
+static void
+layernorm_din_simd(float *din, const float *dout, const float *in,
+    const float *mean, const float *rstd, const float *w, int rows, int C)
+{
+#pragma omp parallel for schedule(static)
+	for (int i = 0; i < rows; i++) {
+		const float *x = in + (size_t)i * C, *dy = dout + (size_t)i * C;
+		float *dx = din + (size_t)i * C, mi = mean[i], ri = rstd[i];
+		double a = 0, bsum = 0;
+		float af, bf;
+
+#pragma omp simd reduction(+:a, bsum)
+		for (int c = 0; c < C; c++) {
+			float xh = (x[c] - mi) * ri;
+			float g = w ? dy[c] * w[c] : dy[c];
+
+			a += g;
+			bsum += g * xh;
+		}
+		af = (float)(a / C);
+		bf = (float)(bsum / C);
+#pragma omp simd
+		for (int c = 0; c < C; c++) {
+			float xh = (x[c] - mi) * ri;
+			float g = w ? dy[c] * w[c] : dy[c];
+
+			dx[c] += ri * (g - af - xh * bf);
+		}
+	}
+}
+
 static void
 layernorm_forward(float *out, float *mean, float *rstd, const float *in,
     const float *w, const float *b, int rows, int C, float eps)
 {
+	if (!d2v_cpu_plain) {
+		layernorm_forward_simd(out, mean, rstd, in, w, b, rows, C, eps);
+		return;
+	}
 #pragma omp parallel for schedule(static)
 	for (int i = 0; i < rows; i++) {
 		const float *x = in + (size_t)i * C;
@@ -122,7 +204,9 @@ layernorm_backward(float *din, float *dw, float *db, const float *dout,
     const float *in, const float *mean, const float *rstd, const float *w,
     int rows, int C)
 {
-	if (din != NULL) {
+	if (din != NULL && !d2v_cpu_plain) {
+		layernorm_din_simd(din, dout, in, mean, rstd, w, rows, C);
+	} else if (din != NULL) {
 #pragma omp parallel for schedule(static)
 		for (int i = 0; i < rows; i++) {
 			const float *x = in + (size_t)i * C, *dy = dout + (size_t)i * C;
@@ -239,6 +323,20 @@ vcdf(float x, float *pdf)
 	return x >= 0 ? 1.0f - half_erfc : half_erfc;
 }
 
+/* vcdf without the density: erfc's two exponentials in one */
+static inline float
+vcdf1(float x)
+{
+	float z = fabsf(x) * (float)M_SQRT1_2, t = 1.0f / (1.0f + 0.5f * z);
+	float p = -1.26551223f + t * (1.00002368f + t * (0.37409196f +
+	    t * (0.09678418f + t * (-0.18628806f + t * (0.27886807f +
+	    t * (-1.13520398f + t * (1.48851587f + t * (-0.82215223f +
+	    t * 0.17087277f))))))));
+	float half_erfc = 0.5f * t * vexpf(p - z * z);
+
+	return x >= 0 ? 1.0f - half_erfc : half_erfc;
+}
+
 static void
 gelu_forward(float *out, const float *in, size_t n)
 {
@@ -249,11 +347,8 @@ gelu_forward(float *out, const float *in, size_t n)
 		return;
 	}
 #pragma omp parallel for simd schedule(static)
-	for (size_t i = 0; i < n; i++) {
-		float pdf;
-
-		out[i] = in[i] * vcdf(in[i], &pdf);
-	}
+	for (size_t i = 0; i < n; i++)
+		out[i] = in[i] * vcdf1(in[i]);
 }
 
 static void
@@ -405,89 +500,40 @@ attention_backward_plain(float *dqkv, float *dslope, const float *dout,
 
 /*
  * The attention kernels above are the plain twins.  These compute the
- * same thing with the keys (and, backward, the values) of a head
- * transposed to (hd, T) in a per-thread buffer, so that a row of scores
- * is a sum of hd vectors over the keys instead of T dot products with a
- * horizontal reduction each, and the softmax uses the vectorised exp.
+ * same thing as four GEMMs per head (scores, mix; backward: the
+ * probabilities' and the values' gradients, then those of the queries and
+ * keys), each on one thread, the heads of all sequences shared among the
+ * threads; the queries, keys and values are read in place from qkv (a
+ * leading dimension of 3D).  The softmax between them is row by row with
+ * the vectorised exp.  Where the GEMM engine cannot run inside a parallel
+ * region (gemm.h) the plain loops run instead.
  */
-/* Keys (or values) of head h of one sequence transposed: kt (hd, Tp),
- * zero past T (Tp = round32(T)). */
 static void
-head_t(float *kt, const float *base, int T, int Tp, int D, int off, int hd)
+softmax_rows(float *P, const float *slope, const int *ps, int h, int T)
 {
-	for (int e = 0; e < hd; e++) {
-		float *row = kt + (size_t)e * Tp;
+	for (int i = 0; i < T; i++) {
+		float *p = P + (size_t)i * T, mx = -INFINITY, sum = 0;
 
-		for (int j = 0; j < T; j++)
-			row[j] = base[(size_t)j * 3 * D + off + e];
-		for (int j = T; j < Tp; j++)
-			row[j] = 0;
-	}
-}
+		if (ps) {
+			float sl = slope[h];
+			int pi = ps[i];
 
-/* p (T) = scale * q (hd) . kt (hd, Tp): 32 keys at a time in four
- * register accumulators over the hd products */
-static void
-row_scores(float *p, const float *q, float scale, const float *kt, int hd,
-    int T, int Tp)
-{
-	for (int j0 = 0; j0 < T; j0 += 32) {
-		v8f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, acc[4];
-		const float *k0 = kt + j0;
-		int n = T - j0 < 32 ? T - j0 : 32;
-
-		for (int e = 0; e < hd; e++) {
-			float qe = q[e] * scale;
-			const float *kr = k0 + (size_t)e * Tp;
-
-			a0 += qe * v8_load(kr);
-			a1 += qe * v8_load(kr + 8);
-			a2 += qe * v8_load(kr + 16);
-			a3 += qe * v8_load(kr + 24);
+#pragma omp simd
+			for (int j = 0; j < T; j++)
+				p[j] -= sl * (float)abs(pi - ps[j]);
 		}
-		acc[0] = a0; acc[1] = a1; acc[2] = a2; acc[3] = a3;
-		memcpy(p + j0, acc, sizeof(float) * (size_t)n);
-	}
-}
-
-/* o (hd) += sum over j < T of w[j] * vb[j * stride + e]: 32 channels at
- * a time in registers over all j, then 8, then one */
-static void
-row_mix(float *o, const float *w, const float *vb, size_t stride, int hd,
-    int T)
-{
-	int e0 = 0;
-
-	for (; e0 + 32 <= hd; e0 += 32) {
-		v8f a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, acc[4];
-
+#pragma omp simd reduction(max:mx)
+		for (int j = 0; j < T; j++)
+			mx = p[j] > mx ? p[j] : mx;
+#pragma omp simd reduction(+:sum)
 		for (int j = 0; j < T; j++) {
-			const float *v = vb + (size_t)j * stride + e0;
-			float wj = w[j];
-
-			a0 += wj * v8_load(v);
-			a1 += wj * v8_load(v + 8);
-			a2 += wj * v8_load(v + 16);
-			a3 += wj * v8_load(v + 24);
+			p[j] = vexpf(p[j] - mx);
+			sum += p[j];
 		}
-		acc[0] = a0; acc[1] = a1; acc[2] = a2; acc[3] = a3;
-		for (int e = 0; e < 32; e++)
-			o[e0 + e] += acc[e / 8][e % 8];
-	}
-	for (; e0 + 8 <= hd; e0 += 8) {
-		v8f a = {0};
-
+		sum = 1.0f / sum;
+#pragma omp simd
 		for (int j = 0; j < T; j++)
-			a += w[j] * v8_load(vb + (size_t)j * stride + e0);
-		for (int e = 0; e < 8; e++)
-			o[e0 + e] += a[e];
-	}
-	for (; e0 < hd; e0++) {
-		float a = 0;
-
-		for (int j = 0; j < T; j++)
-			a += w[j] * vb[(size_t)j * stride + e0];
-		o[e0] += a;
+			p[j] *= sum;
 	}
 }
 
@@ -496,68 +542,42 @@ attention_forward(float *out, float *probs, const float *qkv,
     const float *drop, const float *slope, const int *pos, int R, int T,
     int D, int H)
 {
-	int hd = D / H, Tp = (T + 31) / 32 * 32;
+	int hd = D / H, ld = 3 * D, nt = omp_get_max_threads();
 	float scale = 1.0f / sqrtf((float)hd);
+	/* per thread: the probabilities after dropout (T, T) */
+	float *buf = drop ? malloc(sizeof(float) * (size_t)nt * T * T) : NULL;
 
-	if (d2v_cpu_plain) {
+	if (d2v_cpu_plain || !d2v_sgemm_nests() || (drop && buf == NULL)) {
+		free(buf);
 		attention_forward_plain(out, probs, qkv, drop, slope, pos, R, T, D, H);
 		return;
 	}
-#pragma omp parallel
-	{
-		float *kt = malloc(sizeof(float) * (size_t)hd * Tp); /* (hd, Tp) */
-		float *pd = malloc(sizeof(float) * (size_t)Tp);      /* (T) */
+#pragma omp parallel for collapse(2) schedule(static) num_threads(nt)
+	for (int r = 0; r < R; r++) {
+		for (int h = 0; h < H; h++) {
+			const float *base = qkv + (size_t)r * T * ld + h * hd;
+			float *P = probs + ((size_t)r * H + h) * T * T;
+			const float *Pm = P;
 
-#pragma omp for collapse(2) schedule(static)
-		for (int r = 0; r < R; r++) {
-			for (int h = 0; h < H; h++) {
-				const float *base = qkv + (size_t)r * T * 3 * D;
-				float *P = probs + ((size_t)r * H + h) * T * T;
-				const int *ps = slope ? pos + (size_t)r * T : NULL;
-
-				head_t(kt, base, T, Tp, D, D + h * hd, hd);
-				for (int i = 0; i < T; i++) {
-					const float *q = base + (size_t)i * 3 * D + h * hd;
-					float *p = P + (size_t)i * T, mx = -INFINITY, sum = 0;
-					float *o = out + ((size_t)r * T + i) * D + h * hd;
-					const float *dm = drop ? drop + ((size_t)r * H + h) * T * T +
-					    (size_t)i * T : NULL;
-
-					row_scores(p, q, scale, kt, hd, T, Tp);
-					if (ps) {
-						float sl = slope[h];
-						int pi = ps[i];
+			/* P (T,T) = scale q k^T */
+			d2v_sgemm('N', 'T', T, T, hd, scale, base, ld, base + D, ld,
+			    0.0f, P, T);
+			softmax_rows(P, slope, slope ? pos + (size_t)r * T : NULL, h, T);
+			if (drop) {
+				const float *dm = drop + ((size_t)r * H + h) * T * T;
+				float *pd = buf + (size_t)omp_get_thread_num() * T * T;
 
 #pragma omp simd
-						for (int j = 0; j < T; j++)
-							p[j] -= sl * (float)abs(pi - ps[j]);
-					}
-#pragma omp simd reduction(max:mx)
-					for (int j = 0; j < T; j++)
-						mx = p[j] > mx ? p[j] : mx;
-#pragma omp simd reduction(+:sum)
-					for (int j = 0; j < T; j++) {
-						p[j] = vexpf(p[j] - mx);
-						sum += p[j];
-					}
-					sum = 1.0f / sum;
-#pragma omp simd
-					for (int j = 0; j < T; j++)
-						p[j] *= sum;
-					memset(o, 0, sizeof(float) * (size_t)hd);
-					if (dm) {
-#pragma omp simd
-						for (int j = 0; j < T; j++)
-							pd[j] = p[j] * dm[j];
-					}
-					row_mix(o, dm ? pd : p, base + 2 * D + h * hd,
-					    (size_t)3 * D, hd, T);
-				}
+				for (size_t j = 0; j < (size_t)T * T; j++)
+					pd[j] = P[j] * dm[j];
+				Pm = pd;
 			}
+			/* out (T,hd) = Pm v */
+			d2v_sgemm('N', 'N', T, hd, T, 1.0f, Pm, T, base + 2 * D, ld,
+			    0.0f, out + (size_t)r * T * D + h * hd, D);
 		}
-		free(kt);
-		free(pd);
 	}
+	free(buf);
 }
 
 static void
@@ -565,80 +585,90 @@ attention_backward(float *dqkv, float *dslope, const float *dout,
     const float *qkv, const float *probs, const float *drop, const int *pos,
     int R, int T, int D, int H)
 {
-	int hd = D / H, Tp = (T + 31) / 32 * 32;
+	int hd = D / H, ld = 3 * D, nt = omp_get_max_threads();
+	int per = drop ? 2 : 1;
 	float scale = 1.0f / sqrtf((float)hd);
+	/* per thread: dS (T,T), and the probabilities after dropout */
+	float *buf = malloc(sizeof(float) * (size_t)nt * per * T * T);
 
-	if (d2v_cpu_plain) {
+	if (d2v_cpu_plain || !d2v_sgemm_nests() || buf == NULL) {
+		free(buf);
 		attention_backward_plain(dqkv, dslope, dout, qkv, probs, drop, pos, R,
 		    T, D, H);
 		return;
 	}
-#pragma omp parallel
+#pragma omp parallel num_threads(nt)
 	{
-		float *vt = malloc(sizeof(float) * (size_t)hd * Tp); /* (hd, Tp) */
-		float *dp = malloc(sizeof(float) * (size_t)Tp);      /* (T) */
-		float *dsv = malloc(sizeof(float) * (size_t)Tp);     /* (T) */
+		float *dS = buf + (size_t)omp_get_thread_num() * per * T * T;
+		float *pd = dS + (size_t)T * T;
 
 #pragma omp for collapse(2) schedule(static)
 		for (int r = 0; r < R; r++) {
 			for (int h = 0; h < H; h++) {
-				const float *base = qkv + (size_t)r * T * 3 * D;
-				float *dbase = dqkv + (size_t)r * T * 3 * D;
+				const float *base = qkv + (size_t)r * T * ld + h * hd;
+				float *dbase = dqkv + (size_t)r * T * ld + h * hd;
 				const float *P = probs + ((size_t)r * H + h) * T * T;
+				const float *dm = drop ? drop + ((size_t)r * H + h) * T * T :
+				    NULL;
+				const float *go = dout + (size_t)r * T * D + h * hd;
 				const int *ps = pos ? pos + (size_t)r * T : NULL;
+				const float *Pm = P;
 				double gs = 0;
 
-				head_t(vt, base, T, Tp, D, 2 * D + h * hd, hd);
+				if (dm) {
+#pragma omp simd
+					for (size_t j = 0; j < (size_t)T * T; j++)
+						pd[j] = P[j] * dm[j];
+					Pm = pd;
+				}
+				/* dS = dPm = go v^T; dv += Pm^T go */
+				d2v_sgemm('N', 'T', T, T, hd, 1.0f, go, D, base + 2 * D, ld,
+				    0.0f, dS, T);
+				d2v_sgemm('T', 'N', T, hd, T, 1.0f, Pm, T, go, D, 1.0f,
+				    dbase + 2 * D, ld);
 				for (int i = 0; i < T; i++) {
 					const float *p = P + (size_t)i * T;
-					const float *dm = drop ? drop + ((size_t)r * H + h) *
-					    T * T + (size_t)i * T : NULL;
-					const float *go = dout + ((size_t)r * T + i) * D + h * hd;
-					const float *q = base + (size_t)i * 3 * D + h * hd;
-					float *dq = dbase + (size_t)i * 3 * D + h * hd;
-					float dot = 0;
+					float *d = dS + (size_t)i * T, dot = 0;
 
-					/* dp = dP (after dropout's scaling) = go . v_j */
-					row_scores(dp, go, 1.0f, vt, hd, T, Tp);
-					for (int j = 0; j < T; j++) {
-						float *dv = dbase + (size_t)j * 3 * D + 2 * D + h * hd;
-						float pj = dm ? p[j] * dm[j] : p[j];
+					if (dm) {
+						const float *mi = dm + (size_t)i * T;
 
-#pragma omp simd
-						for (int e = 0; e < hd; e++)
-							dv[e] += pj * go[e];
-					}
-					if (dm)
 #pragma omp simd
 						for (int j = 0; j < T; j++)
-							dp[j] *= dm[j];
+							d[j] *= mi[j];
+					}
 #pragma omp simd reduction(+:dot)
 					for (int j = 0; j < T; j++)
-						dot += p[j] * dp[j];
-					for (int j = 0; j < T; j++) {
-						float *dk = dbase + (size_t)j * 3 * D + D + h * hd;
-						float dl = p[j] * (dp[j] - dot);
-						float ds = dl * scale;
+						dot += p[j] * d[j];
+					if (ps) {
+						double g = 0;
 
-						if (ps)
-							gs -= (double)dl * abs(ps[i] - ps[j]);
-						dsv[j] = ds;
+						for (int j = 0; j < T; j++) {
+							float dl = p[j] * (d[j] - dot);
+
+							g += (double)dl * abs(ps[i] - ps[j]);
+							d[j] = dl * scale;
+						}
+						gs -= g;
+					} else {
 #pragma omp simd
-						for (int e = 0; e < hd; e++)
-							dk[e] += ds * q[e];
+						for (int j = 0; j < T; j++)
+							d[j] = p[j] * (d[j] - dot) * scale;
 					}
-					row_mix(dq, dsv, base + D + h * hd, (size_t)3 * D, hd, T);
 				}
+				/* dq += dS k; dk += dS^T q */
+				d2v_sgemm('N', 'N', T, hd, T, 1.0f, dS, T, base + D, ld, 1.0f,
+				    dbase, ld);
+				d2v_sgemm('T', 'N', T, hd, T, 1.0f, dS, T, base, ld, 1.0f,
+				    dbase + D, ld);
 				if (ps && dslope) {
 #pragma omp atomic
 					dslope[h] += (float)gs;
 				}
 			}
 		}
-		free(vt);
-		free(dp);
-		free(dsv);
 	}
+	free(buf);
 }
 
 /*

@@ -166,6 +166,13 @@ d2v_gemm_slow(void)
 	return slow;
 }
 
+int
+d2v_sgemm_nests(void)
+{
+	pthread_once(&once, choose);
+	return use_dnnl || openblas_get_parallel() != 1;
+}
+
 const char *
 d2v_cpu_name(void)
 {

@@ -22,6 +22,11 @@ void d2v_sgemm(char ta, char tb, int M, int N, int K, float alpha,
     const float *A, int lda, const float *B, int ldb, float beta, float *C,
     int ldc);
 
+/* 1 when d2v_sgemm may be called from inside an OpenMP parallel region
+ * (and then runs on the calling thread): oneDNN, OpenBLAS's OpenMP and
+ * sequential builds; not OpenBLAS's pthreads build. */
+int d2v_sgemm_nests(void);
+
 /* "oneDNN 2.6.3 sgemm (avx512_core_amx)" or "OpenBLAS 0.3.21 (SkylakeX)":
  * the engine, its version and its kernel or instruction set.  The engine
  * is chosen once, at the first call of either function; D2V_GEMM=openblas

@@ -1,9 +1,9 @@
 /* safetensors.c - see safetensors.h. */
 #include "safetensors.h"
+#include "atomic.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -248,10 +248,11 @@ d2v_st_save(const char *path, const json_t *meta, const d2v_st_entry *e,
 {
 	d2v_st_entry *s = malloc(sizeof *s * (size_t)(n ? n : 1));
 	json_t *h = json_object();
-	char *txt = NULL, *tmp = NULL, *dirc = NULL;
+	char *txt = NULL;
 	size_t off = 0, hlen, pad;
 	unsigned char len8[8];
-	int fd = -1, rc = 0, e_no = 0;
+	int rc = 0, e_no = 0;
+	d2v_atomic at;
 
 	if (s == NULL || h == NULL)
 		goto nomem;
@@ -276,55 +277,24 @@ d2v_st_save(const char *path, const json_t *meta, const d2v_st_entry *e,
 	pad = (8 - hlen % 8) % 8;
 	for (int i = 0; i < 8; i++)
 		len8[i] = (unsigned char)((uint64_t)(hlen + pad) >> (8 * i));
-	if (asprintf(&tmp, "%s.tmp.%ld", path, (long)getpid()) < 0)
-		goto nomem;
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	if (fd < 0) {
-		e_no = errno;
-		rc = d2v_err_set(err, D2V_EIO, "create %s: %s", tmp, strerror(e_no));
+	if ((rc = d2v_atomic_open(&at, path, 0644, err)) < 0)
 		goto out;
-	}
-	if (write_all(fd, len8, 8) < 0 || write_all(fd, txt, hlen) < 0 ||
-	    write_all(fd, "        ", pad) < 0)
+	if (write_all(at.fd, len8, 8) < 0 || write_all(at.fd, txt, hlen) < 0 ||
+	    write_all(at.fd, "        ", pad) < 0)
 		goto ioerr;
 	for (int i = 0; i < n; i++)
-		if (s[i].nbytes && write_all(fd, s[i].data, s[i].nbytes) < 0)
+		if (s[i].nbytes && write_all(at.fd, s[i].data, s[i].nbytes) < 0)
 			goto ioerr;
-	if (fsync(fd) < 0)
-		goto ioerr;
-	if (close(fd) < 0) {
-		fd = -1;
-		goto ioerr;
-	}
-	fd = -1;
-	if (rename(tmp, path) < 0)
-		goto ioerr;
-	free(tmp);
-	tmp = NULL;
-	dirc = strdup(path);
-	if (dirc != NULL) {
-		int dfd = open(dirname(dirc), O_RDONLY | O_DIRECTORY);
-
-		if (dfd >= 0) {
-			fsync(dfd);
-			close(dfd);
-		}
-	}
+	rc = d2v_atomic_commit(&at, err);
 	goto out;
 ioerr:
 	e_no = errno;
+	d2v_atomic_abort(&at);
 	rc = d2v_err_set(err, D2V_EIO, "write %s: %s", path, strerror(e_no));
 	goto out;
 nomem:
 	rc = d2v_err_set(err, D2V_ENOMEM, "out of memory writing %s", path);
 out:
-	if (fd >= 0)
-		close(fd);
-	if (tmp != NULL) {
-		unlink(tmp);
-		free(tmp);
-	}
-	free(dirc);
 	free(txt);
 	free(s);
 	json_decref(h);

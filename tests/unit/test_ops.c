@@ -514,6 +514,41 @@ test_bias_twin(void)
 		}
 	}
 	free(dy); free(db[0]); free(db[1]);
+	/* the LayerNorm forward and input gradient with their sums in vector
+	 * lanes, with and without the affine, against the plain loops; the
+	 * rows offset by 100 so that the mean matters */
+	for (int affine = 0; affine < 2; affine++) {
+		int C = 197;
+		float *x = rnd((size_t)M * C, 2), *w = rnd(C, 1), *b = rnd(C, 1);
+		float *g = rnd((size_t)M * C, 1), *y[2], *mu[2], *rs[2], *dx[2];
+		double e[4];
+
+		for (size_t i = 0; i < (size_t)M * C; i++)
+			x[i] += 100.0f;
+		for (int p = 0; p < 2; p++) {
+			y[p] = zeros((size_t)M * C); mu[p] = zeros(M); rs[p] = zeros(M);
+			dx[p] = zeros((size_t)M * C);
+			dx[p][7] = 0.25f; /* accumulates */
+			d2v_cpu_plain = p;
+			o->layernorm_forward(y[p], mu[p], rs[p], x, affine ? w : NULL,
+			    affine ? b : NULL, M, C, 1e-5f);
+			o->layernorm_backward(dx[p], NULL, NULL, g, x, mu[0], rs[0],
+			    affine ? w : NULL, M, C);
+		}
+		d2v_cpu_plain = 0;
+		e[0] = t_relerr(y[0], y[1], (size_t)M * C);
+		e[1] = t_relerr(mu[0], mu[1], M);
+		e[2] = t_relerr(rs[0], rs[1], M);
+		e[3] = t_relerr(dx[0], dx[1], (size_t)M * C);
+		T_OK(e[0] < 1e-6 && e[1] < 1e-7 && e[2] < 1e-5 && e[3] < 1e-5,
+		    "LayerNorm (affine %d) with vector sums equals the plain loops: "
+		    "out %.1e, mean %.1e, rstd %.1e, d(in) %.1e", affine, e[0], e[1],
+		    e[2], e[3]);
+		free(x); free(w); free(b); free(g);
+		for (int p = 0; p < 2; p++) {
+			free(y[p]); free(mu[p]); free(rs[p]); free(dx[p]);
+		}
+	}
 }
 
 /* The vectorised GELU (its own exp and erfc) against libm's erff and

@@ -1,0 +1,148 @@
+#!/bin/sh
+# The fault suite: bad input, faults and misuse through the real commands,
+# one case per class of what broke when the commands were tried as an
+# adversary would (issue 20).  Each asserts the exit status, the message,
+# and that nothing was lost or damaged: checksums of files before and
+# after, a device still a device, a link still a link.
+. "$D2V_ROOT/tests/testlib"
+FM=/usr/share/datasets/fashion-mnist
+if [ ! -r $FM/t10k-images-idx3-ubyte.gz ]; then
+	echo "skip - dataset-fashion-mnist is not installed (make deps installs it)"
+	exit 0
+fi
+export OMP_NUM_THREADS=1
+MODEL="--dim 16 --heads 2 --depth 1 --prenet 0 --decoder-dim 8 --decoder-layers 1 --decoder-groups 4 -b 8 --lr 2e-3 --warmup 2"
+sum() { sha256sum "$1" | cut -d' ' -f1; }
+steps_of() { cat "$1" 2>/dev/null | grep -c '"step":'; }
+ck_step() { # the step in a checkpoint's metadata
+	$PY -c '
+import json, struct, sys
+b = open(sys.argv[1], "rb").read(); n = struct.unpack("<Q", b[:8])[0]
+print(json.loads(b[8:8 + n])["__metadata__"]["step"])' "$1"
+}
+strip_tps() { grep '"step":' "$1" | sed 's/,"tokens_per_sec".*//'; }
+
+fm_images 100 > "$T/img.d2v"
+d2v-mask --patch 7 --copies 2 < "$T/img.d2v" > "$T/m.d2v"
+d2v-train $MODEL -i "$T/m.d2v" --steps 6 -c "$T/ck.safetensors" -q
+check "a 100-image stream and a checkpoint to work on" [ -s "$T/ck.safetensors" ]
+
+# ---- 1. a checkpoint path that is a device or a FIFO is written in place
+if mknod "$T/null" c 1 3 2> /dev/null; then
+	status 0 "-c on a character device (a private /dev/null)" \
+		d2v-train $MODEL -i "$T/m.d2v" --steps 2 -c "$T/null" -q
+	check "... which is still a character device" [ -c "$T/null" ]
+else
+	echo "skip - mknod needs root: the device case is not run"
+fi
+mkfifo "$T/ckfifo"
+cat "$T/ckfifo" > "$T/fromfifo" &
+rpid=$!
+status 0 "-c on a FIFO" d2v-train $MODEL -i "$T/m.d2v" --steps 2 -c "$T/ckfifo" -q
+wait $rpid
+check "... which is still a FIFO, and the checkpoint went through it" \
+	sh -c "[ -p '$T/ckfifo' ] && [ \"\$(head -c 8 '$T/fromfifo' | wc -c)\" -eq 8 ]"
+mkdir "$T/dir"
+status 1 "-c on a directory is refused" sh -c "d2v-train $MODEL -i '$T/m.d2v' --steps 200 -c '$T/dir' -q 2> '$T/err'"
+contains "$T/err" "is a directory" "... before training, saying it is a directory"
+
+# ---- 16. a symbolic link is written through
+cp "$T/ck.safetensors" "$T/target.safetensors"
+ln -s target.safetensors "$T/link.safetensors"
+d2v-train $MODEL -i "$T/m.d2v" --steps 2 -c "$T/link.safetensors" --force -q
+check "-c on a symbolic link keeps the link" [ -L "$T/link.safetensors" ]
+check "... and replaces its target" [ "$(ck_step "$T/target.safetensors")" = 2 ]
+cp "$T/img.d2v" "$T/target.d2v"
+ln -s target.d2v "$T/link.d2v"
+d2v-mask --patch 7 --copies 1 -o "$T/link.d2v" < "$T/img.d2v"
+check "-o on a symbolic link keeps the link" [ -L "$T/link.d2v" ]
+check "... and writes its target" sh -c "d2v-show --check '$T/target.d2v' | grep -q 'records 100' && ! cmp -s '$T/target.d2v' '$T/img.d2v'"
+
+# ---- 18. temporaries of dead writers do not stay
+sh -c 'exit 0' &
+dead=$!
+wait $dead
+: > "$T/ck.safetensors.tmp.$dead"
+d2v-train $MODEL -i "$T/m.d2v" --steps 2 -c "$T/ck.safetensors" --force -q
+check "a temporary left by a dead writer is removed by the next save" [ ! -e "$T/ck.safetensors.tmp.$dead" ]
+check "... and no temporary of this writer is left" [ -z "$(ls "$T" | grep 'ck.safetensors.tmp')" ]
+
+# ---- 14. the log and the checkpoint; overwriting a checkpoint
+d2v-train $MODEL -i "$T/m.d2v" --steps 6 -c "$T/ck.safetensors" --force -q
+before=$(sum "$T/ck.safetensors")
+status 2 "--log and -c naming the same file is refused" sh -c "d2v-train $MODEL -i '$T/m.d2v' --steps 2 -c '$T/ck.safetensors' --log '$T/ck.safetensors' --force 2> '$T/err'"
+contains "$T/err" "same file" "... saying the log would be lost"
+status 1 "a fresh run onto an existing checkpoint is refused" sh -c "d2v-train $MODEL -i '$T/m.d2v' --steps 2 -c '$T/ck.safetensors' 2> '$T/err'"
+contains "$T/err" "exists: --resume continues its run, --force replaces it" "... naming --resume and --force"
+check "... and the checkpoint is unchanged" [ "$(sum "$T/ck.safetensors")" = "$before" ]
+
+# ---- 15. a log that cannot be written stops the run
+if [ -w /dev/full ]; then
+	status 1 "--log /dev/full fails" sh -c "d2v-train $MODEL -i '$T/m.d2v' --steps 2 -c '$T/full.safetensors' --log /dev/full 2> '$T/err'"
+	contains "$T/err" "write error" "... with a write error"
+	check "/dev/full is still a character device" [ -c /dev/full ]
+fi
+
+# ---- 4. resuming a finished run, or --until at or below the step
+status 0 "--resume of a finished run" sh -c "d2v-train --resume -i '$T/m.d2v' -c '$T/ck.safetensors' 2> '$T/err'"
+contains "$T/err" "finished; nothing to do" "... does nothing and says so"
+check "... leaving the checkpoint byte for byte" [ "$(sum "$T/ck.safetensors")" = "$before" ]
+d2v-train $MODEL -i "$T/m.d2v" --steps 12 --until 6 -c "$T/u.safetensors" -q
+before=$(sum "$T/u.safetensors")
+status 0 "--resume --until 4 below the checkpoint's step 6" sh -c "d2v-train --resume --until 4 -i '$T/m.d2v' -c '$T/u.safetensors' 2> '$T/err'"
+contains "$T/err" "nothing to do" "... does nothing and says so"
+check "... leaving the checkpoint byte for byte" [ "$(sum "$T/u.safetensors")" = "$before" ]
+
+# ---- 12. flags that conflict with the checkpoint on --resume
+status 2 "--resume with another --lr is refused" sh -c "d2v-train --resume --lr 0.5 -i '$T/m.d2v' -c '$T/u.safetensors' 2> '$T/err'"
+contains "$T/err" "conflicts with the checkpoint's" "... naming the conflict"
+status 2 "--resume with another -b is refused" sh -c "d2v-train --resume -b 4 -i '$T/m.d2v' -c '$T/u.safetensors' 2> '$T/err'"
+check "... and the checkpoint is unchanged" [ "$(sum "$T/u.safetensors")" = "$before" ]
+status 0 "--resume with the same -b and --lr continues" sh -c "d2v-train --resume -b 8 --lr 2e-3 --until 8 -i '$T/m.d2v' -c '$T/u.safetensors' -q"
+status 0 "--resume --steps 20 lengthens the run" sh -c "d2v-train --resume --steps 20 -i '$T/m.d2v' -c '$T/u.safetensors' 2> '$T/err'"
+contains "$T/err" "the schedules now end at step 20" "... and says so"
+check "... to step 20" [ "$(ck_step "$T/u.safetensors")" = 20 ]
+
+# ---- 3 and 19. --resume across an epoch boundary, -b not dividing the
+# records (100 records, -b 16: 6 whole updates and one of 4 a pass); the
+# resumed log is cut back to the checkpoint
+d2v-train $MODEL -b 16 -i "$T/m.d2v" --epochs 3 -c "$T/e.safetensors" --log "$T/e.log" -q
+check "3 passes of 7 updates each" [ "$(steps_of "$T/e.log")" -eq 21 ]
+d2v-train $MODEL -b 16 -i "$T/m.d2v" --epochs 3 --until 9 -c "$T/r.safetensors" --log "$T/r.log" -q
+printf '{"step":10,"loss":1}\n{"step":11,"loss":1}\n' >> "$T/r.log"
+d2v-train --resume -i "$T/m.d2v" --epochs 3 -c "$T/r.safetensors" --log "$T/r.log" -q
+strip_tps "$T/e.log" > "$T/a"
+strip_tps "$T/r.log" > "$T/b"
+check "resumed past an epoch boundary: the uninterrupted run's 21 steps, bit for bit" cmp -s "$T/a" "$T/b"
+check "... no step twice in the resumed log (cut back to step 9)" \
+	[ "$(grep '"step":' "$T/r.log" | sed 's/,.*//' | sort | uniq -d | wc -l)" -eq 0 ]
+
+# ---- 11. --steps beyond one pass without --epochs: the passes it needs
+status 0 "--steps 20 on 100 records of -b 16, no --epochs" sh -c "d2v-train $MODEL -b 16 -i '$T/m.d2v' --steps 20 -c '$T/s.safetensors' --log '$T/s.log' 2> '$T/err'"
+check "... runs all 20 steps" [ "$(steps_of "$T/s.log")" -eq 20 ]
+status 0 "--steps 20 with --epochs 1" sh -c "d2v-train $MODEL -b 16 -i '$T/m.d2v' --steps 20 --epochs 1 -c '$T/s1.safetensors' 2> '$T/err'"
+contains "$T/err" "ended at step 7 of 20" "... says the input ended before the steps"
+
+# ---- 2. a signal while waiting on a stalled input
+mkfifo "$T/in"
+( cat "$T/m.d2v"; exec sleep 60 ) > "$T/in" &
+wpid=$!
+d2v-train $MODEL -c "$T/st.safetensors" --steps 1000 --log "$T/st.log" -q < "$T/in" 2> "$T/err" &
+tpid=$!
+i=0
+while [ "$(steps_of "$T/st.log")" -lt 12 ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
+sleep 0.5
+t0=$(date +%s)
+kill -TERM $tpid
+wait $tpid
+rc=$?
+t1=$(date +%s)
+kill $wpid 2> /dev/null
+wait $wpid 2> /dev/null
+check "SIGTERM while the input stalls stops d2v-train within 5 s ($((t1 - t0)) s, status $rc)" [ $((t1 - t0)) -le 5 -a $rc -eq 0 ]
+check "... with the checkpoint of the last whole update (step 12)" [ "$(ck_step "$T/st.safetensors")" = 12 ]
+
+# ---- messages
+mkfifo "$T/in2"
+status 2 "a FIFO without --steps asks for --steps" sh -c "d2v-train $MODEL -i '$T/in2' -c '$T/p.safetensors' 2> '$T/err' & sleep 0.3; exec 5> '$T/in2'; cat '$T/m.d2v' >&5; exec 5>&-; wait \$!"
+contains "$T/err" "cannot be counted without consuming it" "... saying that it cannot be counted"
