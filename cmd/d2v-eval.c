@@ -882,6 +882,9 @@ main(int argc, char **argv)
 		if (d2v_checkpoint_load(opt.ckpt, &m, d2v_backend_cpu(), &step,
 		    NULL, &err) < 0)
 			d2v_fatal(1, "%s", err.msg);
+		if (m.unverified)
+			d2v_warn("%s has no data digest (data_sha256; written by "
+			    "another tool?): its data cannot be checked", opt.ckpt);
 		have_model = 1;
 		if (opt.layer >= m.nb)
 			d2v_usage("--layer %d: the model has %d blocks (0..%d)",

@@ -512,12 +512,12 @@ setup(job *jb, const json_t *hdr)
 
 /* 64-bit FNV-1a of the record id, for --key id. */
 static uint64_t
-id_hash(const char *s)
+id_hash(const char *s, size_t n)
 {
 	uint64_t h = 0xcbf29ce484222325ull;
 
-	for (; *s; s++)
-		h = (h ^ (unsigned char)*s) * 0x100000001b3ull;
+	for (size_t i = 0; i < n; i++)
+		h = (h ^ (unsigned char)s[i]) * 0x100000001b3ull;
 	return h;
 }
 
@@ -585,7 +585,7 @@ mask_record(job *jb, d2v_record *rec, d2v_err *err)
 	shape[1] = gh * gw;
 	if ((rc = d2v_tensor_init(&mask, D2V_DTYPE_U8, 2, shape, err)) < 0)
 		return rc;
-	key = opt.key_id ? id_hash(rec->id) :
+	key = opt.key_id ? id_hash(rec->id, rec->id_len) :
 	    (uint64_t)rec->index + (uint64_t)opt.offset;
 	for (int m = 0; m < M; m++)
 		d2v_rng_seed(&jb->rng[m], opt.seed, key, (uint64_t)m);

@@ -189,14 +189,63 @@ show_header(const json_t *h)
 	}
 }
 
+/* n bytes of s, printable: control bytes, DEL and backslash as C
+ * escapes (\n, \t, \\, \x00), the rest (UTF-8 text) as they are */
+static void
+put_escaped(const char *s, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)s[i];
+
+		if (c == '\\')
+			fputs("\\\\", out);
+		else if (c == '\n')
+			fputs("\\n", out);
+		else if (c == '\t')
+			fputs("\\t", out);
+		else if (c == '\r')
+			fputs("\\r", out);
+		else if (c < 0x20 || c == 0x7f)
+			fprintf(out, "\\x%02x", c);
+		else
+			fputc(c, out);
+	}
+}
+
+/* the id as a JSON string: as it is where it is UTF-8, else escaped */
+static json_t *
+id_json(const d2v_record *rec)
+{
+	json_t *v = json_stringn(rec->id, rec->id_len);
+	char *buf;
+	size_t len;
+	FILE *m;
+
+	if (v != NULL)
+		return v;
+	if ((m = open_memstream(&buf, &len)) == NULL)
+		return json_string("?");
+	{
+		FILE *keep = out;
+
+		out = m;
+		put_escaped(rec->id, rec->id_len);
+		out = keep;
+	}
+	fclose(m);
+	v = json_stringn(buf, len);
+	free(buf);
+	return v ? v : json_string("?");
+}
+
 static void
 show_record(const d2v_record *rec)
 {
 	char shape[128];
 
 	if (opt.json) {
-		json_t *j = json_pack("{s:s,s:I,s:s}", "type", "record",
-		    "index", (json_int_t)rec->index, "id", rec->id);
+		json_t *j = json_pack("{s:s,s:I,s:o}", "type", "record",
+		    "index", (json_int_t)rec->index, "id", id_json(rec));
 
 		for (int i = 0; i < rec->nfields; i++) {
 			const d2v_field *f = &rec->fields[i];
@@ -216,14 +265,17 @@ show_record(const d2v_record *rec)
 		json_decref(j);
 		return;
 	}
-	fprintf(out, "record %lld id=%s", (long long)rec->index, rec->id);
+	fprintf(out, "record %lld id=", (long long)rec->index);
+	put_escaped(rec->id, rec->id_len);
 	for (int i = 0; i < rec->nfields; i++) {
 		const d2v_field *f = &rec->fields[i];
 
 		if (f->kind == D2V_FIELD_INT)
 			fprintf(out, " %s=%lld", f->key, (long long)f->i);
-		else if (f->kind == D2V_FIELD_STR)
-			fprintf(out, " %s=%s", f->key, f->s);
+		else if (f->kind == D2V_FIELD_STR) {
+			fprintf(out, " %s=", f->key);
+			put_escaped(f->s, strlen(f->s));
+		}
 		else if (f->kind == D2V_FIELD_RAW) {
 			json_t *v = d2v_msgpack_to_json(f->raw, f->rawlen);
 			char *s = v ? json_dumps(v, JSON_COMPACT |
@@ -443,7 +495,8 @@ write_pngs(const d2v_record *rec)
 				img[(y * w + xx) * c + ch] = (uint8_t)(v < 0 ? 0 :
 				    v > 255 ? 255 : v + 0.5);
 			}
-	for (const char *s = rec->id; *s && k < sizeof id - 1; s++, k++)
+	for (const char *s = rec->id; s < rec->id + rec->id_len &&
+	    k < sizeof id - 1; s++, k++)
 		id[k] = (*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') ||
 		    (*s >= '0' && *s <= '9') || *s == '.' || *s == '-' ||
 		    *s == '_' ? *s : '_';

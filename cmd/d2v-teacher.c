@@ -183,6 +183,9 @@ main(int argc, char **argv)
 	if (d2v_checkpoint_load(opt.ckpt, &m, d2v_cli_backend(opt.cuda,
 	    &opt.bf16, opt.quiet), &step, NULL, &err) < 0)
 		d2v_fatal(1, "%s", err.msg);
+	if (m.unverified)
+		d2v_warn("%s has no data digest (data_sha256; written by "
+		    "another tool?): its data cannot be checked", opt.ckpt);
 	if (opt.objective && strcmp(opt.objective, m.cfg.objective) != 0)
 		d2v_fatal(1, "%s: a %s checkpoint; --objective %s asks for the "
 		    "targets of the other objective", opt.ckpt, m.cfg.objective,

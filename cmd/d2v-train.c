@@ -466,7 +466,7 @@ batch_add(batch *b, const d2v_config *c)
 		    "audio") == 0 ? "frames of its samples" : "tokens");
 	if (mk->shape[0] != M)
 		d2v_fatal(1, "%s: record %lld (%s): mask has %lld copies, the "
-		    "model trains with --clone %d", in_name,
+		    "model trains with %d (d2v-mask --copies)", in_name,
 		    (long long)rec->index, rec->id, (long long)mk->shape[0], M);
 	if (reads_x_masked(c))
 		d2v_check_x_masked(rec, c, in_name, N);
@@ -1001,7 +1001,7 @@ main(int argc, char **argv)
 	float *acc = NULL; /* (lay.total) the update's gradient, parts > 1 */
 	FILE *log = NULL;
 	long step = 0, skip = 0, steps, saved_step = -1, seen = 0, nrec = -1;
-	long epoch0 = 0, epochs, bs;
+	long epoch0 = 0, epochs, bs, nan_at = 0;
 	int progress, fd, rc = 1, stop = 0, pending = 0, np, j = 0, file;
 	struct stat st, ck;
 	double tlast;
@@ -1009,6 +1009,8 @@ main(int argc, char **argv)
 
 	dist_init(&argc, &argv);
 	d2v_cli_init("d2v-train", 1);
+	if (getenv("D2V_FAULT_NAN_AT") != NULL)
+		nan_at = atol(getenv("D2V_FAULT_NAN_AT"));
 	parse_args(argc, argv);
 	if (rank > 0) /* one voice: rank 0's */
 		opt.quiet = 1;
@@ -1090,6 +1092,9 @@ main(int argc, char **argv)
 		if (d2v_checkpoint_load(opt.ckpt, &m, ops, &step, &rng,
 		    &err) < 0)
 			d2v_fatal(1, "--resume: %s", err.msg);
+		if (m.unverified)
+			d2v_warn("%s has no data digest (data_sha256; written by "
+			    "another tool?): its data cannot be checked", opt.ckpt);
 		cfg = m.cfg;
 		resume_conflicts(&cfg);
 		if (opt.steps > 0 && opt.steps != cfg.max_update) {
@@ -1226,6 +1231,13 @@ main(int argc, char **argv)
 				    &rng) > 0)
 					total += parts[p].count;
 			}
+			if (total == 0 && !reads_x_masked(&cfg))
+				d2v_fatal(1, "%s: records %ld..%ld have no masked %s: "
+				    "nothing to train on (masks of d2v-mask --prob 0, "
+				    "or --count 0?); no checkpoint written", in_name,
+				    first, seen - 1, d2v_config_is_image(&cfg) ?
+				    "patch" : !strcmp(cfg.modality, "audio") ? "frame" :
+				    "token");
 			if (total == 0) {
 				/* v1 text: no <mask> in these records; no update */
 				if (!opt.quiet)
@@ -1289,6 +1301,8 @@ main(int argc, char **argv)
 			o.target_var = sum[3] / sum[5];
 			o.pred_var = sum[4] / sum[5];
 			o.n_masked = total;
+			if (nan_at > 0 && step + 1 == nan_at)
+				o.loss = NAN; /* D2V_FAULT_NAN_AT: the tests' divergence */
 			if (!isfinite(o.loss)) {
 				if (saved_step >= 0)
 					d2v_fatal(1, "step %ld: the loss is %g; stopping. "
@@ -1339,6 +1353,9 @@ main(int argc, char **argv)
 	}
 	if (progress)
 		fputc('\n', stderr);
+	if (step == 0 && !opt.resume && stop != 2 && !stop_signal)
+		d2v_fatal(1, "%s: no record could train (v1 text: none holds a "
+		    "<mask> token); no checkpoint written", in_name);
 	if (rank == 0)
 		save(&m, step, &rng);
 	if (stop_signal && !opt.quiet)

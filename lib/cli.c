@@ -48,13 +48,21 @@ d2v_warn(const char *fmt, ...)
 void
 d2v_fatal(int status, const char *fmt, ...)
 {
+	char msg[1024];
 	va_list ap;
 
 	va_start(ap, fmt);
-	vwarn(fmt, ap);
+	vsnprintf(msg, sizeof msg, fmt, ap);
 	va_end(ap);
 	if (active_out != NULL)
 		d2v_out_abort(active_out);
+	if (strstr(msg, strerror(EPIPE)) != NULL) {
+		/* the reader of a pipe went away (| head, | d2v-show -n 1):
+		 * end quietly, as a classic filter does, by SIGPIPE */
+		signal(SIGPIPE, SIG_DFL);
+		raise(SIGPIPE);
+	}
+	d2v_warn("%s", msg);
 	exit(status);
 }
 

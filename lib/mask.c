@@ -229,6 +229,20 @@ d2v_mask_check_size(const d2v_mask_config *c, int64_t gh, int64_t gw,
 			return d2v_err_set(err, D2V_EINVAL, "%lld tokens are "
 			    "too few for block masking: it would mask none",
 			    (long long)n);
+		if (d2v_mask_block_count(c, n) >= n)
+			return d2v_err_set(err, D2V_EINVAL, "block masking of %lld "
+			    "of %lld patches would mask all of them: --count must "
+			    "be below the patch count", (long long)
+			    d2v_mask_block_count(c, n), (long long)n);
+		if (c->min_patches > d2v_mask_block_count(c, n))
+			return d2v_err_set(err, D2V_EINVAL, "--min-patches %d is "
+			    "above the %lld patches to mask: no rectangle fits, it "
+			    "would mask none", c->min_patches, (long long)
+			    d2v_mask_block_count(c, n));
+		if (c->max_patches > 0 && c->max_patches < c->min_patches)
+			return d2v_err_set(err, D2V_EINVAL, "--max-patches %d is "
+			    "below --min-patches %d", c->max_patches,
+			    c->min_patches);
 		break;
 	default:
 		break;

@@ -55,12 +55,14 @@ xstrndup(const char *s, size_t n)
 int
 d2v_record_set_id(d2v_record *rec, const char *id, d2v_err *err)
 {
-	char *p = xstrndup(id, strlen(id));
+	size_t n = strlen(id);
+	char *p = xstrndup(id, n);
 
 	if (p == NULL)
 		return d2v_err_set(err, D2V_ENOMEM, "out of memory");
 	free(rec->id);
 	rec->id = p;
+	rec->id_len = n;
 	return 0;
 }
 
@@ -847,6 +849,7 @@ parse_record(d2v_reader *r, const msgpack_object *o, d2v_record *rec)
 				return rerr(r, D2V_EFORMAT, "id is not a string");
 			free(rec->id);
 			rec->id = xstrndup(v->via.str.ptr, v->via.str.size);
+			rec->id_len = v->via.str.size;
 			if (rec->id == NULL)
 				return rerr(r, D2V_ENOMEM, "out of memory");
 			continue;
@@ -885,7 +888,8 @@ parse_record(d2v_reader *r, const msgpack_object *o, d2v_record *rec)
 			f->rawlen = sb.size;
 		}
 	}
-	if (rec->id == NULL && (rec->id = xstrndup("", 0)) == NULL)
+	if (rec->id == NULL && (rec->id_len = 0,
+	    rec->id = xstrndup("", 0)) == NULL)
 		return rerr(r, D2V_ENOMEM, "out of memory");
 	return 0;
 }
@@ -1187,7 +1191,8 @@ d2v_writer_record(d2v_writer *w, const d2v_record *rec, d2v_err *err)
 	}
 	if (msgpack_pack_map(pk, (size_t)rec->nfields + 2) < 0 ||
 	    pack_str(pk, "type") < 0 || pack_str(pk, "record") < 0 ||
-	    pack_str(pk, "id") < 0 || pack_str(pk, rec->id ? rec->id : "") < 0)
+	    pack_str(pk, "id") < 0 || msgpack_pack_str_with_body(pk,
+	    rec->id ? rec->id : "", rec->id ? rec->id_len : 0) < 0)
 		return wfail(w, err);
 	for (int i = 0; i < rec->nfields; i++) {
 		const d2v_field *f = &rec->fields[i];

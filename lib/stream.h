@@ -70,7 +70,9 @@ typedef struct d2v_field {
 } d2v_field;
 
 typedef struct d2v_record {
-	char *id;             /* owned; "" when the record had none */
+	char *id;             /* owned; "" when the record had none; NUL-
+	                       * terminated, and may hold NUL bytes too */
+	size_t id_len;        /* the id's bytes: the length that counts */
 	d2v_field *fields;    /* nfields, in stream order, "type" and "id" excluded */
 	int nfields;
 	int cap;

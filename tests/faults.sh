@@ -146,3 +146,55 @@ check "... with the checkpoint of the last whole update (step 12)" [ "$(ck_step 
 mkfifo "$T/in2"
 status 2 "a FIFO without --steps asks for --steps" sh -c "d2v-train $MODEL -i '$T/in2' -c '$T/p.safetensors' 2> '$T/err' & sleep 0.3; exec 5> '$T/in2'; cat '$T/m.d2v' >&5; exec 5>&-; wait \$!"
 contains "$T/err" "cannot be counted without consuming it" "... saying that it cannot be counted"
+
+# ---- 5, 6, 13. damaged or incomplete checkpoints are refused, naming why
+mutate() { # MODE IN OUT: a changed copy of a checkpoint
+	$PY - "$@" <<'PYEOF'
+import hashlib, json, struct, sys
+import numpy as np
+mode, src, dst = sys.argv[1:4]
+b = open(src, "rb").read(); n = struct.unpack("<Q", b[:8])[0]
+h = json.loads(b[8:8 + n]); data = bytearray(b[8 + n:])
+meta = h.pop("__metadata__")
+def rehash():
+    meta["data_sha256"] = hashlib.sha256(bytes(data)).hexdigest()
+if mode == "drop-one-teacher":
+    k = sorted(k for k in h if k.startswith("teacher."))[0]; del h[k]
+elif mode == "drop-adam":
+    for k in [k for k in h if k.startswith("adam_")]: del h[k]
+elif mode == "nan-teacher":
+    a, e = h["teacher.blocks.0.attn.qkv.weight"]["data_offsets"]
+    data[a:a + 4] = np.array([np.nan], np.float32).tobytes(); rehash()
+elif mode == "random-bytes":
+    a, e = h["teacher.blocks.0.attn.qkv.weight"]["data_offsets"]
+    data[a:a + 16] = bytes(range(16))
+elif mode == "no-digest":
+    meta.pop("data_sha256")
+elif mode.startswith("step="):
+    meta["step"] = mode[5:]
+h["__metadata__"] = meta
+# the data section as the header now says (dropped tensors leave gaps,
+# which is still a valid file)
+hb = json.dumps(h).encode(); hb += b" " * ((8 - len(hb) % 8) % 8)
+open(dst, "wb").write(struct.pack("<Q", len(hb)) + hb + bytes(data))
+PYEOF
+}
+d2v-train $MODEL -i "$T/m.d2v" --steps 4 -c "$T/good.safetensors" -q
+for m in drop-one-teacher nan-teacher random-bytes step=-5 step=abc step=99999999999999999999; do
+	mutate $m "$T/good.safetensors" "$T/bad.safetensors"
+	before=$(sum "$T/bad.safetensors")
+	status 1 "d2v-teacher refuses a checkpoint with $m" sh -c "d2v-teacher -c '$T/bad.safetensors' '$T/m.d2v' > '$T/out' 2> '$T/err'"
+	case $m in
+	drop-one-teacher) contains "$T/err" "missing tensor teacher\." "... naming the missing tensor" ;;
+	nan-teacher) contains "$T/err" "teacher.blocks.0.attn.qkv.weight holds a non-finite value" "... naming the tensor" ;;
+	random-bytes) contains "$T/err" "do not match the SHA-256" "... saying the data are damaged" ;;
+	step=*) contains "$T/err" "metadata step" "... naming the step" ;;
+	esac
+	status 1 "... and so does d2v-train --resume" sh -c "d2v-train --resume -i '$T/m.d2v' -c '$T/bad.safetensors' 2> /dev/null"
+	check "... leaving the file as it was" [ "$(sum "$T/bad.safetensors")" = "$before" ]
+done
+mutate drop-adam "$T/good.safetensors" "$T/noadam.safetensors"
+status 0 "a checkpoint without any Adam moments loads (a fresh optimiser)" sh -c "d2v-teacher -c '$T/noadam.safetensors' '$T/m.d2v' > /dev/null 2> '$T/err'"
+mutate no-digest "$T/good.safetensors" "$T/nodigest.safetensors"
+status 0 "a checkpoint without a data digest loads" sh -c "d2v-teacher -c '$T/nodigest.safetensors' '$T/m.d2v' > /dev/null 2> '$T/err'"
+contains "$T/err" "has no data digest" "... with a warning"

@@ -139,8 +139,21 @@ read_mono(SNDFILE *sf, const SF_INFO *si, float **out, int64_t *frames,
 		for (sf_count_t i = 0; i < got; i++) {
 			float s = 0;
 
-			for (int c = 0; c < k; c++)
-				s += buf[i * k + c];
+			for (int c = 0; c < k; c++) {
+				float v = buf[i * k + c];
+
+				/* NaN, infinity, or the huge values of integer
+				 * data read as float: not a sound */
+				if (!isfinite(v) || fabsf(v) > 1e6f) {
+					free(buf);
+					free(x);
+					return d2v_err_set(err, D2V_EFORMAT, "sample %lld "
+					    "of channel %d is %g: not audio (a damaged "
+					    "file, or integer data labelled as float?)",
+					    (long long)(n + i), c, (double)v);
+				}
+				s += v;
+			}
 			x[n + i] = s / (float)k;
 		}
 		n += got;
@@ -190,9 +203,16 @@ d2v_audio_decode(const void *buf, size_t len, int rate, int quality,
 	*t = 0;
 	/* libsndfile keeps the error of a failed open in a global */
 	pthread_mutex_lock(&open_mu);
-	if ((sf = sf_open_virtual(&io, SFM_READ, &si, &m)) == NULL)
-		d2v_err_set(err, D2V_EFORMAT, "not an audio file: %s",
-		    sf_strerror(NULL));
+	if ((sf = sf_open_virtual(&io, SFM_READ, &si, &m)) == NULL) {
+		const char *why = sf_strerror(NULL);
+
+		if (strstr(why, "SF_INFO") != NULL)
+			d2v_err_set(err, D2V_EFORMAT, "not an audio file: its header "
+			    "is incomplete or invalid (a sample rate or channel "
+			    "count of 0?)");
+		else
+			d2v_err_set(err, D2V_EFORMAT, "not an audio file: %s", why);
+	}
 	pthread_mutex_unlock(&open_mu);
 	if (sf == NULL)
 		return D2V_EFORMAT;

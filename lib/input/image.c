@@ -100,8 +100,12 @@ jpeg_header(d2v_jpeg *j, const void *buf, size_t len, int *w, int *h,
 		return D2V_EFORMAT;
 	}
 	if (*w <= 0 || *h <= 0)
-		return d2v_err_set(err, D2V_EFORMAT, "JPEG of %d x %d pixels",
-		    *w, *h);
+		return d2v_err_set(err, D2V_EFORMAT, "not a whole JPEG file: its "
+		    "header gives no image size (%d x %d)", *w, *h);
+	if ((int64_t)*w * *h > D2V_JPEG_MAX_PIXELS)
+		return d2v_err_set(err, D2V_ELIMIT, "a JPEG of %d x %d pixels, "
+		    "above d2v's limit of %lld megapixels (a damaged or hostile "
+		    "header?)", *w, *h, (long long)(D2V_JPEG_MAX_PIXELS >> 20));
 	return 0;
 }
 
@@ -164,26 +168,25 @@ cmyk_convert(const uint8_t *cmyk, int64_t n, int c, uint8_t *out)
 	}
 }
 
-/* Turns a failed tjDecompress2 into 0 (a harmless warning) or an error. */
+/* Turns a failed tjDecompress2 into an error: libjpeg's warnings too
+ * ("Corrupt JPEG data: ..."), since the image they leave is not the
+ * file's. */
 static int
 decode_status(d2v_jpeg *j, d2v_err *err)
 {
 	const char *msg = tjGetErrorStr2(j->tj);
 
-	if (tjGetErrorCode(j->tj) == TJERR_WARNING &&
-	    strstr(msg, "Premature end") == NULL)
-		return 0;
 	if (strstr(msg, "Premature end") != NULL)
 		return d2v_err_set(err, D2V_ETRUNC, "truncated JPEG: %s", msg);
 	return d2v_err_set(err, D2V_EFORMAT, "corrupt JPEG: %s", msg);
 }
 
 /* libjpeg's errors jump back to window_decode; its warnings are noted:
- * a premature end is a truncation, the rest harmless (as TurboJPEG's) */
+ * a premature end is a truncation, the rest corrupt data */
 struct jerr {
 	struct jpeg_error_mgr pub;
 	jmp_buf jb;
-	int trunc;
+	int trunc, corrupt;
 	char msg[JMSG_LENGTH_MAX];
 };
 
@@ -201,8 +204,12 @@ jerr_emit(j_common_ptr ci, int level)
 {
 	struct jerr *e = (struct jerr *)(void *)ci->err;
 
-	if (level < 0 && ci->err->msg_code == JWRN_JPEG_EOF)
+	if (level < 0 && ci->err->msg_code == JWRN_JPEG_EOF) {
 		e->trunc = 1;
+	} else if (level < 0 && !e->corrupt) {
+		e->corrupt = 1;
+		(*ci->err->format_message)(ci, e->msg);
+	}
 }
 
 /* Columns dropped at each cropped side of a window (see window_decode) */
@@ -269,6 +276,9 @@ window_decode(const void *buf, size_t len, int c, int num, int x0, int x1,
 			d2v_image_free(out);
 			rc = d2v_err_set(err, D2V_ETRUNC, "truncated JPEG: "
 			    "Premature end of JPEG file");
+		} else if (je.corrupt) {
+			d2v_image_free(out);
+			rc = d2v_err_set(err, D2V_EFORMAT, "corrupt JPEG: %s", je.msg);
 		}
 	}
 	jpeg_abort_decompress(&ci);

@@ -40,6 +40,10 @@
 #include "err.h"
 #include "rng.h"
 
+/* The largest JPEG d2v decodes, in pixels (2^28, 268 megapixels): a
+ * header claiming more is refused before any decoding. */
+#define D2V_JPEG_MAX_PIXELS ((int64_t)1 << 28)
+
 /* ---- images ------------------------------------------------------------ */
 
 typedef struct d2v_image {

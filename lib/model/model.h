@@ -94,6 +94,8 @@ typedef struct d2v_model {
 	const d2v_ops *ops;
 	int N, D, F, H, nb;
 	float *params, *grads, *m, *v, *teacher; /* lay.total floats each */
+	int unverified;    /* loaded from a checkpoint without a data digest
+	                    * (written by another tool): the caller warns */
 	float *sincos;     /* (N,D) fixed 2-D positions (images) */
 	float *alibi0;     /* (H) ALiBi base slopes (audio) */
 	int E;             /* extra tokens: 1 (CLS) for images, else 0 */

@@ -1,7 +1,9 @@
 /* checkpoint.c - see checkpoint.h. */
 #include "checkpoint.h"
 
+#include <errno.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -92,15 +94,23 @@ d2v_checkpoint_load(const char *path, d2v_model *m, const d2v_ops *ops,
 		d2v_st_free(&st);
 		return rc;
 	}
+	/* each role whole or absent: the student must be there; a missing
+	 * teacher is the student, missing Adam moments are zero (a fresh
+	 * optimiser); a role with some tensors and not others is refused */
 	for (int r = 0; r < 4 && rc == 0; r++) {
-		for (int i = 0; i < m->lay.count; i++) {
+		const char *missing = NULL, *present = NULL;
+
+		for (int i = 0; i < m->lay.count && rc == 0; i++) {
 			const d2v_param *p = &m->lay.p[i];
 			char name[128];
 			int64_t shape[8];
 			int rank;
 			size_t nb;
 			const void *d;
+			const float *f;
 
+			if (r == 1 && !p->teacher)
+				continue;
 			snprintf(name, sizeof name, "%s.%s", roles[r], p->name);
 			err->code = 0;
 			d = d2v_st_get(&st, name, "F32", &rank, shape, &nb, err);
@@ -109,13 +119,12 @@ d2v_checkpoint_load(const char *path, d2v_model *m, const d2v_ops *ops,
 				break;
 			}
 			if (d == NULL) {
-				if (r == 0) {
-					rc = d2v_err_set(err, D2V_EFORMAT, "%s: "
-					    "missing tensor %s", path, name);
-					break;
-				}
+				if (missing == NULL)
+					missing = p->name;
 				continue;
 			}
+			if (present == NULL)
+				present = p->name;
 			if (nb != p->size * sizeof(float) || rank != p->rank ||
 			    memcmp(shape, p->shape, sizeof(int64_t) * (size_t)rank)) {
 				rc = d2v_err_set(err, D2V_EMISMATCH, "%s: tensor %s "
@@ -123,18 +132,48 @@ d2v_checkpoint_load(const char *path, d2v_model *m, const d2v_ops *ops,
 				    name);
 				break;
 			}
-			memcpy(role_buf(m, r) + p->offset, d, nb);
-			if (r == 1)
-				have_teacher = 1;
+			f = d;
+			for (size_t j = 0; j < p->size; j++)
+				if (!isfinite(f[j])) {
+					rc = d2v_err_set(err, D2V_EFORMAT, "%s: tensor %s "
+					    "holds a non-finite value (%g at %zu): the "
+					    "checkpoint is damaged or its run diverged",
+					    path, name, (double)f[j], j);
+					break;
+				}
+			if (rc == 0)
+				memcpy(role_buf(m, r) + p->offset, d, nb);
 		}
+		if (rc == 0 && missing != NULL && (r == 0 || present != NULL))
+			rc = d2v_err_set(err, D2V_EFORMAT, "%s: missing tensor "
+			    "%s.%s%s", path, roles[r], missing, r == 0 ? "" :
+			    " (the others of its kind are there: a checkpoint holds "
+			    "all of a kind or none)");
+		if (r == 1)
+			have_teacher = present != NULL;
 	}
 	if (rc == 0 && !have_teacher)
 		d2v_model_sync_teacher(m);
 	ss = d2v_st_meta(&st, "step");
-	if (step)
-		*step = ss ? atol(ss) : 0;
+	if (rc == 0 && ss != NULL) {
+		char *end;
+		long v;
+
+		errno = 0;
+		v = strtol(ss, &end, 10);
+		if (errno || end == ss || *end != '\0' || v < 0 ||
+		    v > m->cfg.max_update)
+			rc = d2v_err_set(err, D2V_EFORMAT, "%s: metadata step '%s' "
+			    "is not a number of updates in [0, %ld] (the run's "
+			    "max_update)", path, ss, m->cfg.max_update);
+		else if (step)
+			*step = v;
+	} else if (step) {
+		*step = 0;
+	}
+	m->unverified = !st.verified;
 	rs = d2v_st_meta(&st, "rng");
-	if (rng && rs && strlen(rs) == 64) {
+	if (rc == 0 && rng && rs && strlen(rs) == 64) {
 		for (int i = 0; i < 4; i++) {
 			char w[17];
 

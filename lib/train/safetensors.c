@@ -2,6 +2,8 @@
 #include "safetensors.h"
 #include "atomic.h"
 
+#include <openssl/evp.h>
+
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -83,6 +85,24 @@ realign(d2v_st *st, const char *path, d2v_err *err)
 	st->data = nd;
 	st->datalen = total;
 	return 0;
+}
+
+/* hex (65 bytes) = the SHA-256 of n parts; 0 or -1 */
+static int
+sha256_hex(char *hex, const void *const *part, const size_t *len, int n)
+{
+	EVP_MD_CTX *c = EVP_MD_CTX_new();
+	unsigned char md[32];
+	unsigned int ml = 0;
+	int ok = c != NULL && EVP_DigestInit_ex(c, EVP_sha256(), NULL) == 1;
+
+	for (int i = 0; ok && i < n; i++)
+		ok = EVP_DigestUpdate(c, part[i], len[i]) == 1;
+	ok = ok && EVP_DigestFinal_ex(c, md, &ml) == 1 && ml == 32;
+	EVP_MD_CTX_free(c);
+	for (int i = 0; ok && i < 32; i++)
+		snprintf(hex + 2 * i, 3, "%02x", md[i]);
+	return ok ? 0 : -1;
 }
 
 int
@@ -168,6 +188,27 @@ d2v_st_load(d2v_st *st, const char *path, d2v_err *err)
 			    "data_offsets [%llu, %llu] do not match its shape or "
 			    "the file", path, k, (unsigned long long)a,
 			    (unsigned long long)b);
+		}
+	}
+	{
+		const char *want = json_string_value(json_object_get(
+		    json_object_get(st->header, "__metadata__"), "data_sha256"));
+		const void *part = st->data;
+		char got[65];
+
+		if (want != NULL) {
+			if (sha256_hex(got, &part, &st->datalen, 1) < 0) {
+				d2v_st_free(st);
+				return d2v_err_set(err, D2V_ENOMEM, "%s: cannot compute "
+				    "SHA-256", path);
+			}
+			if (strcmp(got, want) != 0) {
+				d2v_st_free(st);
+				return d2v_err_set(err, D2V_EFORMAT, "%s: the data do not "
+				    "match the SHA-256 in its metadata (data_sha256): the "
+				    "file is damaged", path);
+			}
+			st->verified = 1;
 		}
 	}
 	return realign(st, path, err);
@@ -258,8 +299,26 @@ d2v_st_save(const char *path, const json_t *meta, const d2v_st_entry *e,
 		goto nomem;
 	memcpy(s, e, sizeof *s * (size_t)n);
 	qsort(s, (size_t)n, sizeof *s, cmp_entry);
-	if (meta != NULL)
-		json_object_set(h, "__metadata__", (json_t *)meta);
+	{
+		/* the metadata with the data's SHA-256 */
+		json_t *m = meta != NULL ? json_deep_copy(meta) : json_object();
+		const void **part = malloc(sizeof *part * (size_t)(n ? n : 1));
+		size_t *len = malloc(sizeof *len * (size_t)(n ? n : 1));
+		char hex[65];
+		int bad = m == NULL || part == NULL || len == NULL;
+
+		for (int i = 0; !bad && i < n; i++) {
+			part[i] = s[i].data;
+			len[i] = s[i].nbytes;
+		}
+		bad = bad || sha256_hex(hex, part, len, n) < 0 ||
+		    json_object_set_new(m, "data_sha256", json_string(hex)) < 0 ||
+		    json_object_set_new(h, "__metadata__", m) < 0;
+		free(part);
+		free(len);
+		if (bad)
+			goto nomem;
+	}
 	for (int i = 0; i < n; i++) {
 		json_t *shape = json_array();
 

@@ -19,10 +19,14 @@ typedef struct d2v_st {
 	unsigned char *data;   /* the bytes after the header */
 	size_t datalen;
 	char path[256];
+	int verified;          /* 1: the data matched __metadata__'s
+	                        * data_sha256; 0: the file has none */
 } d2v_st;
 
 /* Reads and validates a whole file: header size, JSON, every tensor's
- * dtype, shape and data_offsets against the data size. */
+ * dtype, shape and data_offsets against the data size, and the data
+ * against the SHA-256 in __metadata__'s "data_sha256" where there is one
+ * (d2v_st_save writes it; other tools' files load without). */
 int d2v_st_load(d2v_st *st, const char *path, d2v_err *err);
 void d2v_st_free(d2v_st *st);
 /* A string of __metadata__, or NULL. */
@@ -42,8 +46,9 @@ typedef struct d2v_st_entry {
 } d2v_st_entry;
 
 /* Writes entries (any order; the header lists them sorted) with meta (an
- * object of strings, may be NULL) atomically: a temporary file beside path,
- * fsync, rename, fsync of the directory.  On failure path is untouched. */
+ * object of strings, may be NULL) and "data_sha256", the SHA-256 of the
+ * data section in hex, atomically (atomic.h).  On failure path is
+ * untouched. */
 int d2v_st_save(const char *path, const json_t *meta, const d2v_st_entry *e,
     int n, d2v_err *err);
 
