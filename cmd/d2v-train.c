@@ -1353,9 +1353,20 @@ main(int argc, char **argv)
 	}
 	if (progress)
 		fputc('\n', stderr);
-	if (step == 0 && !opt.resume && stop != 2 && !stop_signal)
+	if (step == 0 && !opt.resume) {
+		/* nothing trained: no checkpoint of an untrained model */
+		if (stop_signal) {
+			if (!opt.quiet)
+				d2v_warn("%s before the first update; no checkpoint "
+				    "written", strsignal(stop_signal));
+			return 0;
+		}
+		if (stop == 2)
+			d2v_fatal(1, "%s: the error came before the first update; "
+			    "no checkpoint written", in_name);
 		d2v_fatal(1, "%s: no record could train (v1 text: none holds a "
 		    "<mask> token); no checkpoint written", in_name);
+	}
 	if (rank == 0)
 		save(&m, step, &rng);
 	if (stop_signal && !opt.quiet)

@@ -198,3 +198,86 @@ status 0 "a checkpoint without any Adam moments loads (a fresh optimiser)" sh -c
 mutate no-digest "$T/good.safetensors" "$T/nodigest.safetensors"
 status 0 "a checkpoint without a data digest loads" sh -c "d2v-teacher -c '$T/nodigest.safetensors' '$T/m.d2v' > /dev/null 2> '$T/err'"
 contains "$T/err" "has no data digest" "... with a warning"
+
+# ---- 7. corrupt and absurd JPEGs are skipped (named), --strict stops
+mkdir "$T/jpg"
+for i in 1 2 3; do gen-media jpeg "$T/jpg/p$i.jpg" 64 48 -p photo -r $i; done
+$PY - "$T/jpg/p2.jpg" "$T/jpg/huge.jpg" <<'PYEOF'
+import sys
+b = bytearray(open(sys.argv[1], "rb").read())
+sos = b.index(b"\xff\xda")
+# the entropy-coded data of the middle: bytes that libjpeg warns about
+for i in range(sos + 40, sos + 80):
+    b[i] = 0xff if i % 7 == 0 else (b[i] ^ 0x5a)
+open(sys.argv[1], "wb").write(b)
+h = bytearray(open(sys.argv[1].replace("p2", "p1"), "rb").read())
+sof = h.index(b"\xff\xc0")
+h[sof + 5:sof + 9] = (60000).to_bytes(2, "big") * 2    # height, width
+open(sys.argv[2], "wb").write(h)
+PYEOF
+status 0 "d2v-tokenize skips a corrupt JPEG and one claiming 60000 x 60000" sh -c "d2v-tokenize --size 32 '$T'/jpg/*.jpg > '$T/j.d2v' 2> '$T/err'"
+contains "$T/err" "p2.jpg.*corrupt JPEG" "... naming the corrupt file"
+contains "$T/err" "huge.jpg.*60000 x 60000 pixels, above d2v's limit" "... and the absurd one"
+check "... and keeps the two good ones" [ "$(d2v-show --check "$T/j.d2v" | cut -d, -f1)" = "records 2" ]
+status 1 "--strict stops at the corrupt JPEG" sh -c "d2v-tokenize --strict --size 32 '$T/jpg/p2.jpg' > /dev/null 2> /dev/null"
+
+# ---- 8. a float WAV with a NaN sample is an error for that file
+$PY - "$T/nan.wav" <<'PYEOF'
+import struct, sys
+import numpy as np
+x = (0.1 * np.sin(np.arange(16000) / 10.0)).astype("<f4")
+x[5000] = np.nan
+data = x.tobytes()
+fmt = struct.pack("<HHIIHH", 3, 1, 16000, 16000 * 4, 4, 32)
+riff = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data
+open(sys.argv[1], "wb").write(b"RIFF" + struct.pack("<I", len(riff)) + riff)
+PYEOF
+gen-media audio "$T/ok.wav" 16000 40000
+status 0 "d2v-tokenize skips a WAV with a NaN sample" sh -c "d2v-tokenize '$T/nan.wav' '$T/ok.wav' > '$T/w.d2v' 2> '$T/err'"
+contains "$T/err" "nan.wav.*sample 5000 of channel 0 is nan: not audio" "... naming the file and the sample"
+check "... and keeps the good one" [ "$(d2v-show --check "$T/w.d2v" | cut -d, -f1)" = "records 1" ]
+
+# ---- 9. image masks that mask nothing cannot train
+$PY - "$D2V_ROOT/scripts" "$T/m.d2v" "$T/zero.d2v" <<'PYEOF'
+import sys; sys.path.insert(0, sys.argv[1]); import d2v_stream as s
+out = open(sys.argv[3], "wb"); w = None
+for kind, o in s.read(open(sys.argv[2], "rb")):
+    if kind == "header": w = s.Writer(out, o["modality"], o["stages"], o["meta"])
+    elif kind == "record":
+        o["mask"] = o["mask"] * 0
+        rid = o.pop("id"); w.record(rid, **o)
+w.close()
+PYEOF
+status 1 "all-zero image masks are refused" sh -c "d2v-train $MODEL -i '$T/zero.d2v' --steps 4 -c '$T/z.safetensors' 2> '$T/err'"
+contains "$T/err" "have no masked patch" "... for images, saying so"
+check "... and no checkpoint is written" [ ! -e "$T/z.safetensors" ]
+
+# ---- 10. block masks that would mask all patches, or none
+status 1 "d2v-mask -s block --count 16 of 16 patches" sh -c "d2v-mask -s block --patch 7 --count 16 < '$T/img.d2v' > /dev/null 2> '$T/err'"
+contains "$T/err" "would mask all of them" "... is refused"
+status 1 "d2v-mask -s block --min-patches above --count" sh -c "d2v-mask -s block --patch 7 --count 8 --min-patches 12 < '$T/img.d2v' > /dev/null 2> '$T/err'"
+contains "$T/err" "no rectangle fits" "... is refused"
+
+# ---- 17. record ids are length-delimited: a NUL or a newline goes through
+$PY - "$D2V_ROOT/scripts" "$T/img.d2v" "$T/ids.d2v" <<'PYEOF'
+import sys; sys.path.insert(0, sys.argv[1]); import d2v_stream as s
+out = open(sys.argv[3], "wb"); w = None
+for kind, o in s.read(open(sys.argv[2], "rb")):
+    if kind == "header": w = s.Writer(out, o["modality"], o["stages"], o["meta"])
+    elif kind == "record" and w.n < 3:
+        o.pop("id"); w.record(["a\x00b", "x\ny\x1b[31m", "c"][w.n], **o)
+w.close()
+PYEOF
+d2v-mask --patch 7 < "$T/ids.d2v" > "$T/idsm.d2v"
+check "ids with NUL and control bytes survive d2v-mask" $PY -c '
+import sys; sys.path.insert(0, sys.argv[1]); import d2v_stream as s
+ids = [o["id"] for k, o in s.read(open(sys.argv[2], "rb")) if k == "record"]
+assert ids == ["a\x00b", "x\ny\x1b[31m", "c"], ids' "$D2V_ROOT/scripts" "$T/idsm.d2v"
+d2v-show "$T/idsm.d2v" > "$T/shown"
+contains "$T/shown" 'id=a\\x00b' "d2v-show escapes a NUL"
+contains "$T/shown" 'id=x\\ny\\x1b\[31m' "... and a newline and an escape byte"
+check "... and prints no raw escape byte" [ "$(tr -dc '\033' < "$T/shown" | wc -c)" -eq 0 ]
+
+# ---- a producer whose reader goes away ends quietly
+d2v-mask --patch 7 --copies 2 < "$T/img.d2v" 2> "$T/err" | d2v-show -n 1 > /dev/null
+check "d2v-mask | d2v-show -n 1: no 'Broken pipe' from the producer" [ ! -s "$T/err" ]
