@@ -182,8 +182,13 @@ parse_args(int argc, char **argv)
 			else
 				d2v_usage("--pool: '%s' is not mean or cls", optarg);
 			break;
-		case O_STUDENT: opt.student = 1; opt.weights_given = 1; break;
-		case O_TEACHER: opt.student = 0; opt.weights_given = 1; break;
+		case O_STUDENT:
+		case O_TEACHER:
+			if (opt.weights_given && opt.student != (c == O_STUDENT))
+				d2v_usage("--teacher and --student exclude each other");
+			opt.student = c == O_STUDENT;
+			opt.weights_given = 1;
+			break;
 		case O_BASELINE: parse_baseline(optarg); break;
 		case O_MASKED: opt.masked = optarg; break;
 		case O_LIMIT: opt.limit = d2v_parse_long("--limit", optarg, 1, LONG_MAX); break;
@@ -513,6 +518,14 @@ read_stream(const char *path, int test)
 			d2v_tensor *x = d2v_record_tensor(&rec, "x");
 			int64_t label;
 
+			if (!d2v_record_int(&rec, "label", &label) &&
+			    d2v_record_field(&rec, "label") != NULL)
+				d2v_fatal(1, "%s: record %lld (%s): its label is not an "
+				    "integer class index (a %s)", name,
+				    (long long)rec.index, rec.id,
+				    d2v_record_field(&rec, "label")->kind ==
+				    D2V_FIELD_STR ? "string" : "float, a tensor or an "
+				    "integer above 2^63-1");
 			if (!d2v_record_int(&rec, "label", &label))
 				d2v_fatal(1, "%s: record %lld (%s): no label; d2v-eval "
 				    "needs labelled streams (d2v-tokenize --idx-labels, "
@@ -587,6 +600,49 @@ typedef struct masked_result {
  * training batch size: the regression part averaged over the records, the
  * CLS part (a sum over a batch's rows, as d2v-train logs it) per batch of
  * that size. */
+/* The --masked stream's header against the checkpoint's model. */
+static void
+masked_header(const char *name, const json_t *hdr)
+{
+	json_t *mk = d2v_header_meta(hdr, "mask");
+	int M = m.cfg.clone;
+
+	check_header(name, hdr);
+	if (!d2v_header_has_stage(hdr, "mask"))
+		d2v_fatal(1, "%s: --masked needs a masked stream; run d2v-mask "
+		    "first", name);
+	if (m.E && json_integer_value(json_object_get(mk, "patch")) > 0 &&
+	    json_integer_value(json_object_get(mk, "patch")) != m.cfg.patch)
+		d2v_fatal(1, "%s: masks of patch %lld; the checkpoint's model has "
+		    "patch %d", name, (long long)json_integer_value(
+		    json_object_get(mk, "patch")), m.cfg.patch);
+	if (json_integer_value(json_object_get(mk, "copies")) > 0 &&
+	    json_integer_value(json_object_get(mk, "copies")) != M)
+		d2v_fatal(1, "%s: masks of %lld copies; the checkpoint's model "
+		    "trains with %d (d2v-mask --copies)", name, (long long)
+		    json_integer_value(json_object_get(mk, "copies")), M);
+}
+
+/* --masked FILE checked before the probes run, so that a wrong stream
+ * fails at once (standard input is checked when it is read) */
+static void
+masked_precheck(const char *path)
+{
+	d2v_reader *r;
+	d2v_err err;
+	int fd;
+
+	if (path == NULL || !strcmp(path, "-"))
+		return;
+	fd = d2v_open_in(path);
+	if (d2v_reader_open_fd(&r, fd, path, &err) < 0 ||
+	    d2v_reader_begin(r, &err) < 0)
+		d2v_fatal(1, "%s", err.msg);
+	masked_header(path, d2v_reader_header(r));
+	d2v_reader_free(r);
+	close(fd);
+}
+
 static masked_result
 masked_loss(const char *path)
 {
@@ -597,7 +653,6 @@ masked_loss(const char *path)
 	d2v_reader *r;
 	d2v_record rec;
 	d2v_err err;
-	json_t *mk;
 	char *xs = NULL;
 	uint8_t *mask = NULL;
 	int32_t *xm = NULL;   /* (bs, N) v1 text: x_masked */
@@ -611,21 +666,7 @@ masked_loss(const char *path)
 	if (d2v_reader_open_fd(&r, fd, name, &err) < 0 ||
 	    d2v_reader_begin(r, &err) < 0)
 		d2v_fatal(1, "%s", err.msg);
-	check_header(name, d2v_reader_header(r));
-	mk = d2v_header_meta(d2v_reader_header(r), "mask");
-	if (!d2v_header_has_stage(d2v_reader_header(r), "mask"))
-		d2v_fatal(1, "%s: --masked needs a masked stream; run d2v-mask "
-		    "first", name);
-	if (m.E && json_integer_value(json_object_get(mk, "patch")) > 0 &&
-	    json_integer_value(json_object_get(mk, "patch")) != m.cfg.patch)
-		d2v_fatal(1, "%s: masks of patch %lld; the checkpoint's model has "
-		    "patch %d", name, (long long)json_integer_value(
-		    json_object_get(mk, "patch")), m.cfg.patch);
-	if (json_integer_value(json_object_get(mk, "copies")) > 0 &&
-	    json_integer_value(json_object_get(mk, "copies")) != M)
-		d2v_fatal(1, "%s: masks of %lld copies; the checkpoint's model "
-		    "trains with %d", name, (long long)json_integer_value(
-		    json_object_get(mk, "copies")), M);
+	masked_header(name, d2v_reader_header(r));
 	if (v1text)
 		mask_id = d2v_check_mask_id(d2v_reader_header(r), &m.cfg, name);
 	/* evaluation: no dropout in the student */
@@ -886,6 +927,7 @@ main(int argc, char **argv)
 			d2v_warn("%s has no data digest (data_sha256; written by "
 			    "another tool?): its data cannot be checked", opt.ckpt);
 		have_model = 1;
+		masked_precheck(opt.masked);
 		if (opt.layer >= m.nb)
 			d2v_usage("--layer %d: the model has %d blocks (0..%d)",
 			    opt.layer, m.nb, m.nb - 1);

@@ -166,9 +166,11 @@ typedef struct job {
 static double
 parse_prob(const char *name, const char *s, int open_low)
 {
-	double v = d2v_parse_double(name, s, 0.0, 1.0);
+	/* any number first, so that every value out of range gets the
+	 * interval it must lie in */
+	double v = d2v_parse_double(name, s, -1e300, 1e300);
 
-	if ((open_low && v <= 0.0) || v >= 1.0)
+	if ((open_low && v <= 0.0) || v < 0.0 || v >= 1.0)
 		d2v_usage("%s: '%s' is not in %s0, 1)", name, s,
 		    open_low ? "(" : "[");
 	return v;
@@ -411,6 +413,13 @@ setup(job *jb, const json_t *hdr)
 				    "size) is not divisible by the patch size "
 				    "%ld; choose --patch", (long long)jb->size,
 				    opt.patch);
+			/* the reference's --min-patches 16 is for 196
+			 * patches: on a grid whose count is smaller, no
+			 * rectangle would fit, so the default follows it */
+			if (s == D2V_MASK_BLOCK && !(opt.set & P_MIN_PATCHES) &&
+			    c->min_patches > d2v_mask_block_count(c, g * g))
+				c->min_patches = (int)d2v_mask_block_count(c,
+				    g * g);
 			if (d2v_mask_check_size(c, g, g, &err) < 0)
 				d2v_fatal(1, "images of %lld with patch %ld: %s",
 				    (long long)jb->size, opt.patch, err.msg);

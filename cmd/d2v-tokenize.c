@@ -10,6 +10,7 @@
  * input i comes from d2v_rng_seed(seed, i, view), so the output bytes do
  * not depend on -j.
  */
+#include <errno.h>
 #include <getopt.h>
 #include <limits.h>
 #include <math.h>
@@ -480,8 +481,11 @@ split_label(char *line, int label_first, int64_t *label, char **rest)
 	*tab = '\0';
 	num = label_first ? line : tab + 1;
 	*rest = label_first ? tab + 1 : line;
+	errno = 0;
 	v = strtoll(num, &end, 10);
-	if (end == num || *end != '\0')
+	/* a class index: 0 or more, and no wider than a stream's int (an
+	 * overflow is refused, not clamped) */
+	if (end == num || *end != '\0' || errno == ERANGE || v < 0)
 		return -1;
 	*label = v;
 	return 0;
@@ -522,8 +526,8 @@ next_path(source *s)
 	it->has_label = rc == 0;
 	if (rc < 0)
 		it->rc = d2v_err_set(&it->err, D2V_EFORMAT, "%s:%lld: the "
-		    "label after the tab is not an integer", s->fpname,
-		    (long long)s->line);
+		    "label after the tab is not a class index (an integer from "
+		    "0 to 2^63-1)", s->fpname, (long long)s->line);
 	return it;
 }
 
@@ -559,7 +563,8 @@ next_text(source *s)
 	if (opt.labeled && len > 0 && (rc = split_label(line, 1, &it->label,
 	    &text)) < 0)
 		it->rc = d2v_err_set(&it->err, D2V_EFORMAT, "want "
-		    "LABEL<TAB>TEXT with an integer label");
+		    "LABEL<TAB>TEXT with a class index (an integer from 0 "
+		    "to 2^63-1) for LABEL");
 	it->has_label = opt.labeled && rc == 0;
 	it->len = len - (size_t)(text - line);
 	it->empty = it->len == 0;

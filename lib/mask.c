@@ -236,9 +236,10 @@ d2v_mask_check_size(const d2v_mask_config *c, int64_t gh, int64_t gw,
 			    d2v_mask_block_count(c, n), (long long)n);
 		if (c->min_patches > d2v_mask_block_count(c, n))
 			return d2v_err_set(err, D2V_EINVAL, "--min-patches %d is "
-			    "above the %lld patches to mask: no rectangle fits, it "
-			    "would mask none", c->min_patches, (long long)
-			    d2v_mask_block_count(c, n));
+			    "above the %lld patches to mask: the rectangles drawn "
+			    "would not fit the count, and the masks would be "
+			    "empty; lower --min-patches", c->min_patches,
+			    (long long)d2v_mask_block_count(c, n));
 		if (c->max_patches > 0 && c->max_patches < c->min_patches)
 			return d2v_err_set(err, D2V_EINVAL, "--max-patches %d is "
 			    "below --min-patches %d", c->max_patches,

@@ -255,8 +255,9 @@ check "... and no checkpoint is written" [ ! -e "$T/z.safetensors" ]
 # ---- 10. block masks that would mask all patches, or none
 status 1 "d2v-mask -s block --count 16 of 16 patches" sh -c "d2v-mask -s block --patch 7 --count 16 < '$T/img.d2v' > /dev/null 2> '$T/err'"
 contains "$T/err" "would mask all of them" "... is refused"
-status 1 "d2v-mask -s block --min-patches above --count" sh -c "d2v-mask -s block --patch 7 --count 8 --min-patches 12 < '$T/img.d2v' > /dev/null 2> '$T/err'"
-contains "$T/err" "no rectangle fits" "... is refused"
+status 1 "d2v-mask -s block --min-patches above --count" sh -c "d2v-mask -s block --patch 7 --count 3 --min-patches 9 < '$T/img.d2v' > /dev/null 2> '$T/err'"
+contains "$T/err" "above the 3 patches to mask" "... is refused"
+status 0 "d2v-mask -s block on a 4x4 grid: the default --min-patches follows the count" sh -c "d2v-mask -s block --patch 7 < '$T/img.d2v' > /dev/null"
 
 # ---- 17. record ids are length-delimited: a NUL or a newline goes through
 $PY - "$D2V_ROOT/scripts" "$T/img.d2v" "$T/ids.d2v" <<'PYEOF'

@@ -26,11 +26,16 @@ d2v_file_read(const char *path, size_t limit, unsigned char **buf,
 	*len = 0;
 	if (fd < 0)
 		return d2v_err_set(err, D2V_EIO, "open: %s", strerror(errno));
-	if (fstat(fd, &st) != 0 || S_ISDIR(st.st_mode)) {
-		int e = S_ISDIR(st.st_mode) ? EISDIR : errno;
+	if (fstat(fd, &st) != 0) {
+		int e = errno;
 
 		close(fd);
 		return d2v_err_set(err, D2V_EIO, "read: %s", strerror(e));
+	}
+	if (S_ISDIR(st.st_mode)) {
+		close(fd);
+		return d2v_err_set(err, D2V_EINVAL, "a directory, not a file "
+		    "(give the files in it, or d2v-tokenize --label-from dir)");
 	}
 	if (S_ISREG(st.st_mode) && (uint64_t)st.st_size > limit) {
 		close(fd);

@@ -123,6 +123,11 @@ d2v_st_load(d2v_st *st, const char *path, d2v_err *err)
 	if (fd < 0)
 		return d2v_err_set(err, D2V_EIO, "open %s: %s", path,
 		    strerror(errno));
+	if (fstat(fd, &sb) == 0 && S_ISDIR(sb.st_mode)) {
+		close(fd);
+		return d2v_err_set(err, D2V_EINVAL, "%s is a directory, not a "
+		    "safetensors file", path);
+	}
 	if (fstat(fd, &sb) < 0 || read(fd, len8, 8) != 8) {
 		close(fd);
 		return d2v_err_set(err, D2V_EFORMAT, "%s: not a safetensors "
