@@ -7,7 +7,8 @@
 #   make bench      benchmarks against the PyTorch peer (not part of check)
 #   make check-gpu  both backends, op by op and step by step (needs a GPU)
 #   make CUDA=0     leave out the CUDA backend (built whenever nvcc is found)
-#   make fuzz       libFuzzer on the stream reader (FUZZ_TIME seconds, clang)
+#   make fuzz       libFuzzer on the stream reader (FUZZ_TIME seconds, clang;
+#                   FUZZ=checkpoint: on the checkpoint reader)
 #   make install PREFIX=/usr/local
 #   make clean
 #   make SANITIZE=address,undefined check
@@ -206,14 +207,26 @@ BENCH_PROGS := $(patsubst bench/%.c,$(BUILD)/bench/%,$(wildcard bench/*.c))
 bench: $(CMDS) $(TOOLS) $(BENCH_PROGS)
 	@$(TEST_ENV) sh bench/run
 
-# libFuzzer on the stream reader; corpus in build/fuzz/corpus.
+# libFuzzer: FUZZ=reader (the stream reader, the default) or checkpoint
+# (the safetensors and checkpoint reader); corpus in build/fuzz/$(FUZZ).
+FUZZ ?= reader
 FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -g -O1 -Ilib -fsanitize=fuzzer,address,undefined $(PKG_CFLAGS)
+FUZZ_SRC_reader := tests/fuzz/fuzz_reader.c lib/err.c lib/tensor.c lib/stream.c
+FUZZ_SRC_checkpoint := tests/fuzz/fuzz_checkpoint.c lib/err.c lib/tensor.c \
+	lib/rng.c lib/atomic.c lib/mask.c lib/train/safetensors.c \
+	lib/train/checkpoint.c \
+	$(wildcard lib/model/*.c) lib/backend/cpu.c lib/backend/rows.c \
+	lib/backend/bf16.c lib/backend/gemm.c lib/backend/conv_dnnl.c \
+	lib/backend/nocuda.c
+FUZZ_SEEDS_reader := tests/fuzz/seeds
+FUZZ_SEEDS_checkpoint := tests/fuzz/ck-seeds
 fuzz: $(BUILD)/config.mk
-	@mkdir -p $(BUILD)/fuzz/corpus
-	clang $(FUZZ_CFLAGS) tests/fuzz/fuzz_reader.c lib/err.c lib/tensor.c lib/stream.c \
-		-o $(BUILD)/fuzz/fuzz_reader $(PKG_LIBS) -lm
-	$(BUILD)/fuzz/fuzz_reader -max_total_time=$(FUZZ_TIME) -rss_limit_mb=4096 \
-		-malloc_limit_mb=4096 $(BUILD)/fuzz/corpus tests/fuzz/seeds
+	@mkdir -p $(BUILD)/fuzz/$(FUZZ)
+	clang $(FUZZ_CFLAGS) $(BLAS_CFLAGS) $(DNNL_CFLAGS) -fopenmp \
+		$(FUZZ_SRC_$(FUZZ)) -o $(BUILD)/fuzz/fuzz_$(FUZZ) $(PKG_LIBS) \
+		$(BLAS_LIBS) $(DNNL_LIBS) -lstdc++ -lm
+	$(BUILD)/fuzz/fuzz_$(FUZZ) -max_total_time=$(FUZZ_TIME) -rss_limit_mb=4096 \
+		-malloc_limit_mb=4096 $(BUILD)/fuzz/$(FUZZ) $(FUZZ_SEEDS_$(FUZZ))
 
 install: $(CMDS) $(BUILD)/libd2v.a
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib \

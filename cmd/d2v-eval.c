@@ -602,12 +602,17 @@ typedef struct masked_result {
  * that size. */
 /* The --masked stream's header against the checkpoint's model. */
 static void
-masked_header(const char *name, const json_t *hdr)
+masked_header(const char *name, const json_t *hdr, int full)
 {
 	json_t *mk = d2v_header_meta(hdr, "mask");
+	const char *mod = d2v_header_modality(hdr);
 	int M = m.cfg.clone;
 
-	check_header(name, hdr);
+	if (full) /* the stream checks, once the probes' streams set them */
+		check_header(name, hdr);
+	else if (mod == NULL || strcmp(mod, m.cfg.modality) != 0)
+		d2v_fatal(1, "%s: a stream of modality %s; the checkpoint's model "
+		    "is %s", name, mod ? mod : "(none)", m.cfg.modality);
 	if (!d2v_header_has_stage(hdr, "mask"))
 		d2v_fatal(1, "%s: --masked needs a masked stream; run d2v-mask "
 		    "first", name);
@@ -638,7 +643,7 @@ masked_precheck(const char *path)
 	if (d2v_reader_open_fd(&r, fd, path, &err) < 0 ||
 	    d2v_reader_begin(r, &err) < 0)
 		d2v_fatal(1, "%s", err.msg);
-	masked_header(path, d2v_reader_header(r));
+	masked_header(path, d2v_reader_header(r), 0);
 	d2v_reader_free(r);
 	close(fd);
 }
@@ -666,7 +671,7 @@ masked_loss(const char *path)
 	if (d2v_reader_open_fd(&r, fd, name, &err) < 0 ||
 	    d2v_reader_begin(r, &err) < 0)
 		d2v_fatal(1, "%s", err.msg);
-	masked_header(name, d2v_reader_header(r));
+	masked_header(name, d2v_reader_header(r), 1);
 	if (v1text)
 		mask_id = d2v_check_mask_id(d2v_reader_header(r), &m.cfg, name);
 	/* evaluation: no dropout in the student */

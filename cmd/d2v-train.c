@@ -1039,7 +1039,9 @@ main(int argc, char **argv)
 	signal(SIGTERM, on_signal);
 
 	fd = d2v_open_in(opt.input);
-	file = fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+	/* a regular file named with -i: counted, and re-read for --epochs
+	 * (standard input is read once, even from a file) */
+	file = fd != 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
 	if (opt.epochs > 1 && !file)
 		d2v_usage("--epochs needs -i FILE, a regular file (%s is read "
 		    "once)", in_name);

@@ -168,6 +168,8 @@ elif mode == "nan-teacher":
 elif mode == "random-bytes":
     a, e = h["teacher.blocks.0.attn.qkv.weight"]["data_offsets"]
     data[a:a + 16] = bytes(range(16))
+elif mode == "bad-offsets":
+    h["student.cls_token"]["data_offsets"] = [0, 5]
 elif mode == "no-digest":
     meta.pop("data_sha256")
 elif mode.startswith("step="):
@@ -180,7 +182,7 @@ open(dst, "wb").write(struct.pack("<Q", len(hb)) + hb + bytes(data))
 PYEOF
 }
 d2v-train $MODEL -i "$T/m.d2v" --steps 4 -c "$T/good.safetensors" -q
-for m in drop-one-teacher nan-teacher random-bytes step=-5 step=abc step=99999999999999999999; do
+for m in drop-one-teacher nan-teacher random-bytes bad-offsets step=-5 step=abc step=99999999999999999999; do
 	mutate $m "$T/good.safetensors" "$T/bad.safetensors"
 	before=$(sum "$T/bad.safetensors")
 	status 1 "d2v-teacher refuses a checkpoint with $m" sh -c "d2v-teacher -c '$T/bad.safetensors' '$T/m.d2v' > '$T/out' 2> '$T/err'"
@@ -188,6 +190,7 @@ for m in drop-one-teacher nan-teacher random-bytes step=-5 step=abc step=9999999
 	drop-one-teacher) contains "$T/err" "missing tensor teacher\." "... naming the missing tensor" ;;
 	nan-teacher) contains "$T/err" "teacher.blocks.0.attn.qkv.weight holds a non-finite value" "... naming the tensor" ;;
 	random-bytes) contains "$T/err" "do not match the SHA-256" "... saying the data are damaged" ;;
+	bad-offsets) contains "$T/err" "tensor student.cls_token: data_offsets \[0, 5\]" "... naming the tensor" ;;
 	step=*) contains "$T/err" "metadata step" "... naming the step" ;;
 	esac
 	status 1 "... and so does d2v-train --resume" sh -c "d2v-train --resume -i '$T/m.d2v' -c '$T/bad.safetensors' 2> /dev/null"

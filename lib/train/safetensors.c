@@ -173,26 +173,32 @@ d2v_st_load(d2v_st *st, const char *path, d2v_err *err)
 		if (dt == NULL || dtype_size(dt) == 0 || !json_is_array(sh) ||
 		    json_array_size(sh) > 8 || !json_is_array(off) ||
 		    json_array_size(off) != 2) {
-			d2v_st_free(st);
-			return d2v_err_set(err, D2V_EFORMAT, "%s: tensor %s has a "
+			int rc = d2v_err_set(err, D2V_EFORMAT, "%s: tensor %s has a "
 			    "bad dtype, shape or data_offsets", path, k);
+
+			d2v_st_free(st);
+			return rc;
 		}
 		json_array_foreach(sh, i, d) {
 			if (!json_is_integer(d) || json_integer_value(d) < 0 ||
 			    __builtin_mul_overflow(n, (uint64_t)json_integer_value(d), &n)) {
-				d2v_st_free(st);
-				return d2v_err_set(err, D2V_EFORMAT, "%s: tensor %s "
+				int rc = d2v_err_set(err, D2V_EFORMAT, "%s: tensor %s "
 				    "has a bad shape", path, k);
+
+				d2v_st_free(st);
+				return rc;
 			}
 		}
 		span(v, &a, &b);
 		if (b < a || b > st->datalen || __builtin_mul_overflow(n,
 		    (uint64_t)dtype_size(dt), &n) || b - a != n) {
-			d2v_st_free(st);
-			return d2v_err_set(err, D2V_EFORMAT, "%s: tensor %s: "
+			int rc = d2v_err_set(err, D2V_EFORMAT, "%s: tensor %s: "
 			    "data_offsets [%llu, %llu] do not match its shape or "
 			    "the file", path, k, (unsigned long long)a,
 			    (unsigned long long)b);
+
+			d2v_st_free(st);
+			return rc;
 		}
 	}
 	{
