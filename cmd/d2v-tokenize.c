@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1096,9 +1097,16 @@ sniff(const item *it)
 		fclose(f);
 		kind = d2v_kind_of_bytes(head, n);
 	}
-	if (kind == D2V_KIND_UNKNOWN)
+	if (kind == D2V_KIND_UNKNOWN) {
+		struct stat st;
+
+		if (stat(it->name, &st) == 0 && S_ISDIR(st.st_mode))
+			d2v_usage("%s is a directory: give the files in it, or "
+			    "--label-from dir for a folder of class folders",
+			    it->name);
 		d2v_usage("cannot tell whether %s is an image or audio; choose "
 		    "with --modality", it->name);
+	}
 	return kind == D2V_KIND_IMAGE ? MOD_IMAGE : MOD_AUDIO;
 }
 

@@ -329,10 +329,11 @@ make_config(d2v_config *c, const json_t *hdr, long steps)
 		d2v_fatal(1, "--objective: %s", err.msg);
 	total = c->max_update;
 	if (strcmp(mod, "text") == 0) {
-		long block = (long)json_integer_value(json_object_get(tok, "block"));
+		long block = d2v_header_int(hdr, "tokenize", "block", 0, 1 << 20, 0,
+		    in_name);
 
-		c->vocab = (int)json_integer_value(json_object_get(tok,
-		    "vocab_size"));
+		c->vocab = (int)d2v_header_int(hdr, "tokenize", "vocab_size", 0,
+		    1 << 26, 0, in_name);
 		if (c->vocab < 1)
 			d2v_fatal(1, "%s: the header has no vocabulary size "
 			    "(meta.tokenize.vocab_size)", in_name);
@@ -341,8 +342,13 @@ make_config(d2v_config *c, const json_t *hdr, long steps)
 	}
 	if (opt.conv_dim > 0)
 		c->conv_dim = (int)opt.conv_dim;
-	c->image_size = (int)json_integer_value(json_object_get(tok, "size"));
-	c->channels = (int)json_integer_value(json_object_get(tok, "channels"));
+	/* the header's numbers, each in its range before it is used */
+	c->image_size = (int)d2v_header_int(hdr, "tokenize", "size", 0, 1 << 16,
+	    0, in_name);
+	c->channels = (int)d2v_header_int(hdr, "tokenize", "channels", 0, 3, 0,
+	    in_name);
+	d2v_header_int(hdr, "mask", "patch", 1, 1 << 16, 16, in_name);
+	d2v_header_int(hdr, "mask", "copies", 1, 4096, 1, in_name);
 	if (c->channels == 0) /* "as decoded": the first record's */
 		c->channels = first_channels;
 	json_array_foreach(json_object_get(tok, "mean"), i, v)

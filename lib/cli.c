@@ -302,6 +302,25 @@ d2v_channels_hint(const d2v_tensor *x, int c)
 	    "and colour sources: d2v-tokenize --channels 1 or 3)" : "";
 }
 
+long
+d2v_header_int(const json_t *hdr, const char *stage, const char *key,
+    long lo, long hi, long dflt, const char *name)
+{
+	json_t *v = json_object_get(d2v_header_meta(hdr, stage), key);
+	json_int_t i;
+
+	if (v == NULL || json_is_null(v))
+		return dflt;
+	if (!json_is_integer(v))
+		d2v_fatal(1, "%s: the header's meta.%s.%s is not an integer",
+		    name, stage, key);
+	i = json_integer_value(v);
+	if (i < lo || i > hi)
+		d2v_fatal(1, "%s: the header's meta.%s.%s is %lld, not in [%ld, "
+		    "%ld]", name, stage, key, (long long)i, lo, hi);
+	return (long)i;
+}
+
 void
 d2v_check_stream_model(const json_t *hdr, const d2v_config *c,
     const char *name)

@@ -63,6 +63,10 @@ const char *d2v_channels_hint(const d2v_tensor *x, int c);
 
 /* Checks that a stream header's modality (and image size) is the model's;
  * exits 1 naming the stream otherwise. */
+/* An integer of the header's meta.STAGE.KEY: dflt when absent; exits 1
+ * naming it when it is not an integer in [lo, hi]. */
+long d2v_header_int(const json_t *hdr, const char *stage, const char *key,
+    long lo, long hi, long dflt, const char *name);
 void d2v_check_stream_model(const json_t *hdr, const d2v_config *c,
     const char *name);
 /* Checks record rec's x against the model: u8 [C,S,S] (images), f32 [S]

@@ -728,9 +728,14 @@ reader_object(d2v_reader *r)
 				    &r->res, &sz);
 				if (ret == MSGPACK_UNPACK_SUCCESS)
 					return 1;
+				/* msgpack-c says "no memory" when its stack of
+				 * 32 nested containers is full: the likely cause,
+				 * since every count was bounded by bytes here */
 				if (ret == MSGPACK_UNPACK_NOMEM_ERROR)
-					return rerr(r, D2V_ENOMEM,
-					    "out of memory parsing an object");
+					return rerr(r, D2V_EFORMAT, "not a valid "
+					    "object: arrays or maps nested more than "
+					    "%d deep (or out of memory)",
+					    32);
 				return rerr(r, D2V_EFORMAT, "not a msgpack "
 				    "object (or nested too deeply)");
 			}

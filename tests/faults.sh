@@ -36,7 +36,7 @@ else
 	echo "skip - mknod needs root: the device case is not run"
 fi
 mkfifo "$T/ckfifo"
-cat "$T/ckfifo" > "$T/fromfifo" &
+timeout 30 cat "$T/ckfifo" > "$T/fromfifo" &
 rpid=$!
 status 0 "-c on a FIFO" d2v-train $MODEL -i "$T/m.d2v" --steps 2 -c "$T/ckfifo" -q
 wait $rpid
@@ -285,3 +285,54 @@ check "... and prints no raw escape byte" [ "$(tr -dc '\033' < "$T/shown" | wc -
 # ---- a producer whose reader goes away ends quietly
 d2v-mask --patch 7 --copies 2 < "$T/img.d2v" 2> "$T/err" | d2v-show -n 1 > /dev/null
 check "d2v-mask | d2v-show -n 1: no 'Broken pipe' from the producer" [ ! -s "$T/err" ]
+
+# ---- messages that name the problem
+head -c 200 "$T/jpg/p1.jpg" > "$T/cut200.jpg"
+d2v-tokenize --size 32 "$T/cut200.jpg" > /dev/null 2> "$T/err"
+check "a JPEG cut at 200 bytes is named as no JPEG, not '0 x 0 pixels'" sh -c "grep -q 'cut200.jpg: not a' '$T/err' && ! grep -q '0 x 0' '$T/err'"
+$PY - "$T/ok.wav" "$T/rate0.wav" <<'PYEOF'
+import struct, sys
+b = bytearray(open(sys.argv[1], "rb").read())
+f = b.index(b"fmt ")
+b[f + 12:f + 16] = struct.pack("<I", 0)   # the sample rate
+open(sys.argv[2], "wb").write(b)
+PYEOF
+d2v-tokenize "$T/rate0.wav" > /dev/null 2> "$T/err"
+contains "$T/err" "rate0.wav: not an audio file: its header is incomplete or invalid" "a WAV of rate 0 is named as such"
+status 1 "d2v-teacher -c DIR" sh -c "d2v-teacher -c '$T/dir' '$T/m.d2v' > /dev/null 2> '$T/err'"
+contains "$T/err" "is a directory, not a safetensors file" "... says it is a directory"
+d2v-tokenize "$T/dir" > /dev/null 2> "$T/err"
+contains "$T/err" "is a directory: give the files in it" "d2v-tokenize DIR says it is a directory"
+d2v-mask --prob 1.5 < "$T/img.d2v" > /dev/null 2> "$T/err"
+contains "$T/err" "'1.5' is not in (0, 1)" "--prob 1.5 names the open interval, as --prob 0 does"
+printf '%s\t99999999999999999999\n%s\t-1\n%s\t3\n' "$T/jpg/p1.jpg" "$T/jpg/p3.jpg" "$T/jpg/p1.jpg" |
+	d2v-tokenize --size 32 > /dev/null 2> "$T/err"
+check "labels that overflow or are negative are refused, not clamped" sh -c "[ \$(grep -c 'not a class index' '$T/err') -eq 2 ]"
+d2v-mask --patch 7 --copies 3 < "$T/img.d2v" > "$T/m3.d2v"
+t0=$(date +%s)
+status 1 "d2v-eval --masked with other copies than the model's" sh -c "d2v-eval -c '$T/good.safetensors' --train '$T/img.d2v' --test '$T/img.d2v' --masked '$T/m3.d2v' > /dev/null 2> '$T/err'"
+contains "$T/err" "masks of 3 copies; the checkpoint's model trains with 2" "... is refused naming both counts"
+status 2 "d2v-eval --teacher --student together is a usage error" sh -c "d2v-eval -c '$T/good.safetensors' --teacher --student --train '$T/img.d2v' --test '$T/img.d2v' 2> /dev/null"
+$PY - "$D2V_ROOT/scripts" "$T/m.d2v" "$T/hdr" <<'PYEOF'
+import sys, copy; sys.path.insert(0, sys.argv[1]); import d2v_stream as s
+items = list(s.read(open(sys.argv[2], "rb")))
+for name, stage, key, val in (("patch0", "mask", "patch", 0), ("size2g", "tokenize", "size", 2 ** 31)):
+    out = open(sys.argv[3] + "." + name, "wb"); w = None
+    for kind, o in items:
+        if kind == "header":
+            meta = copy.deepcopy(o["meta"]); meta[stage][key] = val
+            w = s.Writer(out, o["modality"], o["stages"], meta)
+        elif kind == "record":
+            o = dict(o); rid = o.pop("id"); w.record(rid, **o)
+    w.close()
+PYEOF
+d2v-train $MODEL -i "$T/hdr.patch0" --steps 2 -c "$T/h.safetensors" 2> "$T/err"
+contains "$T/err" "meta.mask.patch is 0, not in \[1," "a header patch of 0 is named as such"
+d2v-train $MODEL -i "$T/hdr.size2g" --steps 2 -c "$T/h.safetensors" 2> "$T/err"
+contains "$T/err" "meta.tokenize.size is 2147483648, not in" "a header size of 2^31 prints as itself"
+$PY -c '
+import sys
+# a header map whose value nests 40 arrays deep
+sys.stdout.buffer.write(b"\x81\xa4type\xa6header" [:0] + b"\x82\xa4type\xa6header\xa4deep" + b"\x91" * 40 + b"\xc0")' > "$T/deep.d2v"
+d2v-show "$T/deep.d2v" > /dev/null 2> "$T/err"
+contains "$T/err" "nested more than 32 deep" "deep msgpack nesting is named, not 'out of memory'"
