@@ -1008,6 +1008,7 @@ main(int argc, char **argv)
 	FILE *log = NULL;
 	long step = 0, skip = 0, steps, saved_step = -1, seen = 0, nrec = -1;
 	long epoch0 = 0, epochs, bs, nan_at = 0;
+	int unsaved = 0; /* a signal before the first update: no checkpoint */
 	int progress, fd, rc = 1, stop = 0, pending = 0, np, j = 0, file;
 	struct stat st, ck;
 	double tlast;
@@ -1121,13 +1122,13 @@ main(int argc, char **argv)
 				d2v_warn("%s is at step %ld of %ld: the run is "
 				    "finished; nothing to do (--steps N lengthens it)",
 				    opt.ckpt, step, cfg.max_update);
-			return 0;
+			goto nothing;
 		}
 		if (opt.until > 0 && opt.until <= step) {
 			if (!opt.quiet)
 				d2v_warn("%s is at step %ld, at or past --until %ld; "
 				    "nothing to do", opt.ckpt, step, opt.until);
-			return 0;
+			goto nothing;
 		}
 		bs = (long)cfg.batch * np;
 		if (nrec > 0) {
@@ -1367,20 +1368,24 @@ main(int argc, char **argv)
 			if (!opt.quiet)
 				d2v_warn("%s before the first update; no checkpoint "
 				    "written", strsignal(stop_signal));
-			return 0;
-		}
-		if (stop == 2)
+			unsaved = 1;
+		} else if (stop == 2) {
 			d2v_fatal(1, "%s: the error came before the first update; "
 			    "no checkpoint written", in_name);
-		d2v_fatal(1, "%s: no record could train (v1 text: none holds a "
-		    "<mask> token); no checkpoint written", in_name);
+		} else {
+			d2v_fatal(1, "%s: no record could train (v1 text: none "
+			    "holds a <mask> token); no checkpoint written", in_name);
+		}
 	}
-	if (rank == 0)
+	if (rank == 0 && !unsaved)
 		save(&m, step, &rng);
-	if (stop_signal && !opt.quiet)
-		d2v_warn("%s: stopped at step %ld; checkpoint %s written",
-		    strsignal(stop_signal), step, opt.ckpt);
-	else if (stop == 2)
+	if (unsaved) {
+		/* said above */
+	} else if (stop_signal) {
+		if (!opt.quiet)
+			d2v_warn("%s: stopped at step %ld; checkpoint %s written",
+			    strsignal(stop_signal), step, opt.ckpt);
+	} else if (stop == 2)
 		d2v_warn("checkpoint %s written at step %ld, the last whole "
 		    "update before the error (--resume continues from it)",
 		    opt.ckpt, step);
@@ -1411,4 +1416,12 @@ main(int argc, char **argv)
 	if (stop != 2)
 		dist_end();
 	return stop == 2 ? 1 : 0;
+nothing:
+	/* --resume with nothing to do: the checkpoint as it was */
+	d2v_model_free(&m);
+	d2v_record_clear(&rec);
+	d2v_reader_free(r);
+	close(fd);
+	dist_end();
+	return 0;
 }
