@@ -4,11 +4,7 @@
 # report's rows and numbers, its options, and the refusals.
 # (The probes and statistics on data with a known answer: test_eval.)
 . "$D2V_ROOT/tests/testlib"
-FM=/usr/share/datasets/fashion-mnist
-if [ ! -r $FM/t10k-images-idx3-ubyte.gz ]; then
-	echo "skip - dataset-fashion-mnist is not installed (make deps installs it)"
-	exit 0
-fi
+need_fashion_mnist
 # st WANT GOT DESCRIPTION: the status of a command run with redirections
 st() {
 	if [ "$2" -eq "$1" ]; then ok "$3"; else notok "$3 (status $2, want $1)"; fi

@@ -5,11 +5,7 @@
 # and that nothing was lost or damaged: checksums of files before and
 # after, a device still a device, a link still a link.
 . "$D2V_ROOT/tests/testlib"
-FM=/usr/share/datasets/fashion-mnist
-if [ ! -r $FM/t10k-images-idx3-ubyte.gz ]; then
-	echo "skip - dataset-fashion-mnist is not installed (make deps installs it)"
-	exit 0
-fi
+need_fashion_mnist
 export OMP_NUM_THREADS=1
 MODEL="--dim 16 --heads 2 --depth 1 --prenet 0 --decoder-dim 8 --decoder-layers 1 --decoder-groups 4 -b 8 --lr 2e-3 --warmup 2"
 sum() { sha256sum "$1" | cut -d' ' -f1; }

@@ -1,11 +1,7 @@
 #!/bin/sh
 # d2v-train and d2v-teacher through the real commands on Fashion-MNIST.
 . "$D2V_ROOT/tests/testlib"
-FM=/usr/share/datasets/fashion-mnist
-if [ ! -r $FM/t10k-images-idx3-ubyte.gz ]; then
-	echo "skip - dataset-fashion-mnist is not installed (make deps installs it)"
-	exit 0
-fi
+need_fashion_mnist
 export OMP_NUM_THREADS=1
 MODEL="--dim 32 --heads 2 --depth 2 --prenet 1 --decoder-dim 16 --decoder-layers 1 --decoder-groups 4 -b 8 --lr 2e-3 --warmup 4 --ema-decay 0.99 --ema-end-decay 0.999"
 
