@@ -121,21 +121,26 @@ contains "$T/err" "ended at step 7 of 20" "... says the input ended before the s
 
 # ---- 2. a signal while waiting on a stalled input
 mkfifo "$T/in"
-( cat "$T/m.d2v"; exec sleep 60 ) > "$T/in" &
+( cat "$T/m.d2v"; exec sleep 600 ) > "$T/in" &
 wpid=$!
 d2v-train $MODEL -c "$T/st.safetensors" --steps 1000 --log "$T/st.log" -q < "$T/in" 2> "$T/err" &
 tpid=$!
 i=0
 while [ "$(steps_of "$T/st.log")" -lt 12 ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done
 sleep 0.5
-t0=$(date +%s)
 kill -TERM $tpid
+# a guard against a hang, not a timing: the writer holds the pipe open
+# for 600 s, and the question is whether d2v-train ends before it does
+i=0
+while kill -0 $tpid 2> /dev/null && [ $i -lt 1200 ]; do sleep 0.1; i=$((i + 1)); done
+writer=0
+kill -0 $wpid 2> /dev/null && writer=1
+kill -9 $tpid 2> /dev/null
 wait $tpid
 rc=$?
-t1=$(date +%s)
 kill $wpid 2> /dev/null
 wait $wpid 2> /dev/null
-check "SIGTERM while the input stalls stops d2v-train within 5 s ($((t1 - t0)) s, status $rc)" [ $((t1 - t0)) -le 5 -a $rc -eq 0 ]
+check "SIGTERM while the input stalls ends d2v-train while the writer still holds the pipe (status $rc)" [ $writer -eq 1 -a $rc -eq 0 ]
 check "... with the checkpoint of the last whole update (step 12)" [ "$(ck_step "$T/st.safetensors")" = 12 ]
 
 # ---- messages
