@@ -442,7 +442,8 @@ input_len(const d2v_record *rec, const char *name)
 		if (x == NULL || x->dtype != D2V_DTYPE_U8 || x->rank != 3 ||
 		    x->shape[0] != C || x->shape[1] != S || x->shape[2] != S)
 			d2v_fatal(1, "%s: record %lld (%s): x must be u8 "
-			    "[%d,%d,%d]%s", name, (long long)rec->index, rec->id,
+			    "[%d,%d,%d]%s", name, (long long)rec->index,
+			    d2v_cli_id(rec),
 			    C, S, S, d2v_channels_hint(x, C));
 		return 1;
 	}
@@ -450,8 +451,9 @@ input_len(const d2v_record *rec, const char *name)
 	    x->dtype != (strcmp(modality, "audio") == 0 ? D2V_DTYPE_F32 :
 	    D2V_DTYPE_I32))
 		d2v_fatal(1, "%s: record %lld (%s): x must be %s", name,
-		    (long long)rec->index, rec->id, strcmp(modality, "audio") == 0 ?
-		    "f32 [samples]" : "i32 [tokens]");
+		    (long long)rec->index, d2v_cli_id(rec),
+		    strcmp(modality, "audio") == 0 ? "f32 [samples]" :
+		    "i32 [tokens]");
 	return (int)x->shape[0];
 }
 
@@ -522,7 +524,7 @@ read_stream(const char *path, int test)
 			    d2v_record_field(&rec, "label") != NULL)
 				d2v_fatal(1, "%s: record %lld (%s): its label is not an "
 				    "integer class index (a %s)", name,
-				    (long long)rec.index, rec.id,
+				    (long long)rec.index, d2v_cli_id(&rec),
 				    d2v_record_field(&rec, "label")->kind ==
 				    D2V_FIELD_STR ? "string" : "float, a tensor or an "
 				    "integer above 2^63-1");
@@ -530,11 +532,12 @@ read_stream(const char *path, int test)
 				d2v_fatal(1, "%s: record %lld (%s): no label; d2v-eval "
 				    "needs labelled streams (d2v-tokenize --idx-labels, "
 				    "--label-from dir or --labeled)", name,
-				    (long long)rec.index, rec.id);
+				    (long long)rec.index, d2v_cli_id(&rec));
 			if (label < 0 || label >= 100000)
 				d2v_fatal(1, "%s: record %lld (%s): label %lld is not a "
 				    "class index in [0, 100000)", name,
-				    (long long)rec.index, rec.id, (long long)label);
+				    (long long)rec.index, d2v_cli_id(&rec),
+				    (long long)label);
 			if (n + nb >= cap) {
 				cap = cap ? 2 * cap : 1024;
 				*labels = realloc(*labels, (size_t)cap * sizeof **labels);
@@ -561,7 +564,8 @@ read_stream(const char *path, int test)
 
 				if (d2v_model_set_length(&m, len, &err) < 0)
 					d2v_fatal(1, "%s: record %lld (%s): %s", name,
-					    (long long)rec.index, rec.id, err.msg);
+					    (long long)rec.index,
+					    d2v_cli_id(&rec), err.msg);
 				need = (size_t)opt.batch * (m.N + m.E) * m.D;
 				if (need > bcap) {
 					if ((blk = realloc(blk, need * sizeof *blk)) == NULL)
@@ -726,13 +730,15 @@ masked_loss(const char *path)
 
 			if (d2v_model_set_length(&m, len, &err) < 0)
 				d2v_fatal(1, "%s: record %lld (%s): %s", name,
-				    (long long)rec.index, rec.id, err.msg);
+				    (long long)rec.index, d2v_cli_id(&rec),
+				    err.msg);
 			N = m.N;
 			if (k == NULL || k->dtype != D2V_DTYPE_U8 || k->rank != 2 ||
 			    k->shape[0] != M || k->shape[1] != N)
 				d2v_fatal(1, "%s: record %lld (%s): mask must be u8 "
 				    "[%d,%d] (the checkpoint's copies and tokens)", name,
-				    (long long)rec.index, rec.id, M, N);
+				    (long long)rec.index, d2v_cli_id(&rec), M,
+				    N);
 			if ((size_t)bs * x->nbytes > xcap) {
 				xcap = (size_t)bs * x->nbytes;
 				if ((xs = realloc(xs, xcap)) == NULL)

@@ -683,7 +683,7 @@ main(int argc, char **argv)
 		if (mask_record(&jb, &rec, &rerr) < 0) {
 			d2v_writer_flush(w, &err);
 			d2v_fatal(1, "%s: record %lld (id %s): %s", name,
-			    (long long)rec.index, rec.id, rerr.msg);
+			    (long long)rec.index, d2v_cli_id(&rec), rerr.msg);
 		}
 		if (d2v_writer_record(w, &rec, &err) < 0)
 			d2v_fatal(1, "%s", err.msg);

@@ -255,7 +255,8 @@ main(int argc, char **argv)
 
 			if (d2v_model_set_length(&m, L, &err) < 0)
 				d2v_fatal(1, "%s: record %lld (%s): %s", in_name,
-				    (long long)recs[0].index, recs[0].id, err.msg);
+				    (long long)recs[0].index,
+				    d2v_cli_id(&recs[0]), err.msg);
 			N = m.N;
 			T = N + E;
 			esz = E ? (size_t)m.cfg.channels * m.cfg.image_size *

@@ -464,16 +464,18 @@ batch_add(batch *b, const d2v_config *c)
 
 	if (mk == NULL)
 		d2v_fatal(1, "%s: record %lld (%s): no mask; run d2v-mask first",
-		    in_name, (long long)rec->index, rec->id);
+		    in_name, (long long)rec->index, d2v_cli_id(rec));
 	if (mk->dtype != D2V_DTYPE_U8 || mk->rank != 2 || mk->shape[1] != N)
 		d2v_fatal(1, "%s: record %lld (%s): mask must be u8 [%d,%d] (%d "
-		    "%s)", in_name, (long long)rec->index, rec->id, M, N, N,
+		    "%s)", in_name, (long long)rec->index, d2v_cli_id(rec), M,
+		    N, N,
 		    d2v_config_is_image(c) ? "patches" : strcmp(c->modality,
 		    "audio") == 0 ? "frames of its samples" : "tokens");
 	if (mk->shape[0] != M)
 		d2v_fatal(1, "%s: record %lld (%s): mask has %lld copies, the "
 		    "model trains with %d (d2v-mask --copies)", in_name,
-		    (long long)rec->index, rec->id, (long long)mk->shape[0], M);
+		    (long long)rec->index, d2v_cli_id(rec),
+		    (long long)mk->shape[0], M);
 	if (reads_x_masked(c))
 		d2v_check_x_masked(rec, c, in_name, N);
 	if (opt.stream_targets) {
@@ -487,7 +489,7 @@ batch_add(batch *b, const d2v_config *c)
 		    !d2v_dtype_is_float(tc->dtype))))
 			d2v_fatal(1, "%s: record %lld (%s): --targets stream needs "
 			    "target [%d,%d]%s (run d2v-teacher)", in_name,
-			    (long long)rec->index, rec->id, N, D,
+			    (long long)rec->index, d2v_cli_id(rec), N, D,
 			    image ? " and target_cls" : "");
 	}
 	b->len[b->n++] = len;

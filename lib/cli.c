@@ -291,7 +291,7 @@ d2v_first_channels(d2v_reader *r, d2v_record *rec, const char *name)
 	x = d2v_record_tensor(rec, "x");
 	if (x == NULL || x->rank != 3 || x->shape[0] < 1 || x->shape[0] > 3)
 		d2v_fatal(1, "%s: record %lld (%s): x must be u8 [C,H,W] with C "
-		    "1 to 3", name, (long long)rec->index, rec->id);
+		    "1 to 3", name, (long long)rec->index, d2v_cli_id(rec));
 	return (int)x->shape[0];
 }
 
@@ -300,6 +300,34 @@ d2v_channels_hint(const d2v_tensor *x, int c)
 {
 	return x != NULL && x->rank == 3 && x->shape[0] != c ? " (mixed grey "
 	    "and colour sources: d2v-tokenize --channels 1 or 3)" : "";
+}
+
+const char *
+d2v_cli_id(const d2v_record *rec)
+{
+	static __thread char buf[4][208];
+	static __thread unsigned k;
+	char *b = buf[k++ % 4];
+	size_t o = 0, cap = sizeof buf[0];
+
+	for (size_t i = 0; i < rec->id_len; i++) {
+		unsigned char c = (unsigned char)rec->id[i];
+
+		if (o + 8 >= cap) { /* room for an escape and the ellipsis */
+			memcpy(b + o, "...", 4);
+			return b;
+		}
+		if (c == '\\') {
+			b[o++] = '\\';
+			b[o++] = '\\';
+		} else if (c < 0x20 || c == 0x7f) {
+			o += (size_t)snprintf(b + o, cap - o, "\\x%02x", c);
+		} else {
+			b[o++] = (char)c;
+		}
+	}
+	b[o] = '\0';
+	return b;
 }
 
 long
@@ -353,7 +381,7 @@ d2v_check_input(const d2v_record *rec, const d2v_config *c, const char *name)
 		    x->shape[0] != C || x->shape[1] != S || x->shape[2] != S)
 			d2v_fatal(1, "%s: record %lld (%s): x must be u8 [%d,%d,%d], "
 			    "the model's image size and channels%s", name,
-			    (long long)rec->index, rec->id, C, S, S,
+			    (long long)rec->index, d2v_cli_id(rec), C, S, S,
 			    d2v_channels_hint(x, C));
 		return 1;
 	}
@@ -361,27 +389,30 @@ d2v_check_input(const d2v_record *rec, const d2v_config *c, const char *name)
 		if (x == NULL || x->dtype != D2V_DTYPE_F32 || x->rank != 1)
 			d2v_fatal(1, "%s: record %lld (%s): x must be f32 [samples] "
 			    "(d2v-tokenize of audio)", name, (long long)rec->index,
-			    rec->id);
+			    d2v_cli_id(rec));
 		if (x->shape[0] < 400 || x->shape[0] > INT_MAX / 2)
 			d2v_fatal(1, "%s: record %lld (%s): %lld samples; the feature "
 			    "encoder needs at least 400 (its receptive field, 25 ms "
-			    "at 16 kHz)", name, (long long)rec->index, rec->id,
+			    "at 16 kHz)", name, (long long)rec->index,
+			    d2v_cli_id(rec),
 			    (long long)x->shape[0]);
 		for (int64_t i = 0; i < x->shape[0]; i++)
 			if (!isfinite(((const float *)x->data)[i]))
 				d2v_fatal(1, "%s: record %lld (%s): sample %lld is not "
 				    "a finite number", name, (long long)rec->index,
-				    rec->id, (long long)i);
+				    d2v_cli_id(rec), (long long)i);
 		return (int)x->shape[0];
 	}
 	if (x == NULL || x->dtype != D2V_DTYPE_I32 || x->rank != 1 ||
 	    x->shape[0] < 1)
 		d2v_fatal(1, "%s: record %lld (%s): x must be i32 [tokens] "
-		    "(d2v-tokenize --spm)", name, (long long)rec->index, rec->id);
+		    "(d2v-tokenize --spm)", name, (long long)rec->index,
+		    d2v_cli_id(rec));
 	if (x->shape[0] > c->max_positions)
 		d2v_fatal(1, "%s: record %lld (%s): %lld tokens; the model's "
 		    "position table holds %d (d2v-tokenize --block)", name,
-		    (long long)rec->index, rec->id, (long long)x->shape[0],
+		    (long long)rec->index, d2v_cli_id(rec),
+		    (long long)x->shape[0],
 		    c->max_positions);
 	for (int64_t i = 0; i < x->shape[0]; i++) {
 		int32_t id = ((const int32_t *)x->data)[i];
@@ -389,7 +420,8 @@ d2v_check_input(const d2v_record *rec, const d2v_config *c, const char *name)
 		if (id < 0 || id >= c->vocab)
 			d2v_fatal(1, "%s: record %lld (%s): token %lld has id %d, "
 			    "outside the model's vocabulary of %d", name,
-			    (long long)rec->index, rec->id, (long long)i, (int)id,
+			    (long long)rec->index, d2v_cli_id(rec),
+			    (long long)i, (int)id,
 			    c->vocab);
 	}
 	return (int)x->shape[0];
@@ -406,13 +438,15 @@ d2v_check_x_masked(const d2v_record *rec, const d2v_config *c,
 	    xm->shape[0] != 1 || xm->shape[1] != N)
 		d2v_fatal(1, "%s: record %lld (%s): the v1 text objective needs "
 		    "x_masked i32 [1,%d], the BERT-masked ids (d2v-mask "
-		    "--strategy bert)", name, (long long)rec->index, rec->id, N);
+		    "--strategy bert)", name, (long long)rec->index,
+		    d2v_cli_id(rec), N);
 	ids = xm->data;
 	for (int i = 0; i < N; i++)
 		if (ids[i] < 0 || ids[i] >= c->vocab)
 			d2v_fatal(1, "%s: record %lld (%s): x_masked token %d has id "
 			    "%d, outside the model's vocabulary of %d", name,
-			    (long long)rec->index, rec->id, i, (int)ids[i], c->vocab);
+			    (long long)rec->index, d2v_cli_id(rec), i,
+			    (int)ids[i], c->vocab);
 	return ids;
 }
 

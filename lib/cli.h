@@ -63,6 +63,10 @@ const char *d2v_channels_hint(const d2v_tensor *x, int c);
 
 /* Checks that a stream header's modality (and image size) is the model's;
  * exits 1 naming the stream otherwise. */
+/* A record's id for a message: control bytes and backslashes escaped
+ * (\x1b, \\), NUL bytes kept (\x00), cut with "..." past about 200
+ * bytes; one of four buffers of the calling thread, in turn. */
+const char *d2v_cli_id(const d2v_record *rec);
 /* An integer of the header's meta.STAGE.KEY: dflt when absent; exits 1
  * naming it when it is not an integer in [lo, hi]. */
 long d2v_header_int(const json_t *hdr, const char *stage, const char *key,

@@ -337,3 +337,17 @@ import sys
 sys.stdout.buffer.write(b"\x81\xa4type\xa6header" [:0] + b"\x82\xa4type\xa6header\xa4deep" + b"\x91" * 40 + b"\xc0")' > "$T/deep.d2v"
 d2v-show "$T/deep.d2v" > /dev/null 2> "$T/err"
 contains "$T/err" "nested more than 32 deep" "deep msgpack nesting is named, not 'out of memory'"
+
+# ---- 17 again: an id in another command's error message is escaped too
+$PY - "$D2V_ROOT/scripts" "$T/img.d2v" "$T/badid.d2v" <<'PYEOF'
+import sys; sys.path.insert(0, sys.argv[1]); import d2v_stream as s
+out = open(sys.argv[3], "wb"); w = None
+for kind, o in s.read(open(sys.argv[2], "rb")):
+    if kind == "header": w = s.Writer(out, o["modality"], o["stages"], o["meta"])
+    elif kind == "record" and w.n < 1:
+        o.pop("id"); o["x"] = o["x"][:, :20, :]; w.record("evil\x1b[31m\nid", **o)
+w.close()
+PYEOF
+status 1 "a record of the wrong shape is refused" sh -c "d2v-mask --patch 7 < '$T/badid.d2v' > /dev/null 2> '$T/err'"
+contains "$T/err" 'id evil\\x1b\[31m\\x0aid' "... its id escaped in the message"
+check "... on one line, with no raw escape byte" [ "$(wc -l < "$T/err")" -eq 1 -a "$(tr -dc '\033' < "$T/err" | wc -c)" -eq 0 ]
