@@ -192,23 +192,23 @@ show_header(const json_t *h)
 /* n bytes of s, printable: control bytes, DEL and backslash as C
  * escapes (\n, \t, \\, \x00), the rest (UTF-8 text) as they are */
 static void
-put_escaped(const char *s, size_t n)
+put_escaped(FILE *f, const char *s, size_t n)
 {
 	for (size_t i = 0; i < n; i++) {
 		unsigned char c = (unsigned char)s[i];
 
 		if (c == '\\')
-			fputs("\\\\", out);
+			fputs("\\\\", f);
 		else if (c == '\n')
-			fputs("\\n", out);
+			fputs("\\n", f);
 		else if (c == '\t')
-			fputs("\\t", out);
+			fputs("\\t", f);
 		else if (c == '\r')
-			fputs("\\r", out);
+			fputs("\\r", f);
 		else if (c < 0x20 || c == 0x7f)
-			fprintf(out, "\\x%02x", c);
+			fprintf(f, "\\x%02x", c);
 		else
-			fputc(c, out);
+			fputc(c, f);
 	}
 }
 
@@ -225,13 +225,7 @@ id_json(const d2v_record *rec)
 		return v;
 	if ((m = open_memstream(&buf, &len)) == NULL)
 		return json_string("?");
-	{
-		FILE *keep = out;
-
-		out = m;
-		put_escaped(rec->id, rec->id_len);
-		out = keep;
-	}
+	put_escaped(m, rec->id, rec->id_len);
 	fclose(m);
 	v = json_stringn(buf, len);
 	free(buf);
@@ -266,7 +260,7 @@ show_record(const d2v_record *rec)
 		return;
 	}
 	fprintf(out, "record %lld id=", (long long)rec->index);
-	put_escaped(rec->id, rec->id_len);
+	put_escaped(out, rec->id, rec->id_len);
 	for (int i = 0; i < rec->nfields; i++) {
 		const d2v_field *f = &rec->fields[i];
 
@@ -274,7 +268,7 @@ show_record(const d2v_record *rec)
 			fprintf(out, " %s=%lld", f->key, (long long)f->i);
 		else if (f->kind == D2V_FIELD_STR) {
 			fprintf(out, " %s=", f->key);
-			put_escaped(f->s, strlen(f->s));
+			put_escaped(out, f->s, strlen(f->s));
 		}
 		else if (f->kind == D2V_FIELD_RAW) {
 			json_t *v = d2v_msgpack_to_json(f->raw, f->rawlen);

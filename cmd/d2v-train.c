@@ -294,8 +294,6 @@ parse_args(int argc, char **argv)
 		    "standard input)", argv[optind]);
 	if (opt.ckpt == NULL)
 		d2v_usage("give the checkpoint path with -c");
-	if (opt.epochs > 1 && (opt.input == NULL || !strcmp(opt.input, "-")))
-		d2v_usage("--epochs needs -i FILE (standard input is read once)");
 }
 
 static const char *in_name;

@@ -544,11 +544,11 @@ attention_forward(float *out, float *probs, const float *qkv,
 {
 	int hd = D / H, ld = 3 * D, nt = omp_get_max_threads();
 	float scale = 1.0f / sqrtf((float)hd);
-	/* per thread: the probabilities after dropout (T, T) */
-	float *buf = drop ? malloc(sizeof(float) * (size_t)nt * T * T) : NULL;
+	float *buf = NULL; /* per thread: the probabilities after dropout */
 
+	if (!d2v_cpu_plain && d2v_sgemm_nests() && drop)
+		buf = malloc(sizeof(float) * (size_t)nt * T * T);
 	if (d2v_cpu_plain || !d2v_sgemm_nests() || (drop && buf == NULL)) {
-		free(buf);
 		attention_forward_plain(out, probs, qkv, drop, slope, pos, R, T, D, H);
 		return;
 	}
@@ -588,11 +588,11 @@ attention_backward(float *dqkv, float *dslope, const float *dout,
 	int hd = D / H, ld = 3 * D, nt = omp_get_max_threads();
 	int per = drop ? 2 : 1;
 	float scale = 1.0f / sqrtf((float)hd);
-	/* per thread: dS (T,T), and the probabilities after dropout */
-	float *buf = malloc(sizeof(float) * (size_t)nt * per * T * T);
+	float *buf = NULL; /* per thread: dS (T,T), and P after dropout */
 
-	if (d2v_cpu_plain || !d2v_sgemm_nests() || buf == NULL) {
-		free(buf);
+	if (!d2v_cpu_plain && d2v_sgemm_nests())
+		buf = malloc(sizeof(float) * (size_t)nt * per * T * T);
+	if (buf == NULL) { /* the plain twin, or out of memory */
 		attention_backward_plain(dqkv, dslope, dout, qkv, probs, drop, pos, R,
 		    T, D, H);
 		return;
